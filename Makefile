@@ -1,0 +1,31 @@
+# All set-up is here: `make test` and `make smoke` work on a fresh machine with only python3.
+# CPU machines get a local virtualenv with the pinned CPU torch; on the GPU machine use the system python that
+# already has CUDA torch: `make test-gpu PYTHON=python3`.
+VENV   ?= .venv
+PYTHON ?= $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat requirements/cpu-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: venv test test-gpu smoke clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements/cpu-dev.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q -r requirements/cpu-dev.txt
+	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-*; touch $@
+
+# The CPU test suite (what CI runs). pytest exits 5 when no test ran, which fails the target.
+test: venv
+	$(PYTHON) -m pytest -m "not gpu" -q
+
+# GPU tests, on a machine with CUDA torch (no venv: the GPU machine's torch is used as is).
+test-gpu:
+	$(PYTHON) -m pytest -m gpu -q
+
+# Tiny GPT-2, dense vs SLoPe vs Extended SR-STE, a loss table; GPU preset when a GPU is present.
+smoke: venv
+	$(PYTHON) -m experiments.smoke
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

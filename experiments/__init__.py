@@ -1,0 +1,1 @@
+"""Shared experiment harness: provenance, results IO, tiny models and the smoke run."""

@@ -1,0 +1,50 @@
+"""Provenance stamped on every result row: what code, what software, what machine, when, which command."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def config_hash(config) -> str:
+    """Short stable hash of a (dataclass or dict) config."""
+    data = config.__dict__ if hasattr(config, "__dict__") else config
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def provenance(config=None) -> dict[str, str]:
+    """Columns every result row carries."""
+    cuda = torch.cuda.is_available()
+    cusparselt = getattr(torch.backends, "cusparselt", None)
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = ""
+    return {
+        "git_sha": _git("rev-parse", "HEAD") or "unknown",
+        "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "config_hash": config_hash(config) if config is not None else "",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "",
+        "triton": triton_version,
+        "cusparselt": str(cusparselt.version()) if cuda and cusparselt and cusparselt.is_available() else "",
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()})",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,47 @@
+"""One way to write results: long-form CSV rows, schema-checked, provenance on every row, atomic writes."""
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+
+from .provenance import provenance
+
+PROVENANCE_COLUMNS = ("git_sha", "git_dirty", "command", "config_hash", "torch", "cuda", "triton", "cusparselt",
+                      "device", "date")
+
+
+def write_rows(path: str | Path, rows: list[dict], *, columns: tuple[str, ...], config=None, append: bool = True) -> Path:
+    """Add ``rows`` (each with exactly ``columns``) plus provenance to the CSV at ``path``, atomically.
+
+    Existing rows are kept when ``append``; the file is rewritten through a temporary file and renamed, so a
+    crash never leaves a half-written CSV.
+    """
+    path = Path(path)
+    header = [*columns, *PROVENANCE_COLUMNS]
+    stamp = provenance(config)
+    for row in rows:
+        if set(row) != set(columns):
+            raise ValueError(f"{path.name}: row keys {sorted(row)} differ from the schema {sorted(columns)}")
+    old: list[dict] = []
+    if append and path.exists():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != header:
+                raise ValueError(f"{path}: existing columns {reader.fieldnames} differ from {header}; "
+                                 "move the old file aside or write to a new one")
+            old = list(reader)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(old)
+            writer.writerows({**row, **stamp} for row in rows)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,1 @@
+"""See the README roadmap: named configs and entry points land here."""
