@@ -73,6 +73,8 @@ class SparseLinearBase(nn.Module):
     (the dense matrix the forward multiplies by), which `densify_model` and the tests use.
     """
 
+    has_dense_weight = True  # False for compressed layers, which hold no (d_out, d_in) weight
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, sparsity="2:4",
                  layer_name: str = "", device=None, dtype=None):
         super().__init__()
@@ -80,7 +82,8 @@ class SparseLinearBase(nn.Module):
         self.n, self.m = parse_sparsity(sparsity, where=f"{self.layer_name}: sparsity")
         check_divisible((out_features, in_features), self.m, (0, 1), name=self.layer_name)
         self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        if self.has_dense_weight:
+            self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
         self.lora_left: nn.Parameter | None = None  # L: (d_in, r)
         self.lora_right: nn.Parameter | None = None  # R: (r, d_out)
@@ -107,7 +110,7 @@ class SparseLinearBase(nn.Module):
             raise ValueError(f"{self.layer_name}: adapters were already added (rank {self.lora_rank}).")
         if rank == 0:
             return
-        w = self.weight
+        w = self.bias if self.bias is not None else next(self.parameters())  # device and dtype of the layer
         left = torch.empty(self.in_features, rank, device=w.device, dtype=w.dtype)
         nn.init.kaiming_uniform_(left.t(), a=math.sqrt(5))  # initialise as an (r, d_in) weight would be
         self.lora_left = nn.Parameter(left)

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .backends import resolve_backend
+from .backends import BackendUnavailableError, resolve_backend
 from .baselines import FSTLinear, SRSTELinear
+from .compressed import CompressedSLoPeLinear, check_compressible
 from .linear import SLoPeLinear, SparseLinearBase
 from .lora import add_lora as _add_lora
 from .lora import merge_lora as _merge_lora
@@ -118,11 +119,15 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 def prune_model(model: nn.Module, compress: bool = False, tiling: bool = True, add_lora: bool = False,
                 lora_rank: int | float | str = 0, merge_lora: bool = False, backend: str = "auto", *,
                 sparsity: str | SparsitySchedule = "2:4", filter_fn: FilterFn | None = None, method: str = "slope",
-                hidden_size: int | None = None, **layer_kwargs) -> nn.Module:
+                hidden_size: int | None = None, compress_dtype: torch.dtype | None = None,
+                **layer_kwargs) -> nn.Module:
     """Replace the model's linears (``nn.Linear``, GPT-2 ``Conv1D``) with sparse ones, in place; return the model.
 
-    ``compress=False`` (default) is the exact simulator (backend ``"dense"``); ``tiling`` only matters for the
-    compressed path. ``method`` picks the layer: ``"slope"`` (default), ``"srste"`` (Extended SR-STE) or
+    ``compress=False`` (default) is the exact simulator (backend ``"dense"``). ``compress=True`` stores W and
+    W_RCᵀ 2:4-compressed on the GPU (backend ``"cusparselt"``; train with `slope.optim.ADAMWSparse`); its
+    storage dtype is the weights' (fp16/bf16) or ``compress_dtype`` (e.g. bf16 for an fp32 model under AMP, whose
+    other parameters stay fp32). ``tiling`` is accepted for the reference signature; the current compressed
+    kernels run untiled. ``method`` picks the layer: ``"slope"`` (default), ``"srste"`` (Extended SR-STE) or
     ``"fst"``. ``layer_kwargs`` go to the layer (``double_prune=False`` for SLoPe, ``decay=`` for the baselines).
     Prune before building optimizers for Conv1D models: their weights become new (transposed) Parameters.
     """
@@ -131,7 +136,13 @@ def prune_model(model: nn.Module, compress: bool = False, tiling: bool = True, a
                          "pass add_lora=True with lora_rank > 0, or merge_lora=False")
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; choose one of {tuple(METHODS)}")
-    resolve_backend(backend, compress=compress)
+    first = next(model.parameters(), None)
+    concrete = resolve_backend(backend, compress=compress, device=None if first is None else first.device)
+    if compress and method != "slope":
+        raise ValueError(f"compress=True supports method='slope' only (got {method!r}); baselines are simulated")
+    if compress and merge_lora:
+        raise BackendUnavailableError("merge_lora=True with compress=True (the merged compressed inference path) is "
+                                      "not in this release; use compress=False to simulate it")
     if not isinstance(sparsity, str) and not callable(sparsity):
         parse_sparsity(sparsity)  # tuples are fine; anything else gets parse_sparsity's error
     rank = resolve_rank(lora_rank, hidden_size or model_hidden_size(model)) if add_lora else 0
@@ -142,7 +153,17 @@ def prune_model(model: nn.Module, compress: bool = False, tiling: bool = True, a
         if rank >= min(linear_shape(target.module)):
             raise ValueError(f"{target.name}: adapter rank {rank} must be < min(d_in, d_out) = "
                              f"{min(linear_shape(target.module))}; choose a smaller lora_rank")
-    layer_cls = METHODS[method]
+    if concrete == "cusparselt":
+        for target in targets:
+            if (target.n, target.m) != (2, 4):
+                raise ValueError(f"{target.name}: compress=True needs 2:4 (sparse tensor cores), got "
+                                 f"{target.n}:{target.m}; use compress=False for other N:M")
+            d_out, d_in = linear_shape(target.module)
+            check_compressible(d_out, d_in, compress_dtype or target.module.weight.dtype,
+                               target.module.weight.device, target.name)
+        layer_cls, layer_kwargs = CompressedSLoPeLinear, {**layer_kwargs, "dtype": compress_dtype}
+    else:
+        layer_cls = METHODS[method]
     for target in targets:
         new = layer_cls.from_dense(target.module, sparsity=(target.n, target.m), layer_name=target.name, **layer_kwargs)
         _set_submodule(model, target.name, new)

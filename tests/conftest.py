@@ -1,6 +1,12 @@
 """Shared fixtures. Devices: the CPU always; CUDA where present, marked `gpu` (run on the GPU machine)."""
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run in its CPU interpreter here; this must be set before anything imports triton.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICES = [pytest.param("cpu", id="cpu"),
            pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu,

@@ -1,0 +1,56 @@
+"""Timing in one place: CUDA events, warm-up, median and spread over repeats, inputs rotated past L2."""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def cuda_time_ms(fn: Callable[[], object], *, warmup: int = 5, repeats: int = 30) -> dict[str, float]:
+    """Device time of ``fn`` per call: median, min, max and interquartile range over ``repeats`` event pairs."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    for start, end in zip(starts, ends):
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+    q1, q3 = times[len(times) // 4], times[(3 * len(times)) // 4]
+    return {"median_ms": statistics.median(times), "min_ms": times[0], "max_ms": times[-1], "iqr_ms": q3 - q1,
+            "repeats": repeats}
+
+
+def host_time_us(fn: Callable[[], object], *, calls: int = 200, warmup: int = 20) -> float:
+    """Host (CPU) time to issue one call, measured without synchronising inside the loop.
+
+    Use a small problem so the GPU keeps up; the queue then never fills and the wall time is the host cost.
+    """
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
+class Rotating:
+    """Cycle through enough copies of an input that the set exceeds L2 (50 MB on an H100), so no call hits cache."""
+
+    def __init__(self, make: Callable[[], torch.Tensor], l2_bytes: int = 64 << 20):
+        first = make()
+        copies = max(1, min(8, -(-l2_bytes // max(1, first.numel() * first.element_size()))))
+        self.items = [first] + [make() for _ in range(copies - 1)]
+        self.index = 0
+
+    def __call__(self) -> torch.Tensor:
+        self.index = (self.index + 1) % len(self.items)
+        return self.items[self.index]

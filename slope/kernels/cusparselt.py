@@ -1,0 +1,209 @@
+"""cuSPARSELt 2:4 SpMM for SLoPe: the cached C++ extension, its custom ops, algorithm choice, and the fallback.
+
+* `load_extension()` compiles ``cusparselt_ext.cpp`` on first use (torch.utils.cpp_extension, against the header
+  and library that the ``nvidia-cusparselt`` wheel ships) and registers ``torch.ops.slope_cslt.{compress,spmm}``,
+  with fake implementations so torch.compile and CUDA graphs can trace them.
+* Where it cannot be built, `SpMM` falls back to torch's private ``torch._cslt_compress`` / ``_cslt_sparse_mm``
+  (correct, but ~1 ms of host time per call on an H100) and says so once: ``SpMM.implementation`` records which
+  one runs, and benchmarks write it into every row.
+* The algorithm id matters as much as host overhead (DESIGN §3): `best_alg_id` times every id once per
+  (GPU, cuSPARSELt version, shape, dtype, layout) and caches the winner on disk (``$SLOPE_CACHE_DIR`` or
+  ``~/.cache/slope``), written atomically.
+
+Shapes follow a linear layer: W (m = d_out, k = d_in) is 2:4 along k; x (n, k); the product is y = x·Wᵀ (n, m).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+_HERE = Path(__file__).resolve().parent
+_ext = None
+_build_error: str | None = None
+_alg_cache: dict[str, int] | None = None
+
+# Layout of the cuSPARSELt call (see the .cpp header): 0 = W as operand A with a column-major result (bias can
+# be fused); 1 = W as operand B, everything row-major. Chosen per backend by benchmark.
+DEFAULT_LAYOUT = int(os.environ.get("SLOPE_CSLT_LAYOUT", "0"))
+
+
+def _cusparselt_dirs() -> tuple[Path, Path]:
+    """(include, lib) folders of the nvidia-cusparselt wheel next to torch."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    roots = [Path(p) / "cusparselt" for p in (spec.submodule_search_locations or [])] if spec else []
+    for root in roots:
+        if (root / "include" / "cusparseLt.h").exists():
+            return root / "include", root / "lib"
+    raise FileNotFoundError("cusparseLt.h not found: install the nvidia-cusparselt wheel that matches your torch")
+
+
+def load_extension(verbose: bool = False):
+    """Build (first call only) and load the extension; raise with the reason if that is impossible."""
+    global _ext, _build_error
+    if _ext is not None:
+        return _ext
+    if _build_error is not None:
+        raise RuntimeError(_build_error)
+    try:
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device")
+        from torch.utils.cpp_extension import load
+
+        include, lib = _cusparselt_dirs()
+        libname = next(p.name for p in sorted(lib.glob("libcusparseLt.so*")))
+        _ext = load(name="slope_cusparselt", sources=[str(_HERE / "cusparselt_ext.cpp")],
+                    extra_include_paths=[str(include)],
+                    extra_ldflags=[f"-L{lib}", f"-l:{libname}", f"-Wl,-rpath,{lib}"],
+                    with_cuda=True, verbose=verbose)
+        _register_fakes()
+    except Exception as error:  # noqa: BLE001 - any build failure means: use the fallback, and say why
+        _build_error = f"slope cuSPARSELt extension unavailable: {type(error).__name__}: {error}"
+        raise RuntimeError(_build_error) from error
+    return _ext
+
+
+def extension_available() -> bool:
+    try:
+        load_extension()
+        return True
+    except RuntimeError:
+        return False
+
+
+def compressed_nbytes(m: int, k: int, element_size: int = 2) -> int:
+    """Bytes of a compressed 16-bit 2:4 (m, k) weight: m·k/2 values + m·k/16 elements of metadata (as torch)."""
+    return m * k * 9 // 16 * element_size
+
+
+def _register_fakes() -> None:
+    @torch.library.register_fake("slope_cslt::compress")
+    def _(dense, layout):
+        return dense.new_empty(compressed_nbytes(*dense.shape, dense.element_size()), dtype=torch.uint8)
+
+    @torch.library.register_fake("slope_cslt::spmm")
+    def _(packed, m, k, x, bias, alg_id, layout):
+        return x.new_empty(x.shape[0], m)
+
+
+def values_view(packed: torch.Tensor, m: int, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (m, k/2) kept values at the start of a compressed buffer (a view: writes update the weight)."""
+    count = m * k // 2
+    return packed[: count * torch.finfo(dtype).bits // 8].view(dtype).view(m, k // 2)
+
+
+# ----- algorithm choice ---------------------------------------------------------------------------------------
+
+def _cache_path() -> Path:
+    return Path(os.environ.get("SLOPE_CACHE_DIR", Path.home() / ".cache" / "slope")) / "cusparselt_algs.json"
+
+
+def _load_alg_cache() -> dict[str, int]:
+    global _alg_cache
+    if _alg_cache is None:
+        try:
+            _alg_cache = json.loads(_cache_path().read_text())
+        except (OSError, ValueError):
+            _alg_cache = {}
+    return _alg_cache
+
+
+def _save_alg_cache() -> None:
+    path = _cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(_alg_cache, f, indent=0, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _time_ms(fn, repeats: int = 10) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def best_alg_id(m: int, k: int, n: int, dtype: torch.dtype, layout: int = DEFAULT_LAYOUT, *, bias: bool = False) -> int:
+    """Fastest cuSPARSELt algorithm id for this product on this GPU, timed once and cached on disk."""
+    ext = load_extension()
+    device = torch.cuda.current_device()
+    key = f"{torch.cuda.get_device_name(device)}|{ext.version()}|{m}x{k}x{n}|{dtype}|L{layout}|b{int(bias)}"
+    cache = _load_alg_cache()
+    if key in cache:
+        return cache[key]
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(f"cuSPARSELt algorithm for {key} is not chosen yet: run one step before CUDA graph capture")
+    weight = torch.randn(m, k, device="cuda", dtype=dtype)
+    weight = weight * _mask_2_4_rows(weight)
+    packed = torch.ops.slope_cslt.compress(weight, layout)
+    x = torch.randn(n, k, device="cuda", dtype=dtype)
+    b = torch.randn(m, device="cuda", dtype=dtype) if bias else None
+    timings = {}
+    for alg in range(ext.max_alg_id(m, k, n, dtype, layout, device) + 1):
+        call = lambda: torch.ops.slope_cslt.spmm(packed, m, k, x, b, alg, layout)  # noqa: E731
+        try:
+            call(), call()
+            timings[alg] = _time_ms(call)
+        except RuntimeError:
+            continue  # an id the library lists but cannot run for this shape
+    cache[key] = min(timings, key=timings.get)
+    _save_alg_cache()
+    return cache[key]
+
+
+def _mask_2_4_rows(weight: torch.Tensor) -> torch.Tensor:
+    from ..masks import nm_mask
+
+    return nm_mask(weight, 2, 4, dim=1)
+
+
+# ----- the op a layer calls -----------------------------------------------------------------------------------
+
+class SpMM:
+    """y = x·Wᵀ (+ bias) for one compressed 2:4 weight (m, k), through the extension or torch's fallback."""
+
+    def __init__(self, m: int, k: int, dtype: torch.dtype, *, layout: int = DEFAULT_LAYOUT,
+                 implementation: str = "auto"):
+        self.m, self.k, self.dtype, self.layout = m, k, dtype, layout
+        if implementation == "auto":
+            implementation = "extension" if extension_available() else "torch"
+            if implementation == "torch":
+                warnings.warn(f"{_build_error}; using torch._cslt_sparse_mm (about 1 ms of host time per call)",
+                              stacklevel=3)
+        if implementation == "torch":
+            self.layout = 0  # torch's ops only take the weight as operand A
+        self.implementation = implementation
+        self._algs: dict[tuple[int, bool], int] = {}
+
+    def compress(self, dense: torch.Tensor) -> torch.Tensor:
+        """Compressed uint8 buffer of a 2:4 (m, k) matrix (each group of 4 along k holds at most 2 non-zeros)."""
+        dense = dense.contiguous()
+        if self.implementation == "extension":
+            return torch.ops.slope_cslt.compress(dense, self.layout)
+        return torch._cslt_compress(dense).view(torch.uint8)
+
+    def __call__(self, packed: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.implementation == "torch":
+            out = torch._cslt_sparse_mm(packed.view(self.dtype), x.t(), bias)  # (m, n) row-major
+            return out.t()
+        fuse_bias = bias is not None and self.layout == 0
+        key = (x.shape[0], fuse_bias)
+        alg = self._algs.get(key)
+        if alg is None:
+            alg = self._algs[key] = best_alg_id(self.m, self.k, x.shape[0], self.dtype, self.layout, bias=fuse_bias)
+        out = torch.ops.slope_cslt.spmm(packed, self.m, self.k, x, bias if fuse_bias else None, alg, self.layout)
+        if bias is not None and not fuse_bias:
+            out += bias
+        return out

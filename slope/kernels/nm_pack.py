@@ -1,0 +1,76 @@
+"""2:4 mask bookkeeping for the compressed path: nibble masks and the Triton kernels that use them.
+
+The forward mask of a compressed weight is stored as one uint8 per group of 4 along d_in (bit i set = element
+i kept): a quarter byte per weight instead of a byte. Three Triton kernels move between layouts:
+
+* `gather_kept(dense, nibbles)`   (m, k) -> (m, k/2): the kept entries in order (BWD-1: dW into compressed layout)
+* `scatter_kept(values, nibbles)` (m, k/2) -> (m, k): dense W_R with zeros elsewhere
+* `prune_columns_transposed(w_r)` (m, k) -> (k, m): W_RCᵀ, 2:4 along d_out with the same stable tie-break as
+  `slope.masks.nm_mask` (larger |w| first, then the lower index), plus its nibble mask
+
+Values inside a group are ordered by position, which is the order of cuSPARSELt's compressed values.
+Triton is imported lazily: `import slope` never needs it. Under ``TRITON_INTERPRET=1`` the kernels run on CPU.
+"""
+from __future__ import annotations
+
+import torch
+
+_BITS = torch.tensor([1, 2, 4, 8], dtype=torch.uint8)
+
+
+def pack_nibbles(mask: torch.Tensor) -> torch.Tensor:
+    """bool (m, k) -> uint8 (m, k/4); bit i of a byte = element i of that group of 4 is kept."""
+    m, k = mask.shape
+    groups = mask.reshape(m, k // 4, 4).to(torch.uint8) * _BITS.to(mask.device)
+    return groups.sum(-1, dtype=torch.uint8)
+
+
+def unpack_nibbles(nibbles: torch.Tensor) -> torch.Tensor:
+    """uint8 (m, k/4) -> bool (m, k)."""
+    m, g = nibbles.shape
+    return ((nibbles.unsqueeze(-1) & _BITS.to(nibbles.device)) != 0).reshape(m, g * 4)
+
+
+_compiled = None
+_BLOCK = 1024
+
+
+def _get():
+    global _compiled
+    if _compiled is None:
+        from . import nm_pack_triton as k
+
+        _compiled = (k.gather_kernel, k.scatter_kernel, k.prune_t_kernel)
+    return _compiled
+
+
+def gather_kept(dense: torch.Tensor, nibbles: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(m, k) dense -> (m, k/2) kept entries (nibbles must have exactly two bits per group)."""
+    m, k = dense.shape
+    out = torch.empty(m, k // 2, device=dense.device, dtype=out_dtype or dense.dtype)
+    groups = m * k // 4
+    _get()[0][(triton_cdiv(groups, _BLOCK),)](dense.contiguous(), nibbles.contiguous(), out, groups, BLOCK=_BLOCK)
+    return out
+
+
+def scatter_kept(values: torch.Tensor, nibbles: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(m, k/2) kept entries -> (m, k) dense with zeros at pruned positions."""
+    m, half = values.shape
+    out = torch.empty(m, half * 2, device=values.device, dtype=out_dtype or values.dtype)
+    groups = m * half // 2
+    _get()[1][(triton_cdiv(groups, _BLOCK),)](values.contiguous(), nibbles.contiguous(), out, groups, BLOCK=_BLOCK)
+    return out
+
+
+def prune_columns_transposed(w_r: torch.Tensor, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """W_R (m, k) -> (W_RCᵀ (k, m) in ``out_dtype``, its nibble mask (k, m/4)): 2:4 along d_out, stable ties."""
+    m, k = w_r.shape
+    out = torch.empty(k, m, device=w_r.device, dtype=out_dtype)
+    nibbles = torch.empty(k, m // 4, device=w_r.device, dtype=torch.uint8)
+    block = 128
+    _get()[2][(m // 4, triton_cdiv(k, block))](w_r.contiguous(), out, nibbles, m, k, BLOCK=block)
+    return out, nibbles
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b

@@ -1,0 +1,139 @@
+"""`ADAMWSparse`: AdamW for compressed SLoPe layers, with fp32 master values and fp32 moments at compressed size.
+
+Each compressed layer exposes its kept weights as one 16-bit Parameter, ``values`` (d_out, d_in/2), a view into
+the cuSPARSELt buffer; BWD-1 puts their gradient in ``values.grad`` (so DDP, clipping and GradScaler see it like
+any gradient). A step:
+
+1. AdamW on fp32 master values (foreach kernels), decoupled weight decay, moments in fp32;
+2. the new values are written, rounded to 16 bits, into the compressed W in place (metadata unchanged: the
+   forward mask is fixed);
+3. W_RCᵀ is rebuilt from the fp32 master values, re-deriving its 2:4 mask every ``mask_change_freq`` steps
+   (1 = the paper's accuracy semantics) and keeping the last mask in between.
+
+Dense parameters (embeddings, norms, dense layers, adapters) go to an ordinary optimizer:
+``torch.optim.AdamW(slope.optim.dense_parameters(model), ...)``. Unlike the public reference code, the stored
+masks are the ones used (no stale transpose mask) and no 16-bit weight is updated without an fp32 master.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .compressed import CompressedSLoPeLinear
+
+
+def compressed_layers(model: nn.Module) -> list[CompressedSLoPeLinear]:
+    return [m for m in model.modules() if isinstance(m, CompressedSLoPeLinear)]
+
+
+def dense_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter except compressed layers' ``values`` (which `ADAMWSparse` owns)."""
+    sparse = {id(layer.values) for layer in compressed_layers(model)}
+    return [p for p in model.parameters() if id(p) not in sparse]
+
+
+def grad_dict(model: nn.Module) -> dict[str, torch.Tensor | None]:
+    """Compressed gradients by layer name (the reference API's ``grad_dict``; here they live in ``values.grad``)."""
+    return {name: m.values.grad for name, m in model.named_modules() if isinstance(m, CompressedSLoPeLinear)}
+
+
+class ADAMWSparse(torch.optim.Optimizer):
+    """AdamW over the compressed layers of ``model``. ``grad_dict`` is accepted for the reference signature."""
+
+    def __init__(self, model: nn.Module, grad_dict=None, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, mask_change_freq: int = 1):
+        layers = compressed_layers(model)
+        if not layers:
+            raise ValueError("ADAMWSparse found no compressed layers: call slope.prune_model(model, compress=True) "
+                             "first (simulated layers train with any torch optimizer)")
+        if not isinstance(mask_change_freq, int) or mask_change_freq < 1:
+            raise ValueError(f"mask_change_freq must be an int >= 1, got {mask_change_freq!r}")
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"invalid AdamW hyper-parameters: lr={lr}, betas={betas}, eps={eps}, "
+                             f"weight_decay={weight_decay}")
+        super().__init__([layer.values for layer in layers],
+                         dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self.mask_change_freq = mask_change_freq
+        self._layer_of = {id(layer.values): layer for layer in layers}
+
+    # settable like the reference optimizer (e.g. from an LR scheduler driving the dense optimizer)
+    @property
+    def lr(self) -> float:
+        return self.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        for group in self.param_groups:
+            group["lr"] = value
+
+    @property
+    def weight_decay(self) -> float:
+        return self.param_groups[0]["weight_decay"]
+
+    @weight_decay.setter
+    def weight_decay(self, value: float) -> None:
+        for group in self.param_groups:
+            group["weight_decay"] = value
+
+    def _state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["master"] = p.detach().float().clone()
+            state["exp_avg"] = torch.zeros_like(state["master"])
+            state["exp_avg_sq"] = torch.zeros_like(state["master"])
+        return state
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """Clip the sparse gradients alone (prefer torch's clip over all parameters: values are parameters)."""
+        return torch.nn.utils.clip_grad_norm_([p for g in self.param_groups for p in g["params"]], max_norm)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [self._state(p) for p in params]
+            for state in states:
+                state["step"] += 1
+            step = states[0]["step"]
+            beta1, beta2 = group["betas"]
+            lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
+            masters = [s["master"] for s in states]
+            exp_avgs = [s["exp_avg"] for s in states]
+            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+            grads = [p.grad.float() for p in params]
+            if decay:
+                torch._foreach_mul_(masters, 1 - lr * decay)
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+            bias1, bias2 = 1 - beta1**step, 1 - beta2**step
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denom, math.sqrt(bias2))
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(masters, exp_avgs, denom, value=-lr / bias1)
+            recompute = step % self.mask_change_freq == 0 or "wt_mask_ready" not in states[0]
+            for p, state in zip(params, states):
+                p.copy_(state["master"])  # 16-bit values, in place inside the compressed W
+                self._layer_of[id(p)].rebuild_transpose(state["master"], recompute_mask=recompute)
+                state["wt_mask_ready"] = True
+        return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # torch casts floating state to the parameter's dtype (16-bit here): keep the fp32 masters and moments.
+        saved = {idx: {k: v for k, v in s.items() if torch.is_tensor(v) and v.is_floating_point()}
+                 for idx, s in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for idx, tensors in saved.items():
+            p = params[int(idx)]
+            for key, value in tensors.items():
+                self.state[p][key] = value.to(device=p.device, dtype=torch.float32, copy=True)
