@@ -135,6 +135,50 @@ def _time_ms(fn, repeats: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
+_PROBE = r"""
+import sys, torch
+from slope.kernels import cusparselt as c
+from slope.masks import row_mask
+ext = c.load_extension()
+dtype, layout = getattr(torch, sys.argv[1]), int(sys.argv[2])
+m, k, n = 1024, 512, 64
+w = torch.randn(m, k, device="cuda", dtype=dtype)
+w = w * row_mask(w, 2, 4)
+x = torch.randn(n, k, device="cuda", dtype=dtype)
+b = torch.randn(m, device="cuda", dtype=dtype) if layout == 0 else None
+packed = torch.ops.slope_cslt.compress(w, layout)
+ref = x.float() @ w.float().t() + (0 if b is None else b.float())
+for alg in range(ext.max_alg_id(m, k, n, dtype, layout, torch.cuda.current_device())):
+    y = torch.ops.slope_cslt.spmm(packed, m, k, x, b, alg, layout)
+    torch.cuda.synchronize()
+    if not ((y.float() - ref).norm() / ref.norm()).item() < 1e-2:
+        break
+    print(alg, flush=True)
+"""
+
+
+def safe_alg_bound(dtype: torch.dtype, layout: int) -> int:
+    """Algorithm ids [0, bound) that run correctly here, probed once in a separate process and cached.
+
+    cuSPARSELt 0.8 on an H100 reports MAX_ID = 52, yet id 36 faults with an illegal instruction, which poisons
+    the CUDA context for good: so ids are tried in a child process and the first failure ends the range.
+    """
+    import subprocess
+    import sys
+
+    ext = load_extension()
+    key = f"{torch.cuda.get_device_name()}|{ext.version()}|{dtype}|L{layout}|safe_bound"
+    cache = _load_alg_cache()
+    if key not in cache:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_HERE.parents[1]), os.environ.get("PYTHONPATH", "")])}
+        result = subprocess.run([sys.executable, "-c", _PROBE, str(dtype).replace("torch.", ""), str(layout)],
+                                capture_output=True, text=True, env=env, timeout=600)
+        ok = [int(line) for line in result.stdout.split() if line.isdigit()]
+        cache[key] = len(ok) if ok == list(range(len(ok))) else 1
+        _save_alg_cache()
+    return max(1, cache[key])
+
+
 def best_alg_id(m: int, k: int, n: int, dtype: torch.dtype, layout: int = DEFAULT_LAYOUT, *, bias: bool = False) -> int:
     """Fastest cuSPARSELt algorithm id for this product on this GPU, timed once and cached on disk."""
     ext = load_extension()
@@ -151,7 +195,7 @@ def best_alg_id(m: int, k: int, n: int, dtype: torch.dtype, layout: int = DEFAUL
     x = torch.randn(n, k, device="cuda", dtype=dtype)
     b = torch.randn(m, device="cuda", dtype=dtype) if bias else None
     timings = {}
-    for alg in range(ext.max_alg_id(m, k, n, dtype, layout, device) + 1):
+    for alg in range(min(safe_alg_bound(dtype, layout), ext.max_alg_id(m, k, n, dtype, layout, device))):
         call = lambda: torch.ops.slope_cslt.spmm(packed, m, k, x, b, alg, layout)  # noqa: E731
         try:
             call(), call()

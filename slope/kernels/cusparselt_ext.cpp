@@ -126,8 +126,9 @@ Plan* get_plan(const PlanKey& key, cudaDataType type) {
   SLOPE_CHECK(cusparseLtMatmulAlgSelectionInit(&h, &p->alg_sel, &p->matmul, CUSPARSELT_MATMUL_ALG_DEFAULT));
   SLOPE_CHECK(cusparseLtMatmulAlgGetAttribute(&h, &p->alg_sel, CUSPARSELT_MATMUL_ALG_CONFIG_MAX_ID,
                                               &p->max_alg_id, sizeof(p->max_alg_id)));
-  TORCH_CHECK(key.alg_id >= 0 && key.alg_id <= p->max_alg_id, "slope cuSPARSELt: alg_id ", key.alg_id,
-              " out of range [0, ", p->max_alg_id, "] for this shape");
+  // Valid ids are [0, MAX_ID): an id past the end can fault inside the kernel instead of failing the call.
+  TORCH_CHECK(key.alg_id >= 0 && key.alg_id < std::max(p->max_alg_id, 1), "slope cuSPARSELt: alg_id ", key.alg_id,
+              " out of range [0, ", p->max_alg_id, ") for this shape");
   int alg = key.alg_id;
   SLOPE_CHECK(cusparseLtMatmulAlgSetAttribute(&h, &p->alg_sel, CUSPARSELT_MATMUL_ALG_CONFIG_ID, &alg, sizeof(alg)));
   SLOPE_CHECK(cusparseLtMatmulPlanInit(&h, &p->plan, &p->matmul, &p->alg_sel));
