@@ -68,7 +68,9 @@ class CompressedSLoPeLinear(SparseLinearBase):
         self.backward_op = SpMM(in_features, out_features, dtype, implementation=implementation,
                                 layout=self.forward_op.layout)
         dense = torch.zeros(out_features, in_features, device=device, dtype=dtype)
-        self.register_buffer("w_packed", self.forward_op.compress(dense))
+        # Not saved as is: `values` views the same bytes as another dtype, which torch.save refuses; the state
+        # dict holds `values` and a copy of the metadata bytes instead (see _save_to_state_dict).
+        self.register_buffer("w_packed", self.forward_op.compress(dense), persistent=False)
         self.register_buffer("wt_packed", self.backward_op.compress(dense.t().contiguous()))
         self.register_buffer("mask_nibbles", torch.zeros(out_features, in_features // 4, device=device,
                                                          dtype=torch.uint8))
@@ -85,6 +87,28 @@ class CompressedSLoPeLinear(SparseLinearBase):
         if self.values.data_ptr() != self.w_packed.data_ptr():
             self.values.data = values_view(self.w_packed, self.out_features, self.in_features, self.dtype)
         return self
+
+    def _values_nbytes(self) -> int:
+        return self.values.numel() * self.values.element_size()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "values"] = self.values.detach().clone()  # its own storage, not w_packed's
+        destination[prefix + "w_metadata"] = self.w_packed[self._values_nbytes():].detach().clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        metadata = state_dict.pop(prefix + "w_metadata", None)  # load_state_dict passes a copy: safe to pop
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if metadata is None:
+            missing_keys.append(prefix + "w_metadata")
+        elif metadata.shape != self.w_packed[self._values_nbytes():].shape:
+            error_msgs.append(f"{prefix}w_metadata: {tuple(metadata.shape)} bytes saved, "
+                              f"{self.w_packed.numel() - self._values_nbytes()} expected")
+        else:
+            with torch.no_grad():
+                self.w_packed[self._values_nbytes():].copy_(metadata)
 
     # ----- building -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -104,12 +128,8 @@ class CompressedSLoPeLinear(SparseLinearBase):
     @torch.no_grad()
     def rebuild_transpose(self, master_values: torch.Tensor, recompute_mask: bool = True) -> None:
         """Rebuild compressed W_RCᵀ from (fp32) kept values; re-derive its mask unless told to keep it."""
-        w_r = nm_pack.scatter_kept(master_values, self.mask_nibbles, out_dtype=torch.float32)  # (d_out, d_in)
-        if recompute_mask:
-            w_rc_t, nibbles = nm_pack.prune_columns_transposed(w_r, self.dtype)
-            self.wt_nibbles.copy_(nibbles)
-        else:
-            w_rc_t = (w_r.t() * nm_pack.unpack_nibbles(self.wt_nibbles)).to(self.dtype).contiguous()
+        w_rc_t = nm_pack.values_to_transpose(master_values, self.mask_nibbles, self.dtype, self.wt_nibbles,
+                                             recompute=recompute_mask)  # (d_in, d_out), one fused pass
         self.wt_packed.copy_(self.backward_op.compress(w_rc_t))
 
     @classmethod

@@ -4,10 +4,10 @@ Each compressed layer exposes its kept weights as one 16-bit Parameter, ``values
 the cuSPARSELt buffer; BWD-1 puts their gradient in ``values.grad`` (so DDP, clipping and GradScaler see it like
 any gradient). A step:
 
-1. AdamW on fp32 master values (foreach kernels), decoupled weight decay, moments in fp32;
-2. the new values are written, rounded to 16 bits, into the compressed W in place (metadata unchanged: the
-   forward mask is fixed);
-3. W_RCᵀ is rebuilt from the fp32 master values, re-deriving its 2:4 mask every ``mask_change_freq`` steps
+1. AdamW on fp32 master values and moments, decoupled weight decay, in one fused Triton pass that also writes
+   the new values, rounded to 16 bits, into the compressed W in place (metadata unchanged: the forward mask
+   is fixed);
+2. W_RCᵀ is rebuilt from the fp32 master values (one fused Triton pass, then cuSPARSELt's compress), re-deriving its 2:4 mask every ``mask_change_freq`` steps
    (1 = the paper's accuracy semantics) and keeping the last mask in between.
 
 Dense parameters (embeddings, norms, dense layers, adapters) go to an ordinary optimizer:
@@ -16,12 +16,11 @@ masks are the ones used (no stale transpose mask) and no 16-bit weight is update
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from .compressed import CompressedSLoPeLinear
+from .kernels import nm_pack
 
 
 def compressed_layers(model: nn.Module) -> list[CompressedSLoPeLinear]:
@@ -100,29 +99,15 @@ class ADAMWSparse(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            states = [self._state(p) for p in params]
-            for state in states:
-                state["step"] += 1
-            step = states[0]["step"]
             beta1, beta2 = group["betas"]
             lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
-            masters = [s["master"] for s in states]
-            exp_avgs = [s["exp_avg"] for s in states]
-            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-            grads = [p.grad.float() for p in params]
-            if decay:
-                torch._foreach_mul_(masters, 1 - lr * decay)
-            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-            bias1, bias2 = 1 - beta1**step, 1 - beta2**step
-            denom = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_div_(denom, math.sqrt(bias2))
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(masters, exp_avgs, denom, value=-lr / bias1)
-            recompute = step % self.mask_change_freq == 0 or "wt_mask_ready" not in states[0]
-            for p, state in zip(params, states):
-                p.copy_(state["master"])  # 16-bit values, in place inside the compressed W
+            for p in params:
+                state = self._state(p)
+                state["step"] += 1
+                # one fused pass: fp32 master/moments updated, 16-bit values written into the compressed W
+                nm_pack.adamw_step_(state["master"], state["exp_avg"], state["exp_avg_sq"], p.grad, p, lr=lr,
+                                    beta1=beta1, beta2=beta2, eps=eps, weight_decay=decay, step=state["step"])
+                recompute = state["step"] % self.mask_change_freq == 0 or not state.get("wt_mask_ready", False)
                 self._layer_of[id(p)].rebuild_transpose(state["master"], recompute_mask=recompute)
                 state["wt_mask_ready"] = True
         return loss

@@ -47,3 +47,40 @@ def test_prune_columns_transposed_matches_nm_mask_with_ties(device, dtype):
     assert out.shape == (40, 64) and out.dtype == dtype
     assert torch.equal(out, (w_r * expected_mask).t().to(dtype))
     assert torch.equal(nm_pack.unpack_nibbles(nib), expected_mask.t())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_values_to_transpose_matches_scatter_then_column_prune(device, dtype):
+    _bf16_ok(device, dtype)
+    w = torch.randn(32, 48, device=device)
+    w[:4, :4] = 0.5  # ties
+    mask = masks.row_mask(w, 2, 4)
+    nib = nm_pack.pack_nibbles(mask)
+    values = nm_pack.gather_kept(w, nib)
+    wt_nib = torch.zeros(48, 8, dtype=torch.uint8, device=device)
+    out = nm_pack.values_to_transpose(values, nib, dtype, wt_nib, recompute=True)
+    w_r = w * mask
+    col_mask = masks.nm_mask(w_r, 2, 4, dim=0)
+    assert torch.equal(out, (w_r * col_mask).t().to(dtype))
+    assert torch.equal(nm_pack.unpack_nibbles(wt_nib), col_mask.t())
+    # keep the stored mask: change the values, the pattern must not move
+    out2 = nm_pack.values_to_transpose(values * -3.0, nib, dtype, wt_nib, recompute=False)
+    assert torch.equal(out2, (w_r * -3.0 * col_mask).t().to(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_adamw_matches_torch_adamw(device):
+    master = torch.randn(64, 32, device=device)
+    reference = master.clone().requires_grad_()
+    torch_opt = torch.optim.AdamW([reference], lr=1e-2, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1)
+    exp_avg, exp_avg_sq = torch.zeros_like(master), torch.zeros_like(master)
+    values = torch.empty(64, 32, device=device, dtype=torch.float16)
+    for step in range(1, 4):
+        grad = torch.randn(64, 32, device=device).half()  # 16-bit gradients, as the compressed layers produce
+        reference.grad = grad.float()
+        torch_opt.step()
+        nm_pack.adamw_step_(master, exp_avg, exp_avg_sq, grad, values, lr=1e-2, beta1=0.9, beta2=0.95,
+                            eps=1e-6, weight_decay=0.1, step=step)
+    torch.testing.assert_close(master, reference.detach(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(values, master.half())

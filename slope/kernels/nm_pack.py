@@ -40,7 +40,8 @@ def _get():
     if _compiled is None:
         from . import nm_pack_triton as k
 
-        _compiled = (k.gather_kernel, k.scatter_kernel, k.prune_t_kernel)
+        _compiled = (k.gather_kernel, k.scatter_kernel, k.prune_t_kernel, k.values_to_transpose_kernel,
+                     k.adamw_kernel)
     return _compiled
 
 
@@ -70,6 +71,33 @@ def prune_columns_transposed(w_r: torch.Tensor, out_dtype: torch.dtype) -> tuple
     block = 128
     _get()[2][(m // 4, triton_cdiv(k, block))](w_r.contiguous(), out, nibbles, m, k, BLOCK=block)
     return out, nibbles
+
+
+def values_to_transpose(values: torch.Tensor, nibbles: torch.Tensor, out_dtype: torch.dtype,
+                        wt_nibbles: torch.Tensor, recompute: bool = True) -> torch.Tensor:
+    """Kept values (m, k/2) + forward nibbles -> W_RCᵀ (k, m), in one pass with no dense W_R in memory.
+
+    ``recompute=True`` derives W_RCᵀ's mask (2:4 along d_out, stable ties) and writes it to ``wt_nibbles``
+    (k, m/4); ``False`` applies the mask already there.
+    """
+    m, half = values.shape
+    k = half * 2
+    out = torch.empty(k, m, device=values.device, dtype=out_dtype)
+    block = 128
+    _get()[3][(m // 4, triton_cdiv(k // 4, block))](values.contiguous(), nibbles.contiguous(), out, wt_nibbles, m, k,
+                                                     BLOCK=block, RECOMPUTE=recompute)
+    return out
+
+
+def adamw_step_(master: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, grad: torch.Tensor,
+                values: torch.Tensor, *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                step: int) -> None:
+    """Fused AdamW (decoupled decay) on fp32 ``master``/moments in place; writes ``values`` = master rounded."""
+    n = master.numel()
+    bias1, bias2 = 1 - beta1**step, 1 - beta2**step
+    _get()[4][(triton_cdiv(n, _BLOCK),)](master, exp_avg, exp_avg_sq, grad.contiguous(), values, n,
+                                         1 - lr * weight_decay, beta1, beta2, lr / bias1, 1 / bias2**0.5, eps,
+                                         BLOCK=_BLOCK)
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -67,3 +67,87 @@ def prune_t_kernel(w_ptr, out_ptr, nib_ptr, m, k, BLOCK: tl.constexpr):
     tl.store(out_ptr + dst + 3, tl.where(k3, x3, zero).to(ty), mask=valid)
     nib = k0.to(tl.int32) + 2 * k1.to(tl.int32) + 4 * k2.to(tl.int32) + 8 * k3.to(tl.int32)
     tl.store(nib_ptr + cols.to(tl.int64) * (m // 4) + r, nib.to(tl.uint8), mask=valid)
+
+
+@triton.jit
+def _column_keep(a0, a1, a2, a3):
+    # 2 of 4 by magnitude with a stable tie-break (lower index first), as slope.masks.nm_mask
+    k0 = ((a1 > a0).to(tl.int32) + (a2 > a0).to(tl.int32) + (a3 > a0).to(tl.int32)) < 2
+    k1 = ((a0 >= a1).to(tl.int32) + (a2 > a1).to(tl.int32) + (a3 > a1).to(tl.int32)) < 2
+    k2 = ((a0 >= a2).to(tl.int32) + (a1 >= a2).to(tl.int32) + (a3 > a2).to(tl.int32)) < 2
+    k3 = ((a0 >= a3).to(tl.int32) + (a1 >= a3).to(tl.int32) + (a2 >= a3).to(tl.int32)) < 2
+    return k0, k1, k2, k3
+
+
+@triton.jit
+def _row_values(values_ptr, nib_ptr, row, g, k, valid):
+    # the 4 dense entries of group g in `row`, rebuilt from its two kept values and nibble
+    nib = tl.load(nib_ptr + row * (k // 4) + g, mask=valid, other=3).to(tl.int32)
+    p0, p1 = _two_positions(nib)
+    v0 = tl.load(values_ptr + row * (k // 2) + g * 2, mask=valid, other=0.0).to(tl.float32)
+    v1 = tl.load(values_ptr + row * (k // 2) + g * 2 + 1, mask=valid, other=0.0).to(tl.float32)
+    zero = tl.zeros_like(v0)
+    c0 = tl.where(p0 == 0, v0, zero)
+    c1 = tl.where(p0 == 1, v0, tl.where(p1 == 1, v1, zero))
+    c2 = tl.where(p0 == 2, v0, tl.where(p1 == 2, v1, zero))
+    c3 = tl.where(p1 == 3, v1, zero)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _store_column(out_ptr, wt_nib_ptr, col, row0, r, m, x0, x1, x2, x3, valid, RECOMPUTE: tl.constexpr):
+    if RECOMPUTE:
+        k0, k1, k2, k3 = _column_keep(tl.abs(x0), tl.abs(x1), tl.abs(x2), tl.abs(x3))
+        nib = k0.to(tl.int32) + 2 * k1.to(tl.int32) + 4 * k2.to(tl.int32) + 8 * k3.to(tl.int32)
+        tl.store(wt_nib_ptr + col * (m // 4) + r, nib.to(tl.uint8), mask=valid)
+    else:
+        nib = tl.load(wt_nib_ptr + col * (m // 4) + r, mask=valid, other=0).to(tl.int32)
+        k0, k1, k2, k3 = (nib & 1) != 0, (nib & 2) != 0, (nib & 4) != 0, (nib & 8) != 0
+    zero = tl.zeros_like(x0)
+    ty = out_ptr.dtype.element_ty
+    base = col * m + row0
+    tl.store(out_ptr + base + 0, tl.where(k0, x0, zero).to(ty), mask=valid)
+    tl.store(out_ptr + base + 1, tl.where(k1, x1, zero).to(ty), mask=valid)
+    tl.store(out_ptr + base + 2, tl.where(k2, x2, zero).to(ty), mask=valid)
+    tl.store(out_ptr + base + 3, tl.where(k3, x3, zero).to(ty), mask=valid)
+
+
+@triton.jit
+def values_to_transpose_kernel(values_ptr, nib_ptr, out_ptr, wt_nib_ptr, m, k, BLOCK: tl.constexpr,
+                               RECOMPUTE: tl.constexpr):
+    # Kept values of W_R (m, k/2) + forward nibbles -> W_RCᵀ (k, m), without a dense W_R in memory.
+    # One program: rows 4r..4r+3 (one column group of W_R) x BLOCK groups of 4 along k.
+    r = tl.program_id(0)
+    g = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    valid = g < k // 4
+    row0 = (r * 4).to(tl.int64)
+    g64 = g.to(tl.int64)
+    a0, a1, a2, a3 = _row_values(values_ptr, nib_ptr, row0 + 0, g64, k, valid)
+    b0, b1, b2, b3 = _row_values(values_ptr, nib_ptr, row0 + 1, g64, k, valid)
+    c0, c1, c2, c3 = _row_values(values_ptr, nib_ptr, row0 + 2, g64, k, valid)
+    d0, d1, d2, d3 = _row_values(values_ptr, nib_ptr, row0 + 3, g64, k, valid)
+    col = g64 * 4
+    _store_column(out_ptr, wt_nib_ptr, col + 0, row0, r, m, a0, b0, c0, d0, valid, RECOMPUTE)
+    _store_column(out_ptr, wt_nib_ptr, col + 1, row0, r, m, a1, b1, c1, d1, valid, RECOMPUTE)
+    _store_column(out_ptr, wt_nib_ptr, col + 2, row0, r, m, a2, b2, c2, d2, valid, RECOMPUTE)
+    _store_column(out_ptr, wt_nib_ptr, col + 3, row0, r, m, a3, b3, c3, d3, valid, RECOMPUTE)
+
+
+@triton.jit
+def adamw_kernel(master_ptr, exp_avg_ptr, exp_avg_sq_ptr, grad_ptr, values_ptr, n, decay_factor, beta1, beta2,
+                 step_size, inv_sqrt_bias2, eps, BLOCK: tl.constexpr):
+    # One pass of AdamW on fp32 masters; also writes the rounded 16-bit values (into the compressed W).
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < n
+    p = tl.load(master_ptr + offs, mask=valid, other=0.0)
+    g = tl.load(grad_ptr + offs, mask=valid, other=0.0).to(tl.float32)
+    m = tl.load(exp_avg_ptr + offs, mask=valid, other=0.0)
+    v = tl.load(exp_avg_sq_ptr + offs, mask=valid, other=0.0)
+    p = p * decay_factor
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    p = p - step_size * m / (tl.sqrt(v) * inv_sqrt_bias2 + eps)
+    tl.store(master_ptr + offs, p, mask=valid)
+    tl.store(exp_avg_ptr + offs, m, mask=valid)
+    tl.store(exp_avg_sq_ptr + offs, v, mask=valid)
+    tl.store(values_ptr + offs, p.to(values_ptr.dtype.element_ty), mask=valid)
