@@ -14,10 +14,13 @@ and the cuSPARSELt-bound ceiling computed from the measured per-phase kernel tim
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from tqdm import tqdm
 
 from experiments.bench import Rotating, cuda_time_ms, host_time_us
 from experiments.cli import parse_config
@@ -173,13 +176,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     load_extension()
     rows: list[dict] = []
-    bench_host(rows)
-    for shape in cfg.shapes:
-        for dtype in (getattr(torch, name) for name in cfg.dtypes):
-            bench_train(rows, shape, dtype, cfg)
-            bench_infer(rows, shape, dtype, cfg)
-        bench_optim(rows, shape, cfg)
-    write_rows(cfg.output, rows, columns=COLUMNS, config=cfg)
+    blocks = [("host", None, None)] + [(kind, shape, dtype) for shape in cfg.shapes
+                                       for kind, dtypes in (("train+infer", cfg.dtypes), ("optim", ("float32",)))
+                                       for dtype in dtypes]
+    for kind, shape, dtype in tqdm(blocks, desc="bench_linear", file=sys.stderr):
+        block: list[dict] = []
+        if kind == "host":
+            bench_host(block)
+        elif kind == "optim":
+            bench_optim(block, shape, cfg)
+        else:
+            bench_train(block, shape, getattr(torch, dtype), cfg)
+            bench_infer(block, shape, getattr(torch, dtype), cfg)
+        write_rows(cfg.output, block, columns=COLUMNS, config=cfg)  # each block lands at once: a timeout loses little
+        rows += block
     for row in rows:
         if row["speedup_vs_dense"] != "" or row["benchmark"] == "host":
             print(f"{row['benchmark']:>11} {row['shape']:>16} {row['dtype']:>9} {str(row['tokens']):>5} "

@@ -6,9 +6,11 @@
 * Where it cannot be built, `SpMM` falls back to torch's private ``torch._cslt_compress`` / ``_cslt_sparse_mm``
   (correct, but ~1 ms of host time per call on an H100) and says so once: ``SpMM.implementation`` records which
   one runs, and benchmarks write it into every row.
-* The algorithm id matters as much as host overhead (DESIGN §3): `best_alg_id` times every id once per
-  (GPU, cuSPARSELt version, shape, dtype, layout) and caches the winner on disk (``$SLOPE_CACHE_DIR`` or
-  ``~/.cache/slope``), written atomically.
+* The algorithm id matters as much as host overhead: `best_alg_id` times every id once per (GPU, cuSPARSELt
+  version, shape, token count, dtype, layout) and caches the winner on disk (``$SLOPE_CACHE_DIR`` or
+  ``~/.cache/slope``), written atomically. A search builds one plan per id, which costs up to ~0.4 s each with
+  a column-major result, so the first step of a new shape can take tens of seconds; ``SLOPE_CSLT_SEARCH=0``
+  skips it (algorithm 0).
 
 Shapes follow a linear layer: W (m = d_out, k = d_in) is 2:4 along k; x (n, k); the product is y = x·Wᵀ (n, m).
 """
@@ -181,6 +183,8 @@ def safe_alg_bound(dtype: torch.dtype, layout: int) -> int:
 
 def best_alg_id(m: int, k: int, n: int, dtype: torch.dtype, layout: int = DEFAULT_LAYOUT, *, bias: bool = False) -> int:
     """Fastest cuSPARSELt algorithm id for this product on this GPU, timed once and cached on disk."""
+    if os.environ.get("SLOPE_CSLT_SEARCH", "1") == "0":
+        return 0  # the library's default configuration, no timing (e.g. for quick tests)
     ext = load_extension()
     device = torch.cuda.current_device()
     key = f"{torch.cuda.get_device_name(device)}|{ext.version()}|{m}x{k}x{n}|{dtype}|L{layout}|b{int(bias)}"
