@@ -42,7 +42,8 @@ class BenchConfig:
 
 
 PRESETS = {"h100": BenchConfig(), "quick": BenchConfig(shapes=("opt-13b.fc1",), dtypes=("bfloat16",), repeats=10,
-                                                        infer_tokens=("16", "8192"))}
+                                                        infer_tokens=("16", "8192")),
+           "optim": BenchConfig(shapes=("opt-13b.fc1", "llama-3-8b.up"), dtypes=())}
 
 
 def _row(benchmark, shape, d_in, d_out, tokens, dtype, variant, stats, unit="ms", speedup="", ideal="", note=""):
@@ -150,6 +151,7 @@ def bench_infer(rows: list[dict], shape: str, dtype: torch.dtype, cfg: BenchConf
 
 def bench_optim(rows: list[dict], shape: str, cfg: BenchConfig) -> None:
     from slope.compressed import CompressedSLoPeLinear
+    from slope.kernels import nm_pack
     from slope.optim import ADAMWSparse
 
     d_in, d_out = MLP_SHAPES[shape]
@@ -166,6 +168,19 @@ def bench_optim(rows: list[dict], shape: str, cfg: BenchConfig) -> None:
         rows.append(_row("optim", shape, d_in, d_out, "", "bfloat16", f"ADAMWSparse ({label})", ts,
                          speedup=td["median_ms"] / ts["median_ms"], ideal="",
                          note="same weight count; includes the W_RCᵀ rebuild"))
+    # where the sparse step's time goes
+    state = opt.state[sparse.values]
+    parts = {
+        "part: fused AdamW kernel": lambda: nm_pack.adamw_step_(
+            state["master"], state["exp_avg"], state["exp_avg_sq"], sparse.values.grad, sparse.values.data, lr=1e-4,
+            beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, step=10),
+        "part: values -> W_RC^T kernel": lambda: nm_pack.values_to_transpose(
+            state["master"], sparse.mask_nibbles, torch.bfloat16, sparse.wt_nibbles, recompute=True),
+    }
+    w_rc_t = parts["part: values -> W_RC^T kernel"]()
+    parts["part: cuSPARSELt compress W_RC^T"] = lambda: sparse.backward_op.compress(w_rc_t)
+    for label, fn in parts.items():
+        rows.append(_row("optim_part", shape, d_in, d_out, "", "bfloat16", label, cuda_time_ms(fn, repeats=cfg.repeats)))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -191,7 +206,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         write_rows(cfg.output, block, columns=COLUMNS, config=cfg)  # each block lands at once: a timeout loses little
         rows += block
     for row in rows:
-        if row["speedup_vs_dense"] != "" or row["benchmark"] == "host":
+        if row["speedup_vs_dense"] != "" or row["benchmark"] in ("host", "optim_part"):
             print(f"{row['benchmark']:>11} {row['shape']:>16} {row['dtype']:>9} {str(row['tokens']):>5} "
                   f"{row['variant']:<34} {row['median']:>9} {row['unit']:<11} x{row['speedup_vs_dense']} "
                   f"{row['note'][:60]}")

@@ -83,9 +83,10 @@ def values_to_transpose(values: torch.Tensor, nibbles: torch.Tensor, out_dtype: 
     m, half = values.shape
     k = half * 2
     out = torch.empty(k, m, device=values.device, dtype=out_dtype)
-    block = 128
-    _get()[3][(m // 4, triton_cdiv(k // 4, block))](values.contiguous(), nibbles.contiguous(), out, wt_nibbles, m, k,
-                                                     BLOCK=block, RECOMPUTE=recompute)
+    block, groups = 128, next(g for g in (8, 4, 2, 1) if (k // 4) % g == 0)
+    _get()[3][(triton_cdiv(m // 4, block), k // 4 // groups)](values.contiguous(), nibbles.contiguous(), out,
+                                                              wt_nibbles, m, k, BLOCK=block, GROUPS=groups,
+                                                              RECOMPUTE=recompute)
     return out
 
 

@@ -114,23 +114,24 @@ def _store_column(out_ptr, wt_nib_ptr, col, row0, r, m, x0, x1, x2, x3, valid, R
 
 @triton.jit
 def values_to_transpose_kernel(values_ptr, nib_ptr, out_ptr, wt_nib_ptr, m, k, BLOCK: tl.constexpr,
-                               RECOMPUTE: tl.constexpr):
+                               GROUPS: tl.constexpr, RECOMPUTE: tl.constexpr):
     # Kept values of W_R (m, k/2) + forward nibbles -> W_RCᵀ (k, m), without a dense W_R in memory.
-    # One program: rows 4r..4r+3 (one column group of W_R) x BLOCK groups of 4 along k.
-    r = tl.program_id(0)
-    g = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    valid = g < k // 4
-    row0 = (r * 4).to(tl.int64)
-    g64 = g.to(tl.int64)
-    a0, a1, a2, a3 = _row_values(values_ptr, nib_ptr, row0 + 0, g64, k, valid)
-    b0, b1, b2, b3 = _row_values(values_ptr, nib_ptr, row0 + 1, g64, k, valid)
-    c0, c1, c2, c3 = _row_values(values_ptr, nib_ptr, row0 + 2, g64, k, valid)
-    d0, d1, d2, d3 = _row_values(values_ptr, nib_ptr, row0 + 3, g64, k, valid)
-    col = g64 * 4
-    _store_column(out_ptr, wt_nib_ptr, col + 0, row0, r, m, a0, b0, c0, d0, valid, RECOMPUTE)
-    _store_column(out_ptr, wt_nib_ptr, col + 1, row0, r, m, a1, b1, c1, d1, valid, RECOMPUTE)
-    _store_column(out_ptr, wt_nib_ptr, col + 2, row0, r, m, a2, b2, c2, d2, valid, RECOMPUTE)
-    _store_column(out_ptr, wt_nib_ptr, col + 3, row0, r, m, a3, b3, c3, d3, valid, RECOMPUTE)
+    # Lanes run over column groups of W_R (4 consecutive rows each), so the transposed stores of neighbouring
+    # lanes are neighbours in memory; each program walks GROUPS groups of 4 along k (re-reading cached sectors).
+    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = r < m // 4
+    row0 = r.to(tl.int64) * 4
+    for j in tl.static_range(GROUPS):
+        g = (tl.program_id(1) * GROUPS + j).to(tl.int64)
+        a0, a1, a2, a3 = _row_values(values_ptr, nib_ptr, row0 + 0, g, k, valid)
+        b0, b1, b2, b3 = _row_values(values_ptr, nib_ptr, row0 + 1, g, k, valid)
+        c0, c1, c2, c3 = _row_values(values_ptr, nib_ptr, row0 + 2, g, k, valid)
+        d0, d1, d2, d3 = _row_values(values_ptr, nib_ptr, row0 + 3, g, k, valid)
+        col = g * 4
+        _store_column(out_ptr, wt_nib_ptr, col + 0, row0, r, m, a0, b0, c0, d0, valid, RECOMPUTE)
+        _store_column(out_ptr, wt_nib_ptr, col + 1, row0, r, m, a1, b1, c1, d1, valid, RECOMPUTE)
+        _store_column(out_ptr, wt_nib_ptr, col + 2, row0, r, m, a2, b2, c2, d2, valid, RECOMPUTE)
+        _store_column(out_ptr, wt_nib_ptr, col + 3, row0, r, m, a3, b3, c3, d3, valid, RECOMPUTE)
 
 
 @triton.jit
