@@ -152,6 +152,7 @@ def bench_infer(rows: list[dict], shape: str, dtype: torch.dtype, cfg: BenchConf
 def bench_optim(rows: list[dict], shape: str, cfg: BenchConfig) -> None:
     from slope.compressed import CompressedSLoPeLinear
     from slope.kernels import nm_pack
+    from slope.kernels.cusparselt import values_view
     from slope.optim import ADAMWSparse
 
     d_in, d_out = MLP_SHAPES[shape]
@@ -174,11 +175,14 @@ def bench_optim(rows: list[dict], shape: str, cfg: BenchConfig) -> None:
         "part: fused AdamW kernel": lambda: nm_pack.adamw_step_(
             state["master"], state["exp_avg"], state["exp_avg_sq"], sparse.values.grad, sparse.values.data, lr=1e-4,
             beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, step=10),
-        "part: values -> W_RC^T kernel": lambda: nm_pack.values_to_transpose(
-            state["master"], sparse.mask_nibbles, torch.bfloat16, sparse.wt_nibbles, recompute=True),
+        "part: W_RC^T mask + indicator kernel": lambda: nm_pack.transpose_mask(
+            state["master"], sparse.mask_nibbles, sparse.wt_nibbles, torch.bfloat16),
+        "part: W_RC^T values kernel (in place)": lambda: nm_pack.transpose_values(
+            state["master"], sparse.mask_nibbles, sparse.wt_nibbles,
+            values_view(sparse.wt_packed, d_in, d_out, torch.bfloat16)),
     }
-    w_rc_t = parts["part: values -> W_RC^T kernel"]()
-    parts["part: cuSPARSELt compress W_RC^T"] = lambda: sparse.backward_op.compress(w_rc_t)
+    indicator = parts["part: W_RC^T mask + indicator kernel"]()
+    parts["part: cuSPARSELt compress W_RC^T"] = lambda: sparse.backward_op.compress(indicator)
     for label, fn in parts.items():
         rows.append(_row("optim_part", shape, d_in, d_out, "", "bfloat16", label, cuda_time_ms(fn, repeats=cfg.repeats)))
 

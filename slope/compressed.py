@@ -7,7 +7,7 @@ storage — no dense copy of W and no byte-per-weight mask:
     values        Parameter  a *view* of w_packed's values; its .grad receives BWD-1's kept entries
     mask_nibbles  uint8      (d_out, d_in/4): the fixed forward mask, 4 bits per group of 4
     wt_packed     uint8      compressed W_RCᵀ (d_in, d_out), 2:4 along d_out                     BWD-2: dX = dY·W_RC
-    wt_nibbles    uint8      (d_in, d_out/4): W_RCᵀ's mask (kept between mask changes)
+    wt_nibbles    uint8      (d_in, d_out/4): W_RCᵀ's mask (metadata and values slots between mask changes)
                                                                                                 BWD-1: dW = (dYᵀX)⊙M,
     a dense cuBLAS GEMM whose kept entries are gathered (Triton) into the (d_out, d_in/2) values layout.
 
@@ -127,10 +127,16 @@ class CompressedSLoPeLinear(SparseLinearBase):
 
     @torch.no_grad()
     def rebuild_transpose(self, master_values: torch.Tensor, recompute_mask: bool = True) -> None:
-        """Rebuild compressed W_RCᵀ from (fp32) kept values; re-derive its mask unless told to keep it."""
-        w_rc_t = nm_pack.values_to_transpose(master_values, self.mask_nibbles, self.dtype, self.wt_nibbles,
-                                             recompute=recompute_mask)  # (d_in, d_out), one fused pass
-        self.wt_packed.copy_(self.backward_op.compress(w_rc_t))
+        """Update compressed W_RCᵀ from W_R's (fp32) kept values; re-derive its mask when ``recompute_mask``.
+
+        A new mask needs new metadata: the mask's 0/1 indicator is compressed (as for W), which costs a
+        cuSPARSELt compress; otherwise only the values are rewritten in place, in one fused pass.
+        """
+        if recompute_mask:
+            indicator = nm_pack.transpose_mask(master_values, self.mask_nibbles, self.wt_nibbles, self.dtype)
+            self.wt_packed.copy_(self.backward_op.compress(indicator))
+        wt_values = values_view(self.wt_packed, self.in_features, self.out_features, self.dtype)
+        nm_pack.transpose_values(master_values, self.mask_nibbles, self.wt_nibbles, wt_values)
 
     @classmethod
     def from_dense(cls, module: nn.Module, *, sparsity="2:4", layer_name: str = "", mask=None, dtype=None,

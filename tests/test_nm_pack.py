@@ -51,22 +51,26 @@ def test_prune_columns_transposed_matches_nm_mask_with_ties(device, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("device", DEVICES)
-def test_values_to_transpose_matches_scatter_then_column_prune(device, dtype):
+def test_transpose_mask_and_values_match_scatter_then_column_prune(device, dtype):
     _bf16_ok(device, dtype)
     w = torch.randn(32, 48, device=device)
     w[:4, :4] = 0.5  # ties
+    w[8:12, 4] = torch.tensor([0.0, 0.3, 0.0, 0.0])  # a column group of W_R with fewer than 2 non-zeros
     mask = masks.row_mask(w, 2, 4)
     nib = nm_pack.pack_nibbles(mask)
-    values = nm_pack.gather_kept(w, nib)
+    values = nm_pack.gather_kept(w, nib, out_dtype=torch.float32)
     wt_nib = torch.zeros(48, 8, dtype=torch.uint8, device=device)
-    out = nm_pack.values_to_transpose(values, nib, dtype, wt_nib, recompute=True)
+    indicator = nm_pack.transpose_mask(values, nib, wt_nib, dtype)
     w_r = w * mask
-    col_mask = masks.nm_mask(w_r, 2, 4, dim=0)
-    assert torch.equal(out, (w_r * col_mask).t().to(dtype))
+    col_mask = masks.nm_mask(w_r, 2, 4, dim=0)  # always 2 positions per group, zeros included
+    assert torch.equal(indicator, col_mask.t().to(dtype))
     assert torch.equal(nm_pack.unpack_nibbles(wt_nib), col_mask.t())
-    # keep the stored mask: change the values, the pattern must not move
-    out2 = nm_pack.values_to_transpose(values * -3.0, nib, dtype, wt_nib, recompute=False)
-    assert torch.equal(out2, (w_r * -3.0 * col_mask).t().to(dtype))
+    out = torch.empty(48, 16, device=device, dtype=dtype)
+    nm_pack.transpose_values(values, nib, wt_nib, out)
+    assert torch.equal(out, (w_r.t())[col_mask.t()].view(48, 16).to(dtype))
+    # keep the stored mask: new values land in the same slots
+    nm_pack.transpose_values(values * -3.0, nib, wt_nib, out)
+    assert torch.equal(out, (-3.0 * w_r.t())[col_mask.t()].view(48, 16).to(dtype))
 
 
 @pytest.mark.parametrize("device", DEVICES)

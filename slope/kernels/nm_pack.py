@@ -7,6 +7,9 @@ i kept): a quarter byte per weight instead of a byte. Three Triton kernels move 
 * `scatter_kept(values, nibbles)` (m, k/2) -> (m, k): dense W_R with zeros elsewhere
 * `prune_columns_transposed(w_r)` (m, k) -> (k, m): W_RCᵀ, 2:4 along d_out with the same stable tie-break as
   `slope.masks.nm_mask` (larger |w| first, then the lower index), plus its nibble mask
+* `transpose_mask` / `transpose_values`: the same from W_R's kept values, in the compressed layouts, so the
+  optimizer never materialises a dense W_R: the mask (and a 0/1 indicator to compress for metadata), then the
+  kept values written straight into the compressed W_RCᵀ
 
 Values inside a group are ordered by position, which is the order of cuSPARSELt's compressed values.
 Triton is imported lazily: `import slope` never needs it. Under ``TRITON_INTERPRET=1`` the kernels run on CPU.
@@ -40,8 +43,7 @@ def _get():
     if _compiled is None:
         from . import nm_pack_triton as k
 
-        _compiled = (k.gather_kernel, k.scatter_kernel, k.prune_t_kernel, k.values_to_transpose_kernel,
-                     k.adamw_kernel)
+        _compiled = (k.gather_kernel, k.scatter_kernel, k.prune_t_kernel, k.transpose_kernel, k.adamw_kernel)
     return _compiled
 
 
@@ -73,20 +75,28 @@ def prune_columns_transposed(w_r: torch.Tensor, out_dtype: torch.dtype) -> tuple
     return out, nibbles
 
 
-def values_to_transpose(values: torch.Tensor, nibbles: torch.Tensor, out_dtype: torch.dtype,
-                        wt_nibbles: torch.Tensor, recompute: bool = True) -> torch.Tensor:
-    """Kept values (m, k/2) + forward nibbles -> W_RCᵀ (k, m), in one pass with no dense W_R in memory.
-
-    ``recompute=True`` derives W_RCᵀ's mask (2:4 along d_out, stable ties) and writes it to ``wt_nibbles``
-    (k, m/4); ``False`` applies the mask already there.
-    """
+def _transpose_launch(values, nibbles, out, wt_nibbles, mask: bool) -> None:
     m, half = values.shape
     k = half * 2
-    out = torch.empty(k, m, device=values.device, dtype=out_dtype)
     block, groups = 128, next(g for g in (8, 4, 2, 1) if (k // 4) % g == 0)
     _get()[3][(triton_cdiv(m // 4, block), k // 4 // groups)](values.contiguous(), nibbles.contiguous(), out,
-                                                              wt_nibbles, m, k, BLOCK=block, GROUPS=groups,
-                                                              RECOMPUTE=recompute)
+                                                              wt_nibbles, m, k, BLOCK=block, GROUPS=groups, MASK=mask)
+
+
+def transpose_mask(values: torch.Tensor, nibbles: torch.Tensor, wt_nibbles: torch.Tensor,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """Derive W_RCᵀ's mask from W_R's kept values (m, k/2): writes ``wt_nibbles`` (k, m/4), returns the 0/1
+    indicator (k, m) in ``dtype`` (exactly 2 ones per group, as `slope.masks.nm_mask` picks them, ties included)."""
+    m, half = values.shape
+    indicator = torch.empty(half * 2, m, device=values.device, dtype=dtype)
+    _transpose_launch(values, nibbles, indicator, wt_nibbles, mask=True)
+    return indicator
+
+
+def transpose_values(values: torch.Tensor, nibbles: torch.Tensor, wt_nibbles: torch.Tensor,
+                     out: torch.Tensor) -> torch.Tensor:
+    """Write W_RCᵀ's kept values (k, m/2) under ``wt_nibbles`` into ``out`` (e.g. a compressed buffer's values)."""
+    _transpose_launch(values, nibbles, out, wt_nibbles, mask=False)
     return out
 
 

@@ -95,29 +95,40 @@ def _row_values(values_ptr, nib_ptr, row, g, k, valid):
 
 
 @triton.jit
-def _store_column(out_ptr, wt_nib_ptr, col, row0, r, m, x0, x1, x2, x3, valid, RECOMPUTE: tl.constexpr):
-    if RECOMPUTE:
-        k0, k1, k2, k3 = _column_keep(tl.abs(x0), tl.abs(x1), tl.abs(x2), tl.abs(x3))
-        nib = k0.to(tl.int32) + 2 * k1.to(tl.int32) + 4 * k2.to(tl.int32) + 8 * k3.to(tl.int32)
-        tl.store(wt_nib_ptr + col * (m // 4) + r, nib.to(tl.uint8), mask=valid)
-    else:
-        nib = tl.load(wt_nib_ptr + col * (m // 4) + r, mask=valid, other=0).to(tl.int32)
-        k0, k1, k2, k3 = (nib & 1) != 0, (nib & 2) != 0, (nib & 4) != 0, (nib & 8) != 0
-    zero = tl.zeros_like(x0)
-    ty = out_ptr.dtype.element_ty
+def _column_mask(ind_ptr, wt_nib_ptr, col, row0, r, m, x0, x1, x2, x3, valid):
+    # W_RCᵀ's mask for one column group (4 rows of W_R at one column): record it and write its 0/1 indicator
+    k0, k1, k2, k3 = _column_keep(tl.abs(x0), tl.abs(x1), tl.abs(x2), tl.abs(x3))
+    nib = k0.to(tl.int32) + 2 * k1.to(tl.int32) + 4 * k2.to(tl.int32) + 8 * k3.to(tl.int32)
+    tl.store(wt_nib_ptr + col * (m // 4) + r, nib.to(tl.uint8), mask=valid)
+    ty = ind_ptr.dtype.element_ty
     base = col * m + row0
-    tl.store(out_ptr + base + 0, tl.where(k0, x0, zero).to(ty), mask=valid)
-    tl.store(out_ptr + base + 1, tl.where(k1, x1, zero).to(ty), mask=valid)
-    tl.store(out_ptr + base + 2, tl.where(k2, x2, zero).to(ty), mask=valid)
-    tl.store(out_ptr + base + 3, tl.where(k3, x3, zero).to(ty), mask=valid)
+    tl.store(ind_ptr + base + 0, k0.to(ty), mask=valid)
+    tl.store(ind_ptr + base + 1, k1.to(ty), mask=valid)
+    tl.store(ind_ptr + base + 2, k2.to(ty), mask=valid)
+    tl.store(ind_ptr + base + 3, k3.to(ty), mask=valid)
 
 
 @triton.jit
-def values_to_transpose_kernel(values_ptr, nib_ptr, out_ptr, wt_nib_ptr, m, k, BLOCK: tl.constexpr,
-                               GROUPS: tl.constexpr, RECOMPUTE: tl.constexpr):
-    # Kept values of W_R (m, k/2) + forward nibbles -> W_RCᵀ (k, m), without a dense W_R in memory.
-    # Lanes run over column groups of W_R (4 consecutive rows each), so the transposed stores of neighbouring
-    # lanes are neighbours in memory; each program walks GROUPS groups of 4 along k (re-reading cached sectors).
+def _column_values(out_ptr, wt_nib_ptr, col, r, m, x0, x1, x2, x3, valid):
+    # the two kept values of one column group, in position order, into W_RCᵀ's compressed values (k, m/2)
+    nib = tl.load(wt_nib_ptr + col * (m // 4) + r, mask=valid, other=3).to(tl.int32)
+    q0, q1 = _two_positions(nib)
+    v0 = tl.where(q0 == 0, x0, tl.where(q0 == 1, x1, x2))
+    v1 = tl.where(q1 == 1, x1, tl.where(q1 == 2, x2, x3))
+    ty = out_ptr.dtype.element_ty
+    base = col * (m // 2) + r.to(tl.int64) * 2
+    tl.store(out_ptr + base, v0.to(ty), mask=valid)
+    tl.store(out_ptr + base + 1, v1.to(ty), mask=valid)
+
+
+@triton.jit
+def transpose_kernel(values_ptr, nib_ptr, out_ptr, wt_nib_ptr, m, k, BLOCK: tl.constexpr, GROUPS: tl.constexpr,
+                     MASK: tl.constexpr):
+    # From W_R's kept values (m, k/2) + forward nibbles, without a dense W_R in memory:
+    #   MASK=True:  derive W_RCᵀ's 2:4 mask (along d_out, stable ties) -> wt nibbles + 0/1 indicator (k, m)
+    #   MASK=False: write W_RCᵀ's kept values (k, m/2) under the stored wt nibbles
+    # Lanes run over column groups of W_R (4 consecutive rows), so neighbouring lanes store to neighbouring
+    # addresses of the transposed outputs; each program walks GROUPS groups of 4 along k.
     r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = r < m // 4
     row0 = r.to(tl.int64) * 4
@@ -128,10 +139,16 @@ def values_to_transpose_kernel(values_ptr, nib_ptr, out_ptr, wt_nib_ptr, m, k, B
         c0, c1, c2, c3 = _row_values(values_ptr, nib_ptr, row0 + 2, g, k, valid)
         d0, d1, d2, d3 = _row_values(values_ptr, nib_ptr, row0 + 3, g, k, valid)
         col = g * 4
-        _store_column(out_ptr, wt_nib_ptr, col + 0, row0, r, m, a0, b0, c0, d0, valid, RECOMPUTE)
-        _store_column(out_ptr, wt_nib_ptr, col + 1, row0, r, m, a1, b1, c1, d1, valid, RECOMPUTE)
-        _store_column(out_ptr, wt_nib_ptr, col + 2, row0, r, m, a2, b2, c2, d2, valid, RECOMPUTE)
-        _store_column(out_ptr, wt_nib_ptr, col + 3, row0, r, m, a3, b3, c3, d3, valid, RECOMPUTE)
+        if MASK:
+            _column_mask(out_ptr, wt_nib_ptr, col + 0, row0, r, m, a0, b0, c0, d0, valid)
+            _column_mask(out_ptr, wt_nib_ptr, col + 1, row0, r, m, a1, b1, c1, d1, valid)
+            _column_mask(out_ptr, wt_nib_ptr, col + 2, row0, r, m, a2, b2, c2, d2, valid)
+            _column_mask(out_ptr, wt_nib_ptr, col + 3, row0, r, m, a3, b3, c3, d3, valid)
+        else:
+            _column_values(out_ptr, wt_nib_ptr, col + 0, r, m, a0, b0, c0, d0, valid)
+            _column_values(out_ptr, wt_nib_ptr, col + 1, r, m, a1, b1, c1, d1, valid)
+            _column_values(out_ptr, wt_nib_ptr, col + 2, r, m, a2, b2, c2, d2, valid)
+            _column_values(out_ptr, wt_nib_ptr, col + 3, r, m, a3, b3, c3, d3, valid)
 
 
 @triton.jit
