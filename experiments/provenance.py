@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -36,9 +37,13 @@ def provenance(config=None) -> dict[str, str]:
         triton_version = triton.__version__
     except ImportError:
         triton_version = ""
+    # A copy of the tree without .git (e.g. on a lent GPU machine) gets the commit from SLOPE_GIT_SHA.
+    sha = _git("rev-parse", "HEAD") or os.environ.get("SLOPE_GIT_SHA", "unknown")
+    dirty = str(bool(_git("status", "--porcelain", "--untracked-files=no"))) if _git("rev-parse", "HEAD") else \
+        os.environ.get("SLOPE_GIT_DIRTY", "unknown")
     return {
-        "git_sha": _git("rev-parse", "HEAD") or "unknown",
-        "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))),
+        "git_sha": sha,
+        "git_dirty": dirty,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "config_hash": config_hash(config) if config is not None else "",
         "torch": torch.__version__,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine session: GPU tests, then the linear benchmark. Logs and CSVs go to $OUT (or runs/).
-# Usage: bash performance_experiments/gpu_check.sh [bench preset]
+# Usage: SLOPE_GIT_SHA=<commit> SLOPE_GIT_DIRTY=False bash performance_experiments/gpu_check.sh [bench preset]
+# (the GPU machine gets the tree without .git: pass the commit so every result row names it)
 set -uo pipefail
 out=${OUT:-runs/gpu}
 mkdir -p "$out"
