@@ -41,6 +41,117 @@ def scatter_kernel(values_ptr, nib_ptr, out_ptr, groups, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def prune_t_kernel(w_ptr, out_ptr, nib_ptr, m, k, BLOCK: tl.constexpr):
+    # one program: rows 4r..4r+3 (a column group of W_R) x BLOCK columns; writes W_RCᵀ (k, m) and nibbles (k, m/4)
+    r = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    valid = cols < k
+    row0 = (r * 4).to(tl.int64)
+    x0 = tl.load(w_ptr + (row0 + 0) * k + cols, mask=valid, other=0.0).to(tl.float32)
+    x1 = tl.load(w_ptr + (row0 + 1) * k + cols, mask=valid, other=0.0).to(tl.float32)
+    x2 = tl.load(w_ptr + (row0 + 2) * k + cols, mask=valid, other=0.0).to(tl.float32)
+    x3 = tl.load(w_ptr + (row0 + 3) * k + cols, mask=valid, other=0.0).to(tl.float32)
+    a0, a1, a2, a3 = tl.abs(x0), tl.abs(x1), tl.abs(x2), tl.abs(x3)
+    # rank = number of elements ordered before this one (stable descending sort)
+    r0 = (a1 > a0).to(tl.int32) + (a2 > a0).to(tl.int32) + (a3 > a0).to(tl.int32)
+    r1 = (a0 >= a1).to(tl.int32) + (a2 > a1).to(tl.int32) + (a3 > a1).to(tl.int32)
+    r2 = (a0 >= a2).to(tl.int32) + (a1 >= a2).to(tl.int32) + (a3 > a2).to(tl.int32)
+    r3 = (a0 >= a3).to(tl.int32) + (a1 >= a3).to(tl.int32) + (a2 >= a3).to(tl.int32)
+    k0, k1, k2, k3 = r0 < 2, r1 < 2, r2 < 2, r3 < 2
+    zero = tl.zeros_like(x0)
+    dst = cols.to(tl.int64) * m + row0
+    ty = out_ptr.dtype.element_ty
+    tl.store(out_ptr + dst + 0, tl.where(k0, x0, zero).to(ty), mask=valid)
+    tl.store(out_ptr + dst + 1, tl.where(k1, x1, zero).to(ty), mask=valid)
+    tl.store(out_ptr + dst + 2, tl.where(k2, x2, zero).to(ty), mask=valid)
+    tl.store(out_ptr + dst + 3, tl.where(k3, x3, zero).to(ty), mask=valid)
+    nib = k0.to(tl.int32) + 2 * k1.to(tl.int32) + 4 * k2.to(tl.int32) + 8 * k3.to(tl.int32)
+    tl.store(nib_ptr + cols.to(tl.int64) * (m // 4) + r, nib.to(tl.uint8), mask=valid)
+
+
+@triton.jit
+def _column_keep(a0, a1, a2, a3):
+    # 2 of 4 by magnitude with a stable tie-break (lower index first), as slope.masks.nm_mask
+    k0 = ((a1 > a0).to(tl.int32) + (a2 > a0).to(tl.int32) + (a3 > a0).to(tl.int32)) < 2
+    k1 = ((a0 >= a1).to(tl.int32) + (a2 > a1).to(tl.int32) + (a3 > a1).to(tl.int32)) < 2
+    k2 = ((a0 >= a2).to(tl.int32) + (a1 >= a2).to(tl.int32) + (a3 > a2).to(tl.int32)) < 2
+    k3 = ((a0 >= a3).to(tl.int32) + (a1 >= a3).to(tl.int32) + (a2 >= a3).to(tl.int32)) < 2
+    return k0, k1, k2, k3
+
+
+@triton.jit
+def _row_values(values_ptr, nib_ptr, row, g, k, valid):
+    # the 4 dense entries of group g in `row`, rebuilt from its two kept values and nibble
+    nib = tl.load(nib_ptr + row * (k // 4) + g, mask=valid, other=3).to(tl.int32)
+    p0, p1 = _two_positions(nib)
+    v0 = tl.load(values_ptr + row * (k // 2) + g * 2, mask=valid, other=0.0).to(tl.float32)
+    v1 = tl.load(values_ptr + row * (k // 2) + g * 2 + 1, mask=valid, other=0.0).to(tl.float32)
+    zero = tl.zeros_like(v0)
+    c0 = tl.where(p0 == 0, v0, zero)
+    c1 = tl.where(p0 == 1, v0, tl.where(p1 == 1, v1, zero))
+    c2 = tl.where(p0 == 2, v0, tl.where(p1 == 2, v1, zero))
+    c3 = tl.where(p1 == 3, v1, zero)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _column_mask(ind_ptr, wt_nib_ptr, col, row0, r, m, x0, x1, x2, x3, valid):
+    # W_RCᵀ's mask for one column group (4 rows of W_R at one column): record it and write its 0/1 indicator
+    k0, k1, k2, k3 = _column_keep(tl.abs(x0), tl.abs(x1), tl.abs(x2), tl.abs(x3))
+    nib = k0.to(tl.int32) + 2 * k1.to(tl.int32) + 4 * k2.to(tl.int32) + 8 * k3.to(tl.int32)
+    tl.store(wt_nib_ptr + col * (m // 4) + r, nib.to(tl.uint8), mask=valid)
+    ty = ind_ptr.dtype.element_ty
+    base = col * m + row0
+    tl.store(ind_ptr + base + 0, k0.to(ty), mask=valid)
+    tl.store(ind_ptr + base + 1, k1.to(ty), mask=valid)
+    tl.store(ind_ptr + base + 2, k2.to(ty), mask=valid)
+    tl.store(ind_ptr + base + 3, k3.to(ty), mask=valid)
+
+
+@triton.jit
+def _column_values(out_ptr, wt_nib_ptr, col, r, m, x0, x1, x2, x3, valid):
+    # the two kept values of one column group, in position order, into W_RCᵀ's compressed values (k, m/2)
+    nib = tl.load(wt_nib_ptr + col * (m // 4) + r, mask=valid, other=3).to(tl.int32)
+    q0, q1 = _two_positions(nib)
+    v0 = tl.where(q0 == 0, x0, tl.where(q0 == 1, x1, x2))
+    v1 = tl.where(q1 == 1, x1, tl.where(q1 == 2, x2, x3))
+    ty = out_ptr.dtype.element_ty
+    base = col * (m // 2) + r.to(tl.int64) * 2
+    tl.store(out_ptr + base, v0.to(ty), mask=valid)
+    tl.store(out_ptr + base + 1, v1.to(ty), mask=valid)
+
+
+@triton.jit
+def transpose_kernel(values_ptr, nib_ptr, out_ptr, wt_nib_ptr, m, k, BLOCK: tl.constexpr, GROUPS: tl.constexpr,
+                     MASK: tl.constexpr):
+    # From W_R's kept values (m, k/2) + forward nibbles, without a dense W_R in memory:
+    #   MASK=True:  derive W_RCᵀ's 2:4 mask (along d_out, stable ties) -> wt nibbles + 0/1 indicator (k, m)
+    #   MASK=False: write W_RCᵀ's kept values (k, m/2) under the stored wt nibbles
+    # Lanes run over column groups of W_R (4 consecutive rows), so neighbouring lanes store to neighbouring
+    # addresses of the transposed outputs; each program walks GROUPS groups of 4 along k.
+    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = r < m // 4
+    row0 = r.to(tl.int64) * 4
+    for j in tl.static_range(GROUPS):
+        g = (tl.program_id(1) * GROUPS + j).to(tl.int64)
+        a0, a1, a2, a3 = _row_values(values_ptr, nib_ptr, row0 + 0, g, k, valid)
+        b0, b1, b2, b3 = _row_values(values_ptr, nib_ptr, row0 + 1, g, k, valid)
+        c0, c1, c2, c3 = _row_values(values_ptr, nib_ptr, row0 + 2, g, k, valid)
+        d0, d1, d2, d3 = _row_values(values_ptr, nib_ptr, row0 + 3, g, k, valid)
+        col = g * 4
+        if MASK:
+            _column_mask(out_ptr, wt_nib_ptr, col + 0, row0, r, m, a0, b0, c0, d0, valid)
+            _column_mask(out_ptr, wt_nib_ptr, col + 1, row0, r, m, a1, b1, c1, d1, valid)
+            _column_mask(out_ptr, wt_nib_ptr, col + 2, row0, r, m, a2, b2, c2, d2, valid)
+            _column_mask(out_ptr, wt_nib_ptr, col + 3, row0, r, m, a3, b3, c3, d3, valid)
+        else:
+            _column_values(out_ptr, wt_nib_ptr, col + 0, r, m, a0, b0, c0, d0, valid)
+            _column_values(out_ptr, wt_nib_ptr, col + 1, r, m, a1, b1, c1, d1, valid)
+            _column_values(out_ptr, wt_nib_ptr, col + 2, r, m, a2, b2, c2, d2, valid)
+            _column_values(out_ptr, wt_nib_ptr, col + 3, r, m, a3, b3, c3, d3, valid)
+
+
+@triton.jit
 def adamw_kernel(master_ptr, exp_avg_ptr, exp_avg_sq_ptr, grad_ptr, values_ptr, n, decay_factor, beta1, beta2,
                  step_size, inv_sqrt_bias2, eps, BLOCK: tl.constexpr):
     # One pass of AdamW on fp32 masters; also writes the rounded 16-bit values (into the compressed W).
@@ -58,50 +169,3 @@ def adamw_kernel(master_ptr, exp_avg_ptr, exp_avg_sq_ptr, grad_ptr, values_ptr, 
     tl.store(exp_avg_ptr + offs, m, mask=valid)
     tl.store(exp_avg_sq_ptr + offs, v, mask=valid)
     tl.store(values_ptr + offs, p.to(values_ptr.dtype.element_ty), mask=valid)
-
-
-@triton.jit
-def transpose_tile_kernel(values_ptr, nib_ptr, out_ptr, wt_nib_ptr, m, k, BR: tl.constexpr, BG: tl.constexpr,
-                          MASK: tl.constexpr):
-    # Same contract as `transpose_kernel`, on 2-D tiles: BR column groups of W_R (4·BR rows) x BG groups of 4
-    # along k (4·BG columns). Rows of the tile load contiguously; the transposed stores write whole sectors.
-    R: tl.constexpr = 4 * BR
-    C: tl.constexpr = 4 * BG
-    rows = tl.program_id(0) * R + tl.arange(0, R)
-    cols = tl.program_id(1) * C + tl.arange(0, C)
-    rgs = tl.program_id(0) * BR + tl.arange(0, BR)
-    valid = (rows < m)[:, None] & (cols < k)[None, :]
-    grp = (cols // 4)[None, :]
-    quarter = (cols % 4)[None, :]
-    r64 = rows.to(tl.int64)[:, None]
-    nib = tl.load(nib_ptr + r64 * (k // 4) + grp, mask=valid, other=3).to(tl.int32)
-    p0, p1 = _two_positions(nib)
-    v0 = tl.load(values_ptr + r64 * (k // 2) + 2 * grp, mask=valid, other=0.0).to(tl.float32)
-    v1 = tl.load(values_ptr + r64 * (k // 2) + 2 * grp + 1, mask=valid, other=0.0).to(tl.float32)
-    dense = tl.where(p0 == quarter, v0, tl.where(p1 == quarter, v1, 0.0))  # (R, C) tile of W_R
-    d3 = tl.reshape(dense, (BR, 4, C))  # [column group, row in group, column]
-    idx = tl.arange(0, 4)
-    j_before_i = (idx[None, :] < idx[:, None])[None, :, :, None]  # [., i, j, .]: j precedes i on ties
-    out_cols = cols.to(tl.int64)[:, None]
-    rg_valid = (cols < k)[:, None] & (rgs < m // 4)[None, :]
-    if MASK:
-        a = tl.abs(d3)
-        ai = tl.expand_dims(a, 2)  # (BR, 4, 1, C)
-        aj = tl.expand_dims(a, 1)  # (BR, 1, 4, C)
-        before = (aj > ai) | ((aj == ai) & j_before_i)
-        keep = tl.sum(before.to(tl.int32), axis=2) < 2  # (BR, 4, C): 2 of 4 along d_out, stable ties
-        bits = tl.sum(keep.to(tl.int32) * (1 << idx)[None, :, None], axis=1)  # (BR, C)
-        tl.store(wt_nib_ptr + out_cols * (m // 4) + rgs[None, :], tl.trans(bits).to(tl.uint8), mask=rg_valid)
-        indicator = tl.trans(tl.reshape(keep, (R, C)).to(out_ptr.dtype.element_ty))  # (C, R)
-        out_valid = (cols < k)[:, None] & (rows < m)[None, :]
-        tl.store(out_ptr + out_cols * m + rows[None, :], indicator, mask=out_valid)
-    else:
-        bits = tl.trans(tl.load(wt_nib_ptr + out_cols * (m // 4) + rgs[None, :], mask=rg_valid, other=3).to(tl.int32))
-        kept = ((tl.expand_dims(bits, 1) >> idx[None, :, None]) & 1) != 0  # (BR, 4, C)
-        kept_before = tl.sum((tl.expand_dims(kept, 1) & j_before_i).to(tl.int32), axis=2)  # kept rows before i
-        first = tl.sum(tl.where(kept & (kept_before == 0), d3, 0.0), axis=1)  # (BR, C)
-        second = tl.sum(tl.where(kept & (kept_before == 1), d3, 0.0), axis=1)
-        pairs = tl.reshape(tl.join(tl.trans(first), tl.trans(second)), (C, 2 * BR))  # per column: rg0 s0, rg0 s1...
-        slots = tl.program_id(0) * 2 * BR + tl.arange(0, 2 * BR)
-        pair_valid = (cols < k)[:, None] & (slots < m // 2)[None, :]
-        tl.store(out_ptr + out_cols * (m // 2) + slots[None, :], pairs.to(out_ptr.dtype.element_ty), mask=pair_valid)
