@@ -34,43 +34,30 @@ def test_nibbles_round_trip_and_gather_scatter_match_torch(device, dtype):
     assert as_fp32.dtype == torch.float32 and torch.equal(as_fp32, values.float())
 
 
+@pytest.mark.parametrize("shape", [(32, 48), (1040, 72)])  # the second leaves a partial block of lanes
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("device", DEVICES)
-def test_prune_columns_transposed_matches_nm_mask_with_ties(device, dtype):
+def test_transpose_mask_and_values_match_scatter_then_column_prune(device, dtype, shape):
     _bf16_ok(device, dtype)
-    w = torch.randn(64, 40, device=device)
-    w[:4, :8] = 1.0           # whole tied column groups
-    w[4:8, 0] = torch.tensor([-2.0, 2.0, 1.0, 2.0])  # ties in magnitude and sign
-    w_r = w * masks.row_mask(w, 2, 4)
-    out, nib = nm_pack.prune_columns_transposed(w_r, dtype)
-    expected_mask = masks.nm_mask(w_r, 2, 4, dim=0)
-    assert out.shape == (40, 64) and out.dtype == dtype
-    assert torch.equal(out, (w_r * expected_mask).t().to(dtype))
-    assert torch.equal(nm_pack.unpack_nibbles(nib), expected_mask.t())
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("device", DEVICES)
-def test_transpose_mask_and_values_match_scatter_then_column_prune(device, dtype):
-    _bf16_ok(device, dtype)
-    w = torch.randn(32, 48, device=device)
+    m, k = shape
+    w = torch.randn(m, k, device=device)
     w[:4, :4] = 0.5  # ties
     w[8:12, 4] = torch.tensor([0.0, 0.3, 0.0, 0.0])  # a column group of W_R with fewer than 2 non-zeros
     mask = masks.row_mask(w, 2, 4)
     nib = nm_pack.pack_nibbles(mask)
     values = nm_pack.gather_kept(w, nib, out_dtype=torch.float32)
-    wt_nib = torch.zeros(48, 8, dtype=torch.uint8, device=device)
+    wt_nib = torch.zeros(k, m // 4, dtype=torch.uint8, device=device)
     indicator = nm_pack.transpose_mask(values, nib, wt_nib, dtype)
     w_r = w * mask
     col_mask = masks.nm_mask(w_r, 2, 4, dim=0)  # always 2 positions per group, zeros included
     assert torch.equal(indicator, col_mask.t().to(dtype))
     assert torch.equal(nm_pack.unpack_nibbles(wt_nib), col_mask.t())
-    out = torch.empty(48, 16, device=device, dtype=dtype)
+    out = torch.empty(k, m // 2, device=device, dtype=dtype)
     nm_pack.transpose_values(values, nib, wt_nib, out)
-    assert torch.equal(out, (w_r.t())[col_mask.t()].view(48, 16).to(dtype))
+    assert torch.equal(out, (w_r.t())[col_mask.t()].view(k, m // 2).to(dtype))
     # keep the stored mask: new values land in the same slots
     nm_pack.transpose_values(values * -3.0, nib, wt_nib, out)
-    assert torch.equal(out, (-3.0 * w_r.t())[col_mask.t()].view(48, 16).to(dtype))
+    assert torch.equal(out, (-3.0 * w_r.t())[col_mask.t()].view(k, m // 2).to(dtype))
 
 
 @pytest.mark.parametrize("device", DEVICES)
