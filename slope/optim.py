@@ -33,6 +33,29 @@ def dense_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in sparse]
 
 
+def amp_step(scaler: torch.amp.GradScaler, optimizers, max_grad_norm: float | None = None) -> bool:
+    """One mixed-precision step over several optimizers (dense and sparse): all step, or none do.
+
+    ``GradScaler.step`` decides per optimizer, so an overflow in the dense gradients alone would still update
+    the sparse weights. Here every optimizer is unscaled, the gradients are optionally clipped by one global
+    norm, and if any gradient is inf/NaN no optimizer steps; the scale is updated either way. Returns whether
+    the step was taken.
+    """
+    for optimizer in optimizers:
+        scaler.unscale_(optimizer)
+    grads = [p.grad for opt in optimizers for group in opt.param_groups for p in group["params"] if p.grad is not None]
+    norms = torch._foreach_norm(grads) if grads else []
+    finite = bool(torch.stack([n.float() for n in norms]).isfinite().all()) if norms else True
+    if finite:
+        if max_grad_norm is not None:
+            params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        for optimizer in optimizers:
+            optimizer.step()
+    scaler.update()
+    return finite
+
+
 def grad_dict(model: nn.Module) -> dict[str, torch.Tensor | None]:
     """Compressed gradients by layer name (the reference API's ``grad_dict``; here they live in ``values.grad``)."""
     return {name: m.values.grad for name, m in model.named_modules() if isinstance(m, CompressedSLoPeLinear)}

@@ -190,3 +190,47 @@ def test_bad_input_on_the_compressed_path_is_named():
         with pytest.raises(slope.BackendUnavailableError, match="sm_8x"):
             slope.prune_model(torch.nn.Sequential(torch.nn.Linear(64, 64)).cuda().half(), compress=True,
                               backend="cutlass")
+
+
+def test_spmm_op_replays_in_a_cuda_graph_and_compiles_with_fullgraph():
+    op = cusparselt.SpMM(256, 128, torch.float16)
+    w = torch.randn(256, 128, device="cuda", dtype=torch.float16)
+    w = w * slope.row_mask(w, 2, 4)
+    packed = op.compress(w)
+    x = torch.randn(64, 128, device="cuda", dtype=torch.float16)
+    expected = op(packed, x)  # chooses the algorithm before capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        op(packed, x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = op(packed, x)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    assert torch.equal(captured, op(packed, x))
+    compiled = torch.compile(lambda a: torch.ops.slope_cslt.spmm(packed, 256, 128, a, None, 0, op.layout) * 2,
+                             fullgraph=True)
+    assert torch.equal(compiled(x), torch.ops.slope_cslt.spmm(packed, 256, 128, x, None, 0, op.layout) * 2)
+    assert expected.shape == (64, 256)
+
+
+def test_fp16_overflow_skips_dense_and_sparse_steps_alike():
+    from slope.optim import amp_step
+
+    model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.GELU(), torch.nn.Linear(256, 128)).cuda().half()
+    slope.prune_model(model, compress=True, filter_fn=lambda m, n: n == "0")
+    sparse_opt, dense_opt = ADAMWSparse(model, lr=1e-3), torch.optim.AdamW(dense_parameters(model), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**16)
+    packed_before = model[0].w_packed.clone()
+    dense_before = model[2].weight.detach().clone()
+    scaler.scale(model(torch.randn(32, 128, device="cuda", dtype=torch.half)).float().pow(2).mean()).backward()
+    model[2].weight.grad[0, 0] = float("nan")
+    assert amp_step(scaler, [dense_opt, sparse_opt]) is False
+    assert torch.equal(model[0].w_packed, packed_before) and torch.equal(model[2].weight, dense_before)
+    for opt in (dense_opt, sparse_opt):
+        opt.zero_grad()
+    scaler.scale(model(torch.randn(32, 128, device="cuda", dtype=torch.half)).float().pow(2).mean()).backward()
+    assert amp_step(scaler, [dense_opt, sparse_opt]) is True
+    assert not torch.equal(model[0].w_packed, packed_before)
