@@ -33,27 +33,52 @@ def dense_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in sparse]
 
 
-def amp_step(scaler: torch.amp.GradScaler, optimizers, max_grad_norm: float | None = None) -> bool:
-    """One mixed-precision step over several optimizers (dense and sparse): all step, or none do.
+class DynamicLossScaler:
+    """fp16 dynamic loss scaling over several optimizers (dense and sparse): all step, or none do.
 
-    ``GradScaler.step`` decides per optimizer, so an overflow in the dense gradients alone would still update
-    the sparse weights. Here every optimizer is unscaled, the gradients are optionally clipped by one global
-    norm, and if any gradient is inf/NaN no optimizer steps; the scale is updated either way. Returns whether
-    the step was taken.
+    torch's GradScaler decides per optimizer (an overflow in the dense gradients alone would still update the
+    sparse weights) and refuses to unscale fp16 gradients, which compressed fp16 layers have. This scaler
+    unscales every gradient in place, optionally clips by one global norm, and skips every optimizer if any
+    gradient is inf/NaN, backing the scale off; after ``growth_interval`` good steps the scale grows.
     """
-    for optimizer in optimizers:
-        scaler.unscale_(optimizer)
-    grads = [p.grad for opt in optimizers for group in opt.param_groups for p in group["params"] if p.grad is not None]
-    norms = torch._foreach_norm(grads) if grads else []
-    finite = bool(torch.stack([n.float() for n in norms]).isfinite().all()) if norms else True
-    if finite:
-        if max_grad_norm is not None:
-            params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        for optimizer in optimizers:
-            optimizer.step()
-    scaler.update()
-    return finite
+
+    def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
+                 growth_interval: int = 2000):
+        if init_scale <= 0 or growth_factor <= 1 or not 0 < backoff_factor < 1 or growth_interval < 1:
+            raise ValueError("DynamicLossScaler: need init_scale > 0, growth_factor > 1, 0 < backoff_factor < 1, "
+                             "growth_interval >= 1")
+        self.scale_value = float(init_scale)
+        self.growth_factor, self.backoff_factor, self.growth_interval = growth_factor, backoff_factor, growth_interval
+        self.good_steps = 0
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.scale_value
+
+    def step(self, optimizers, max_grad_norm: float | None = None) -> bool:
+        """Unscale, check, maybe clip, step all optimizers or none; returns whether they stepped."""
+        params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, 1.0 / self.scale_value)
+        finite = not grads or bool(torch.stack([n.float() for n in torch._foreach_norm(grads)]).isfinite().all())
+        if finite:
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            for optimizer in optimizers:
+                optimizer.step()
+            self.good_steps += 1
+            if self.good_steps % self.growth_interval == 0:
+                self.scale_value *= self.growth_factor
+        else:
+            self.scale_value *= self.backoff_factor
+            self.good_steps = 0
+        return finite
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale_value, "good_steps": self.good_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale_value, self.good_steps = float(state["scale"]), int(state["good_steps"])
 
 
 def grad_dict(model: nn.Module) -> dict[str, torch.Tensor | None]:

@@ -217,20 +217,20 @@ def test_spmm_op_replays_in_a_cuda_graph_and_compiles_with_fullgraph():
 
 
 def test_fp16_overflow_skips_dense_and_sparse_steps_alike():
-    from slope.optim import amp_step
+    from slope.optim import DynamicLossScaler
 
     model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.GELU(), torch.nn.Linear(256, 128)).cuda().half()
     slope.prune_model(model, compress=True, filter_fn=lambda m, n: n == "0")
     sparse_opt, dense_opt = ADAMWSparse(model, lr=1e-3), torch.optim.AdamW(dense_parameters(model), lr=1e-3)
-    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**16)
+    scaler = DynamicLossScaler(init_scale=2.0**16)
     packed_before = model[0].w_packed.clone()
     dense_before = model[2].weight.detach().clone()
     scaler.scale(model(torch.randn(32, 128, device="cuda", dtype=torch.half)).float().pow(2).mean()).backward()
     model[2].weight.grad[0, 0] = float("nan")
-    assert amp_step(scaler, [dense_opt, sparse_opt]) is False
+    assert scaler.step([dense_opt, sparse_opt]) is False
     assert torch.equal(model[0].w_packed, packed_before) and torch.equal(model[2].weight, dense_before)
     for opt in (dense_opt, sparse_opt):
         opt.zero_grad()
     scaler.scale(model(torch.randn(32, 128, device="cuda", dtype=torch.half)).float().pow(2).mean()).backward()
-    assert amp_step(scaler, [dense_opt, sparse_opt]) is True
+    assert scaler.step([dense_opt, sparse_opt]) is True
     assert not torch.equal(model[0].w_packed, packed_before)
