@@ -68,31 +68,37 @@ def scatter_kept(values: torch.Tensor, nibbles: torch.Tensor, out_dtype: torch.d
     return out
 
 
-def _transpose_launch(values, nibbles, out, wt_nibbles, mask: bool) -> None:
+# Launch shape of the transpose kernel: lanes per program (column groups of W_R), groups of 4 along k walked by
+# each program, warps. Measured on an H100: this 1-D form (0.85 ms mask / 1.0 ms values at 20480x5120 with
+# (128, 8, 4)) beat a 2-D tiled form with reshapes and 4-D rank tensors (5.9 / 4.9 ms):
+# results/logs/bench_optim_tiled_kernel_rejected.csv. `performance_experiments/sweep_transpose.py` re-tunes it.
+TRANSPOSE_LAUNCH = {"block": 128, "groups": 8, "num_warps": 4}
+
+
+def _transpose_launch(values, nibbles, out, wt_nibbles, mask: bool, launch: dict | None = None) -> None:
     m, half = values.shape
     k = half * 2
-    block, groups = 128, next(g for g in (8, 4, 2, 1) if (k // 4) % g == 0)
-    # Measured on an H100: this 1-D form (0.85 ms mask / 1.0 ms values at 20480x5120) beat a 2-D tiled form
-    # with reshapes and 4-D rank tensors (5.9 / 4.9 ms): results/logs/bench_optim_tiled_kernel_rejected.csv.
-    grid = (triton_cdiv(m // 4, block), k // 4 // groups)
-    _get()["transpose"][grid](values.contiguous(), nibbles.contiguous(), out, wt_nibbles, m, k, BLOCK=block,
-                              GROUPS=groups, MASK=mask)
+    launch = launch or TRANSPOSE_LAUNCH
+    groups = next(g for g in (launch["groups"], 8, 4, 2, 1) if (k // 4) % g == 0)  # the grid has no group mask
+    grid = (triton_cdiv(m // 4, launch["block"]), k // 4 // groups)
+    _get()["transpose"][grid](values.contiguous(), nibbles.contiguous(), out, wt_nibbles, m, k, BLOCK=launch["block"],
+                              GROUPS=groups, MASK=mask, num_warps=launch["num_warps"])
 
 
 def transpose_mask(values: torch.Tensor, nibbles: torch.Tensor, wt_nibbles: torch.Tensor,
-                   dtype: torch.dtype) -> torch.Tensor:
+                   dtype: torch.dtype, launch: dict | None = None) -> torch.Tensor:
     """Derive W_RCᵀ's mask from W_R's kept values (m, k/2): writes ``wt_nibbles`` (k, m/4), returns the 0/1
     indicator (k, m) in ``dtype`` (exactly 2 ones per group, as `slope.masks.nm_mask` picks them, ties included)."""
     m, half = values.shape
     indicator = torch.empty(half * 2, m, device=values.device, dtype=dtype)
-    _transpose_launch(values, nibbles, indicator, wt_nibbles, mask=True)
+    _transpose_launch(values, nibbles, indicator, wt_nibbles, mask=True, launch=launch)
     return indicator
 
 
 def transpose_values(values: torch.Tensor, nibbles: torch.Tensor, wt_nibbles: torch.Tensor,
-                     out: torch.Tensor) -> torch.Tensor:
+                     out: torch.Tensor, launch: dict | None = None) -> torch.Tensor:
     """Write W_RCᵀ's kept values (k, m/2) under ``wt_nibbles`` into ``out`` (e.g. a compressed buffer's values)."""
-    _transpose_launch(values, nibbles, out, wt_nibbles, mask=False)
+    _transpose_launch(values, nibbles, out, wt_nibbles, mask=False, launch=launch)
     return out
 
 
