@@ -69,10 +69,10 @@ def scatter_kept(values: torch.Tensor, nibbles: torch.Tensor, out_dtype: torch.d
 
 
 # Launch shape of the transpose kernel: lanes per program (column groups of W_R), groups of 4 along k walked by
-# each program, warps. Measured on an H100: this 1-D form (0.85 ms mask / 1.0 ms values at 20480x5120 with
-# (128, 8, 4)) beat a 2-D tiled form with reshapes and 4-D rank tensors (5.9 / 4.9 ms):
-# results/logs/bench_optim_tiled_kernel_rejected.csv. `performance_experiments/sweep_transpose.py` re-tunes it.
-TRANSPOSE_LAUNCH = {"block": 128, "groups": 8, "num_warps": 4}
+# each program, warps. On an H100 at 20480x5120 (results/sweep_transpose_h100.csv), (128, 1, 4) took 0.53 ms for
+# the mask and for the values, against 0.85 / 1.0 ms with (128, 8, 4) and 5.9 / 4.9 ms for a 2-D tiled form with
+# reshapes and 4-D rank tensors (results/logs/bench_optim_tiled_kernel_rejected.csv).
+TRANSPOSE_LAUNCH = {"block": 128, "groups": 1, "num_warps": 4}
 
 
 def _transpose_launch(values, nibbles, out, wt_nibbles, mask: bool, launch: dict | None = None) -> None:
