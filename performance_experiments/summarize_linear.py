@@ -21,7 +21,7 @@ def _runs(rows: list[dict]) -> dict[str, list[dict]]:
 
 def _verdict(value: float, goal: float, higher_is_better: bool = True) -> str:
     ok = value >= goal if higher_is_better else value <= goal
-    return "met" if ok else f"missed by {abs(value - goal) / goal:.0%}"
+    return "met" if ok else f"missed by {abs(value - goal) / goal:.1%}"
 
 
 def render(rows: list[dict]) -> str:

@@ -232,3 +232,22 @@ def test_fp16_overflow_skips_dense_and_sparse_steps_alike():
     scaler.scale(model(torch.randn(32, 128, device="cuda", dtype=torch.half)).float().pow(2).mean()).backward()
     assert scaler.step([dense_opt, sparse_opt]) is True
     assert not torch.equal(model[0].w_packed, packed_before)
+
+
+def test_trainer_callback_steps_the_sparse_optimizer_with_the_dense_schedule():
+    pytest.importorskip("transformers")
+    from slope.hf import SparseOptimizerCallback
+
+    model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.GELU(), torch.nn.Linear(256, 128)).cuda()
+    slope.prune_model(model, compress=True, compress_dtype=torch.bfloat16, filter_fn=lambda m, n: n == "0")
+    sparse = ADAMWSparse(model, lr=1.0, weight_decay=0.0)
+    dense = torch.optim.AdamW(dense_parameters(model), lr=3e-4, weight_decay=0.05)
+    callback = SparseOptimizerCallback(sparse)
+    callback.on_train_begin(None, None, None, optimizer=dense)
+    with pytest.raises(ValueError, match="dense_parameters"):
+        callback.on_train_begin(None, None, None, optimizer=torch.optim.AdamW(model.parameters()))
+    before = model[0].w_packed.clone()
+    model(torch.randn(32, 128, device="cuda")).float().pow(2).mean().backward()
+    callback.on_pre_optimizer_step(None, None, None, optimizer=dense)
+    assert sparse.lr == 3e-4 and sparse.weight_decay == 0.05
+    assert model[0].values.grad is None and not torch.equal(model[0].w_packed, before)
