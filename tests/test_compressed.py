@@ -247,7 +247,9 @@ def test_trainer_callback_steps_the_sparse_optimizer_with_the_dense_schedule():
     with pytest.raises(ValueError, match="dense_parameters"):
         callback.on_train_begin(None, None, None, optimizer=torch.optim.AdamW(model.parameters()))
     before = model[0].w_packed.clone()
-    model(torch.randn(32, 128, device="cuda")).float().pow(2).mean().backward()
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # the bf16 sparse layer feeds an fp32 dense one
+        loss = model(torch.randn(32, 128, device="cuda")).float().pow(2).mean()
+    loss.backward()
     callback.on_pre_optimizer_step(None, None, None, optimizer=dense)
     assert sparse.lr == 3e-4 and sparse.weight_decay == 0.05
     assert model[0].values.grad is None and not torch.equal(model[0].w_packed, before)
