@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from ..masks import row_mask
+
 _HERE = Path(__file__).resolve().parent
 _ext = None
 _build_error: str | None = None
@@ -194,7 +196,7 @@ def best_alg_id(m: int, k: int, n: int, dtype: torch.dtype, layout: int = DEFAUL
     if torch.cuda.is_current_stream_capturing():
         raise RuntimeError(f"cuSPARSELt algorithm for {key} is not chosen yet: run one step before CUDA graph capture")
     weight = torch.randn(m, k, device="cuda", dtype=dtype)
-    weight = weight * _mask_2_4_rows(weight)
+    weight = weight * row_mask(weight, 2, 4)
     packed = torch.ops.slope_cslt.compress(weight, layout)
     x = torch.randn(n, k, device="cuda", dtype=dtype)
     b = torch.randn(m, device="cuda", dtype=dtype) if bias else None
@@ -209,12 +211,6 @@ def best_alg_id(m: int, k: int, n: int, dtype: torch.dtype, layout: int = DEFAUL
     cache[key] = min(timings, key=timings.get)
     _save_alg_cache()
     return cache[key]
-
-
-def _mask_2_4_rows(weight: torch.Tensor) -> torch.Tensor:
-    from ..masks import nm_mask
-
-    return nm_mask(weight, 2, 4, dim=1)
 
 
 # ----- the op a layer calls -----------------------------------------------------------------------------------
