@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .backends import require_sparse_tensor_cores
 from .kernels import nm_pack
 from .kernels.cusparselt import SpMM, values_view
 from .linear import SLoPeLinear, SparseLinearBase
@@ -216,16 +217,11 @@ def _copy_adapters(src: SparseLinearBase, dst: SparseLinearBase) -> None:
 
 def check_compressible(d_out: int, d_in: int, dtype: torch.dtype, device: torch.device, name: str) -> None:
     """Clear errors for what the compressed backend cannot take (instead of a crash inside a kernel)."""
-    if device.type != "cuda":
-        raise ValueError(f"{name}: compress=True needs the model on a CUDA GPU (got {device}); move it with "
-                         "model.cuda() first, or use compress=False (the simulator runs on CPU)")
+    require_sparse_tensor_cores(device, name)
     if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"{name}: compress=True needs float16 or bfloat16 weights (got {dtype}); convert with "
-                         "model.to(torch.bfloat16): ADAMWSparse keeps fp32 master copies of the sparse weights")
-    major, minor = torch.cuda.get_device_capability(device)
-    if major < 8:
-        raise ValueError(f"{name}: this GPU (sm_{major}{minor}) has no 2:4 sparse tensor cores (needs sm_80+); "
-                         "use compress=False")
+        raise ValueError(f"{name}: compress=True needs float16 or bfloat16 weights (got {dtype}); pass "
+                         "compress_dtype=torch.bfloat16 (the rest of an fp32 model stays fp32 for AMP) or convert with "
+                         "model.to(torch.bfloat16); ADAMWSparse keeps fp32 master copies of the sparse weights")
     for dim_name, size in (("d_out", d_out), ("d_in", d_in)):
         if size % DIM_ALIGNMENT or size < DIM_ALIGNMENT:
             raise ValueError(f"{name}: {dim_name} = {size} is not a multiple of {DIM_ALIGNMENT}, which cuSPARSELt "

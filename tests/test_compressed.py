@@ -182,7 +182,7 @@ def test_bad_input_on_the_compressed_path_is_named():
     with pytest.raises(ValueError, match="0: d_out = 48 is not a multiple of 32"):
         slope.prune_model(torch.nn.Sequential(torch.nn.Linear(64, 48)).cuda().half(), compress=True,
                           filter_fn=lambda m, n: True)
-    with pytest.raises(ValueError, match="needs the model on a CUDA GPU"):
+    with pytest.raises(ValueError, match="compress=True: needs the model on a CUDA GPU"):
         slope.prune_model(torch.nn.Sequential(torch.nn.Linear(64, 64)).half(), compress=True)
     if torch.cuda.get_device_capability()[0] >= 9:
         with pytest.raises(slope.BackendUnavailableError, match="sm_8x"):

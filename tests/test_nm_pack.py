@@ -9,19 +9,15 @@ pytest.importorskip("triton")  # conftest sets TRITON_INTERPRET=1 on machines wi
 from slope import masks  # noqa: E402
 from slope.kernels import nm_pack  # noqa: E402
 
-DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)]
+_CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+# Triton's CPU interpreter returns garbage for bf16 (DESIGN §5), so bf16 runs on the GPU only.
+DEVICE_DTYPES = [pytest.param("cpu", torch.float32, id="cpu-fp32"), pytest.param("cpu", torch.float16, id="cpu-fp16")]
+DEVICE_DTYPES += [pytest.param("cuda", dtype, id=f"cuda-{name}", marks=_CUDA)
+                  for dtype, name in ((torch.float32, "fp32"), (torch.float16, "fp16"), (torch.bfloat16, "bf16"))]
 
 
-def _bf16_ok(device, dtype):
-    # Triton's CPU interpreter returns garbage for bf16 (DESIGN §5): bf16 runs on the GPU only.
-    if dtype == torch.bfloat16 and device == "cpu":
-        pytest.skip("bf16 Triton kernels are tested on the GPU (the CPU interpreter mishandles bf16)")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
 def test_nibbles_round_trip_and_gather_scatter_match_torch(device, dtype):
-    _bf16_ok(device, dtype)
     w = torch.randn(64, 96, device=device).to(dtype)
     mask = masks.row_mask(w, 2, 4)
     nib = nm_pack.pack_nibbles(mask)
@@ -35,10 +31,8 @@ def test_nibbles_round_trip_and_gather_scatter_match_torch(device, dtype):
 
 
 @pytest.mark.parametrize("shape", [(32, 48), (1040, 72)])  # the second leaves a partial block of lanes
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
 def test_transpose_mask_and_values_match_scatter_then_column_prune(device, dtype, shape):
-    _bf16_ok(device, dtype)
     m, k = shape
     w = torch.randn(m, k, device=device)
     w[:4, :4] = 0.5  # ties

@@ -120,7 +120,7 @@ def test_paper_filter_skips_narrow_layers():
 def test_mode_flags_and_backend_resolution():
     assert slope.resolve_backend("auto", compress=False) == "dense"
     assert slope.resolve_backend("cusparselt", compress=False) == "dense"
-    with pytest.raises(ValueError, match="needs the model on a CUDA GPU"):
+    with pytest.raises(ValueError, match="compress=True: needs the model on a CUDA GPU"):
         slope.prune_model(nn.Sequential(nn.Linear(16, 16)), compress=True)
 
 

@@ -20,6 +20,18 @@ class BackendUnavailableError(RuntimeError):
     """The named backend cannot run here (not built, not installed, or the GPU lacks 2:4 support)."""
 
 
+def require_sparse_tensor_cores(device: torch.device | None, name: str = "compress=True") -> tuple[int, int]:
+    """The compute capability of ``device``, or a clear error if it is no CUDA GPU with 2:4 tensor cores."""
+    if device is None or device.type != "cuda":
+        raise ValueError(f"{name}: needs the model on a CUDA GPU (it is on {device}); move it with model.cuda() "
+                         "first, or use compress=False (the exact simulator, any device)")
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        raise BackendUnavailableError(f"{name}: this GPU (sm_{major}{minor}) has no 2:4 sparse tensor cores "
+                                      "(sm_80+ needed); use compress=False")
+    return major, minor
+
+
 def resolve_backend(name: str, *, compress: bool, device: torch.device | None = None) -> str:
     """Validate ``name`` and return the concrete backend that `prune_model` will use on ``device``."""
     if name not in BACKENDS:
@@ -31,13 +43,7 @@ def resolve_backend(name: str, *, compress: bool, device: torch.device | None = 
     if name == "dense":
         raise ValueError("backend='dense' only simulates sparsity (weights stay dense in memory); "
                          "use compress=False with it, or a compressed backend ('cusparselt', 'auto') on a GPU")
-    if device is None or device.type != "cuda":
-        raise ValueError(f"compress=True needs the model on a CUDA GPU (it is on {device}); move it with "
-                         "model.cuda() first, or use compress=False (the exact simulator, any device)")
-    major, minor = torch.cuda.get_device_capability(device)
-    if major < 8:
-        raise BackendUnavailableError(f"this GPU (sm_{major}{minor}) has no 2:4 sparse tensor cores (sm_80+ needed); "
-                                      "use compress=False")
+    major, minor = require_sparse_tensor_cores(device)
     if name == "cutlass":
         if major >= 9:
             raise BackendUnavailableError(
