@@ -5,7 +5,7 @@ VENV   ?= .venv
 PYTHON ?= $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements/cpu-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv test test-gpu smoke clean
+.PHONY: venv test test-gpu smoke data clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,12 @@ test-gpu:
 # Tiny GPT-2, dense vs SLoPe vs Extended SR-STE, a loss table; GPU preset when a GPU is present.
 smoke: venv
 	$(PYTHON) -m experiments.smoke
+
+# Offline pretraining corpus from Debian packages (apt-get download + dpkg-deb -x; nothing is installed),
+# split by document into data/corpus, with a manifest; then the GPT-2 BPE and BERT WordPiece tokenizers.
+data: venv
+	$(PYTHON) -m experiments.data.build --sources all --out data/corpus --work data/work
+	$(PYTHON) -m experiments.data.tokenizer --corpus data/corpus
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     blocks = [("host", None, None)] + [(kind, shape, dtype) for shape in cfg.shapes
                                        for kind, dtypes in (("train+infer", cfg.dtypes), ("optim", ("float32",)))
                                        for dtype in dtypes]
-    for kind, shape, dtype in tqdm(blocks, desc="bench_linear", file=sys.stderr):
+    for kind, shape, dtype in tqdm(blocks, desc="bench_linear", file=sys.stderr, disable=None):
         block: list[dict] = []
         if kind == "host":
             bench_host(block)
