@@ -96,7 +96,7 @@ def train(method: str, cfg: SmokeConfig, train_data, val_batches, device) -> dic
     adapter_step = cfg.steps - max(1, round(cfg.adapter_fraction * cfg.steps)) if method.endswith("adapters") else None
     optimizers, losses, jump = [optimizer], [], float("nan")
     start = time.perf_counter()
-    for step in tqdm(range(cfg.steps), desc=f"{method:>15}", leave=False, file=sys.stderr):
+    for step in tqdm(range(cfg.steps), desc=f"{method:>15}", leave=False, file=sys.stderr, disable=None):
         if step == adapter_step:
             before = evaluate(model, val_batches[:1], autocast)
             adapter_params = slope.add_lora(model, cfg.adapter_rank)
