@@ -1,0 +1,1 @@
+"""Offline pretraining corpus: Debian-packaged English text -> cleaned documents -> splits -> tokenizers."""
