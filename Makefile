@@ -29,11 +29,13 @@ smoke: venv
 
 # Offline pretraining corpus from Debian packages (apt-get download + dpkg-deb -x; nothing is installed),
 # split by document into data/corpus, with a manifest; then the GPT-2 BPE and BERT WordPiece tokenizers and the
-# generated zero-shot evaluation sets (lm-eval custom tasks) in data/evalsets.
+# generated zero-shot evaluation sets (lm-eval custom tasks) in data/evalsets and BERT fine-tuning sets in
+# data/finetune.
 data: venv
 	$(PYTHON) -m experiments.data.build --sources all --out data/corpus --work data/work
 	$(PYTHON) -m experiments.data.tokenizer --corpus data/corpus
 	$(PYTHON) -m experiments.evalsets --corpus data/corpus --out data/evalsets
+	$(PYTHON) -m experiments.finetune_sets --corpus data/corpus --out data/finetune
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
