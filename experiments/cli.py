@@ -21,8 +21,13 @@ def parse_config(presets: dict, description: str, argv: list[str] | None = None,
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--preset", choices=sorted(presets), default=default or next(iter(presets)))
     for field in dataclasses.fields(base_cls):
+        if field.name == "preset":  # a config may record its preset's name: set from --preset, not overridable
+            continue
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=_parser_for(hints[field.name]),
                             default=None, help=f"{hints[field.name]} (preset value if omitted)")
     args = vars(parser.parse_args(argv))
-    preset = presets[args.pop("preset")]
-    return dataclasses.replace(preset, **{k: v for k, v in args.items() if v is not None})
+    name = args.pop("preset")
+    overrides = {k: v for k, v in args.items() if v is not None}
+    if any(f.name == "preset" for f in dataclasses.fields(base_cls)):
+        overrides["preset"] = name
+    return dataclasses.replace(presets[name], **overrides)

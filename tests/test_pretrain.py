@@ -1,0 +1,51 @@
+"""The pretraining runner at toy scale: it learns, and a run stopped mid-way resumes to the same result."""
+import csv
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from experiments import pretrain  # noqa: E402
+from experiments.data.tokenizer import train_gpt2_bpe  # noqa: E402
+from experiments.provenance import REPO_ROOT  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    lines = [line for line in (REPO_ROOT / "tests/data/devils_dictionary.txt").read_text().split("\n\n") if line]
+    (root / "train.txt").write_text("\n".join(p.replace("\n", " ") for p in lines[:-40]) + "\n")
+    (root / "validation.txt").write_text("\n".join(p.replace("\n", " ") for p in lines[-40:]) + "\n")
+    train_gpt2_bpe([str(root / "train.txt")], root / "tokenizers" / "gpt2-bpe", 400)
+    return root
+
+
+def _args(corpus, out, **overrides):
+    options = {"corpus": corpus, "tokenizer": corpus / "tokenizers/gpt2-bpe", "out": out, "steps": 8,
+               "batch-size": 2, "seq-len": 32, "n-embd": 32, "n-layer": 2, "n-head": 2, "eval-every": 4,
+               "eval-batches": 1, "checkpoint-every": 2, "method": "slope", "adapter-rank": "12.5%",
+               "adapter-fraction": 0.25, "amp": "none", "lr": 3e-3} | overrides
+    return [arg for key, value in options.items() for arg in (f"--{key}", str(value))]
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(corpus, tmp_path):
+    whole = pretrain.main(_args(corpus, tmp_path / "whole"))
+    first = pretrain.main(_args(corpus, tmp_path / "split", **{"stop-after": 5}))
+    assert len(first) == 5
+    resumed = pretrain.main(_args(corpus, tmp_path / "split"))
+    assert resumed == whole  # every loss of every step, bit for bit
+    a = torch.load(tmp_path / "whole/checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "split/checkpoint.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any("lora_left" in k for k in a)  # adapters were added for the last 25% of the steps
+    rows = list(csv.DictReader((tmp_path / "split/losses.csv").open()))
+    assert len(rows) == 8 and rows[3]["val_loss"] and rows[7]["val_loss"]
+
+
+def test_training_lowers_the_loss_and_refuses_a_changed_config(corpus, tmp_path):
+    history = pretrain.main(_args(corpus, tmp_path / "run", steps=30, **{"checkpoint-every": 30, "eval-every": 30}))
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.5
+    with pytest.raises(SystemExit, match="another configuration"):
+        pretrain.main(_args(corpus, tmp_path / "run", steps=30, lr=1e-3))
