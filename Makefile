@@ -5,7 +5,7 @@ VENV   ?= .venv
 PYTHON ?= $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements/cpu-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv test test-gpu smoke data clean
+.PHONY: venv test test-gpu smoke data gpt2-zeroshot clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,14 @@ data: venv
 	$(PYTHON) -m experiments.data.tokenizer --corpus data/corpus
 	$(PYTHON) -m experiments.evalsets --corpus data/corpus --out data/evalsets
 	$(PYTHON) -m experiments.finetune_sets --corpus data/corpus --out data/finetune
+
+data/evalsets/slope_perplexity/slope_perplexity.yaml:
+	$(MAKE) data
+
+# The paper's GPT-2 zero-shot table at the largest scale this machine runs (SCALE=tiny|small|paper, SEEDS=0,1,2):
+# pretraining per row and seed (resumable), lm-eval on the generated tasks, results/gpt2_zeroshot_<scale>.{csv,md}.
+gpt2-zeroshot: venv data/evalsets/slope_perplexity/slope_perplexity.yaml
+	$(PYTHON) -m accuracy_experiments.gpt2_zeroshot $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS))
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

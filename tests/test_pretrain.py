@@ -12,14 +12,18 @@ from experiments.data.tokenizer import train_gpt2_bpe  # noqa: E402
 from experiments.provenance import REPO_ROOT  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
+def toy_corpus(root):
+    """train/validation text from the shipped Devil's Dictionary excerpt and a 400-token BPE."""
     lines = [line for line in (REPO_ROOT / "tests/data/devils_dictionary.txt").read_text().split("\n\n") if line]
     (root / "train.txt").write_text("\n".join(p.replace("\n", " ") for p in lines[:-40]) + "\n")
     (root / "validation.txt").write_text("\n".join(p.replace("\n", " ") for p in lines[-40:]) + "\n")
     train_gpt2_bpe([str(root / "train.txt")], root / "tokenizers" / "gpt2-bpe", 400)
     return root
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return toy_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def _args(corpus, out, **overrides):

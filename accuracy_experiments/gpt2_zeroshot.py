@@ -1,0 +1,137 @@
+"""`make gpt2-zeroshot`: the paper's GPT-2 table (dense vs SLoPe vs Extended SR-STE, adapter ranks) at small scale.
+
+Every row x seed pretrains GPT-2 with `experiments.pretrain` (resumable), then scores the final model with
+lm-eval on the suite's generated zero-shot tasks. One long-form CSV row per (row, seed, task, metric) goes to
+``results/gpt2_zeroshot_<scale>.csv`` with provenance; rows already there are skipped, so an interrupted run
+resumes without losing or repeating anything. A markdown table (mean ± std over seeds) is written beside it,
+next to the paper's numbers from ``results/paper_reference.csv`` — on different, real benchmarks: compare the
+ordering of the methods, not the values.
+
+    python -m accuracy_experiments.gpt2_zeroshot [--scale tiny|small|paper] [--seeds 0,1,2] [--rows dense,slope-r0]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from experiments import pretrain
+from experiments.provenance import REPO_ROOT
+from experiments.results_io import write_rows
+
+# The paper's rows. The original README lists a 0.05% adapter; the issue asks for 0.5% (kept here).
+ROWS = {
+    "dense": {"method": "dense", "adapter_rank": "0"},
+    "slope-r0": {"method": "slope", "adapter_rank": "0"},
+    "slope-r0.5%": {"method": "slope", "adapter_rank": "0.5%"},
+    "slope-r2.1%": {"method": "slope", "adapter_rank": "2.1%"},
+    "srste-r0": {"method": "srste", "adapter_rank": "0"},
+    "srste-r0.5%": {"method": "srste", "adapter_rank": "0.5%"},
+    "srste-r2.1%": {"method": "srste", "adapter_rank": "2.1%"},
+}
+COLUMNS = ("experiment", "scale", "row", "method", "adapter_rank", "seed", "steps", "task", "metric", "value",
+           "final_val_loss")
+# items per task scored at each scale (lm-eval `limit`); None = all
+EVAL_LIMIT = {"tiny": 200, "small": None, "paper": None}
+
+
+def _done(path: Path) -> set[tuple[str, str]]:
+    if not path.exists():
+        return set()
+    with path.open(newline="") as f:
+        return {(r["row"], r["seed"]) for r in csv.DictReader(f)}
+
+
+def run(scale: str, seeds: list[int], rows: list[str], *, results: Path, runs: Path, evalsets: str,
+        overrides: dict | None = None) -> Path:
+    from experiments.data.tokenizer import load_tokenizer
+    from experiments.zeroshot import evaluate
+
+    done = _done(results)
+    for row in rows:
+        for seed in seeds:
+            if (row, str(seed)) in done:
+                continue
+            cfg = replace(pretrain.PRESETS[scale], **ROWS[row], seed=seed, out=str(runs / scale / row / f"seed{seed}"),
+                          **(overrides or {}))
+            history = pretrain.train(cfg)
+            tokenizer = load_tokenizer(cfg.tokenizer, "gpt2", cfg.seq_len)
+            model = pretrain.build_model(cfg, tokenizer, adapters=pretrain.adapter_start(cfg) is not None)
+            model.load_state_dict(torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=False)["model"])
+            scores = evaluate(model.eval(), tokenizer, evalsets=evalsets, limit=EVAL_LIMIT[scale],
+                              device="cuda" if torch.cuda.is_available() else "cpu")
+            val_loss = next((h["val_loss"] for h in reversed(history) if h["val_loss"] != ""), "")
+            out = [{"experiment": "gpt2_zeroshot", "scale": scale, "row": row, "method": ROWS[row]["method"],
+                    "adapter_rank": ROWS[row]["adapter_rank"], "seed": seed, "steps": cfg.steps, "task": task,
+                    "metric": metric.split(",")[0], "value": value, "final_val_loss": val_loss}
+                   for task, metrics in scores.items() for metric, value in metrics.items()
+                   if not metric.endswith("_stderr,none") and metric != "sample_len"]
+            write_rows(results, out, columns=COLUMNS, config=cfg)  # per run: an interruption loses at most one
+    write_table(results)
+    return results
+
+
+def write_table(results: Path) -> Path:
+    with results.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    values = defaultdict(list)
+    for r in rows:
+        values[(r["row"], f"{r['task']}/{r['metric']}")].append(float(r["value"]))
+    columns = sorted({key[1] for key in values})
+    order = [row for row in ROWS if any(key[0] == row for key in values)]
+    lines = [f"# GPT-2 zero-shot, {rows[0]['scale']} scale (generated stand-in tasks; mean ± std over seeds)", "",
+             f"From `{results.name}`: {len({r['seed'] for r in rows})} seed(s), {rows[0]['steps']} steps, device "
+             f"{rows[0]['device']}, commit {rows[0]['git_sha'][:7]}, {rows[0]['date'][:10]}.", "",
+             "| row | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for row in order:
+        cells = []
+        for column in columns:
+            v = values.get((row, column), [])
+            cells.append("" if not v else f"{statistics.mean(v):.4g} ± {statistics.stdev(v):.2g}" if len(v) > 1
+                         else f"{v[0]:.4g}")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    reference = REPO_ROOT / "results" / "paper_reference.csv"
+    if reference.exists():
+        with reference.open(newline="") as f:
+            paper = [r for r in csv.DictReader(f) if r["table"] == "gpt2_zeroshot"]
+        tasks = list(dict.fromkeys(r["task"] for r in paper))
+        lines += ["", "The paper's GPT-2 table (real benchmarks, accuracy %), for the ordering of the methods:", "",
+                  "| method | rank | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+        for key in dict.fromkeys((r["method"], r["adapter_rank"]) for r in paper):
+            vals = {r["task"]: r["value"] for r in paper if (r["method"], r["adapter_rank"]) == key}
+            lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(vals[t] for t in tasks) + " |")
+    target = results.with_suffix(".md")
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=sorted(pretrain.PRESETS),
+                        default="small" if torch.cuda.is_available() else "tiny")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--results", default=None, help="CSV path (default results/gpt2_zeroshot_<scale>.csv)")
+    parser.add_argument("--runs", default="runs/gpt2_zeroshot")
+    parser.add_argument("--evalsets", default="data/evalsets")
+    args = parser.parse_args(argv)
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
+    if not Path(args.evalsets).exists():
+        parser.error(f"{args.evalsets} not found: run `make data` first")
+    results = Path(args.results or REPO_ROOT / "results" / f"gpt2_zeroshot_{args.scale}.csv")
+    path = run(args.scale, [int(s) for s in args.seeds.split(",")], rows, results=results, runs=Path(args.runs),
+               evalsets=args.evalsets)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""`make gpt2-zeroshot` end to end at toy scale: pretrain, lm-eval, CSV with provenance, table; resumes."""
+import csv
+
+import pytest
+
+pytest.importorskip("lm_eval")
+
+from accuracy_experiments import gpt2_zeroshot  # noqa: E402
+from experiments import evalsets  # noqa: E402
+from tests.test_evalsets import _corpus  # noqa: E402
+from tests.test_pretrain import toy_corpus  # noqa: E402
+
+
+def test_rows_seeds_tasks_land_in_the_csv_and_a_rerun_adds_nothing(tmp_path):
+    corpus = toy_corpus(tmp_path)
+    fake, _ = _corpus(tmp_path)
+    evalsets.build_evalsets(fake, tmp_path / "evalsets")
+    overrides = {"corpus": str(corpus), "tokenizer": str(corpus / "tokenizers/gpt2-bpe"), "steps": 4,
+                 "batch_size": 2, "seq_len": 128, "n_embd": 32, "n_layer": 2, "n_head": 2, "eval_every": 4,
+                 "eval_batches": 1, "checkpoint_every": 4, "adapter_fraction": 0.25}
+    results = tmp_path / "gpt2_zeroshot_tiny.csv"
+    kwargs = dict(results=results, runs=tmp_path / "runs", evalsets=str(tmp_path / "evalsets"), overrides=overrides)
+    gpt2_zeroshot.run("tiny", [0], ["dense", "slope-r2.1%"], **kwargs)
+    rows = list(csv.DictReader(results.open()))
+    assert {(r["row"], r["task"]) for r in rows} >= {(row, task) for row in ("dense", "slope-r2.1%")
+                                                     for task in ("slope_continuation", "slope_definitions")}
+    assert all(r["git_sha"] and r["device"] and r["date"] for r in rows)
+    table = results.with_suffix(".md").read_text()
+    assert "| dense |" in table and "| slope-r2.1% |" in table and "Extended SR-STE" in table  # paper rows beside
+    gpt2_zeroshot.run("tiny", [0], ["dense", "slope-r2.1%"], **kwargs)  # resumes: nothing new to do
+    assert len(list(csv.DictReader(results.open()))) == len(rows)
