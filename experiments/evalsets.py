@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
+
+from experiments.atomic import atomic_open
 
 PROSE_SOURCES = ("python-docs", "jargon", "gnu-standards", "debian-reference", "doc-debian", "devils-dictionary")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
@@ -138,12 +138,8 @@ def _yaml(task: str, spec: dict, data_file: Path) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_open(path, encoding="utf-8") as f:
         f.write(text)
-    Path(tmp).chmod(0o644)
-    os.replace(tmp, path)
 
 
 def build_evalsets(corpus: Path, out: Path, *, split: str = "test", seed: int = 0, max_items: int = 5000) -> dict:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 import slope
+from experiments.atomic import atomic_open
 from experiments.cli import parse_config
 
 
@@ -86,11 +85,8 @@ def load_tokens(cfg: PretrainConfig, split: str, tokenizer) -> torch.Tensor:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def sparsity_schedule(spec: str):
@@ -222,12 +218,10 @@ def evaluate(model, batches, autocast) -> float:
 
 
 def _write_losses(path: Path, history: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
+    with atomic_open(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["step", "train_loss", "val_loss", "lr"])
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

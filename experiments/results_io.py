@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 
+from .atomic import atomic_open
 from .provenance import provenance
 
 PROVENANCE_COLUMNS = ("git_sha", "git_dirty", "command", "config_hash", "torch", "cuda", "triton", "cusparselt",
@@ -32,16 +31,9 @@ def write_rows(path: str | Path, rows: list[dict], *, columns: tuple[str, ...], 
                 raise ValueError(f"{path}: existing columns {reader.fieldnames} differ from {header}; "
                                  "move the old file aside or write to a new one")
             old = list(reader)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(old)
-            writer.writerows({**row, **stamp} for row in rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(old)
+        writer.writerows({**row, **stamp} for row in rows)
     return path

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..atomic import atomic_open
 from .sources import SOURCES, Doc, Source, clean_text, folder_source
 
 SPLITS = ("train", "validation", "test")
@@ -134,11 +135,8 @@ def build_corpus(sources: list[tuple[Source | str, Path | None, str]], out: Path
     except BaseException:
         writers.abort()
         raise
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_open(out / "manifest.json") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
-    Path(tmp).chmod(0o644)
-    os.replace(tmp, out / "manifest.json")
     return manifest
 
 
