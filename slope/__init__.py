@@ -7,9 +7,11 @@
     slope.add_lora(model, "1.56%")       # lazy adapters, any step; slope.lora_parameters(model) for their optimizer
     slope.densify_model(model)           # back to plain nn.Linear / Conv1D, same function
     slope.wanda_prune(model, batches)    # one-shot Wanda baseline
+    slope.prepare_inference(model)       # compressed inference layers: merged adapters, tiling (GPU)
 """
 from .backends import BACKENDS, BackendUnavailableError, resolve_backend
 from .baselines import FSTLinear, SRSTELinear
+from .inference import SLoPeInferenceLinear, prepare_inference
 from .linear import SLoPeLinear, SparseLinearBase
 from .lora import add_lora, lora_parameters, merge_lora, resolve_rank, sparse_layers
 from .masks import (assert_nm_sparse, double_prune_mask, double_pruned_density, is_nm_sparse, nm_mask,
@@ -20,9 +22,9 @@ from .wanda import wanda_prune
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "BackendUnavailableError", "FSTLinear", "SLoPeLinear", "SRSTELinear", "SparseLinearBase",
+    "BACKENDS", "BackendUnavailableError", "FSTLinear", "SLoPeInferenceLinear", "SLoPeLinear", "SRSTELinear", "SparseLinearBase",
     "add_lora", "assert_nm_sparse", "block_index", "densify_model", "double_prune_mask", "double_pruned_density",
-    "is_nm_sparse", "lora_parameters", "merge_lora", "nm_mask", "paper_filter", "parse_sparsity", "prune_model",
+    "is_nm_sparse", "lora_parameters", "merge_lora", "nm_mask", "paper_filter", "parse_sparsity", "prepare_inference", "prune_model",
     "resolve_backend", "resolve_rank", "row_mask", "sparse_layers", "split_blocks", "transposable_nm_mask",
     "wanda_prune",
 ]

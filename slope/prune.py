@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .backends import BackendUnavailableError, resolve_backend
+from .backends import resolve_backend
 from .baselines import FSTLinear, SRSTELinear
 from .compressed import CompressedSLoPeLinear, check_compressible
 from .linear import SLoPeLinear, SparseLinearBase
@@ -126,8 +126,10 @@ def prune_model(model: nn.Module, compress: bool = False, tiling: bool = True, a
     ``compress=False`` (default) is the exact simulator (backend ``"dense"``). ``compress=True`` stores W and
     W_RCᵀ 2:4-compressed on the GPU (backend ``"cusparselt"``; train with `slope.optim.ADAMWSparse`); its
     storage dtype is the weights' (fp16/bf16) or ``compress_dtype`` (e.g. bf16 for an fp32 model under AMP, whose
-    other parameters stay fp32). ``tiling`` is accepted for the reference signature; the current compressed
-    kernels run untiled. ``method`` picks the layer: ``"slope"`` (default), ``"srste"`` (Extended SR-STE) or
+    other parameters stay fp32). ``merge_lora=True`` with ``compress=True`` gives inference-only layers
+    (`slope.inference.SLoPeInferenceLinear`: adapters merged into the compressed matrix, square tiles when
+    ``tiling``; load a trained checkpoint into them with ``load_state_dict``); the training layers are untiled and
+    the simulator ignores ``tiling``. ``method`` picks the layer: ``"slope"`` (default), ``"srste"`` (Extended SR-STE) or
     ``"fst"``. ``layer_kwargs`` go to the layer (``double_prune=False`` for SLoPe, ``decay=`` for the baselines).
     Prune before building optimizers for Conv1D models: their weights become new (transposed) Parameters.
     """
@@ -140,9 +142,6 @@ def prune_model(model: nn.Module, compress: bool = False, tiling: bool = True, a
     concrete = resolve_backend(backend, compress=compress, device=None if first is None else first.device)
     if compress and method != "slope":
         raise ValueError(f"compress=True supports method='slope' only (got {method!r}); baselines are simulated")
-    if compress and merge_lora:
-        raise BackendUnavailableError("merge_lora=True with compress=True (the merged compressed inference path) is "
-                                      "not in this release; use compress=False to simulate it")
     if not isinstance(sparsity, str) and not callable(sparsity):
         parse_sparsity(sparsity)  # tuples are fine; anything else gets parse_sparsity's error
     rank = resolve_rank(lora_rank, hidden_size or model_hidden_size(model)) if add_lora else 0
@@ -169,7 +168,12 @@ def prune_model(model: nn.Module, compress: bool = False, tiling: bool = True, a
         _set_submodule(model, target.name, new)
     if rank:
         _add_lora(model, rank)
-    if merge_lora:
+    if merge_lora and concrete == "cusparselt":
+        # the inference layout: [W_R ; L pruned 2:4] in one compressed matrix (tiled when `tiling`), fused addmm
+        from .inference import prepare_inference
+
+        prepare_inference(model, tiling=tiling)
+    elif merge_lora:
         _merge_lora(model)
     return model
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..masks import row_mask
+from .fused import bias_add
 
 _HERE = Path(__file__).resolve().parent
 _ext = None
@@ -94,6 +95,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("slope_cslt::spmm")
     def _(packed, m, k, x, bias, alg_id, layout):
         return x.new_empty(x.shape[0], m)
+
+    @torch.library.register_fake("slope_cslt::spmm_out")
+    def _(packed, m, k, x, bias, alg_id, layout, out, offset):
+        return None
 
 
 def values_view(packed: torch.Tensor, m: int, k: int, dtype: torch.dtype) -> torch.Tensor:
@@ -183,6 +188,17 @@ def safe_alg_bound(dtype: torch.dtype, layout: int) -> int:
     return max(1, cache[key])
 
 
+def cached_choice(key: str, compute):
+    """A per-GPU choice (e.g. a measured crossover) stored beside the algorithm ids: computed once, then read."""
+    cache = _load_alg_cache()
+    if key not in cache:
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"{key} is not measured yet: run one step before CUDA graph capture")
+        cache[key] = compute()
+        _save_alg_cache()
+    return cache[key]
+
+
 def best_alg_id(m: int, k: int, n: int, dtype: torch.dtype, layout: int = DEFAULT_LAYOUT, *, bias: bool = False) -> int:
     """Fastest cuSPARSELt algorithm id for this product on this GPU, timed once and cached on disk."""
     if os.environ.get("SLOPE_CSLT_SEARCH", "1") == "0":
@@ -238,16 +254,33 @@ class SpMM:
             return torch.ops.slope_cslt.compress(dense, self.layout)
         return torch._cslt_compress(dense).view(torch.uint8)
 
+    def _alg(self, tokens: int, fuse_bias: bool) -> int:
+        alg = self._algs.get((tokens, fuse_bias))
+        if alg is None:
+            alg = self._algs[(tokens, fuse_bias)] = best_alg_id(self.m, self.k, tokens, self.dtype, self.layout,
+                                                                bias=fuse_bias)
+        return alg
+
     def __call__(self, packed: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.implementation == "torch":
             out = torch._cslt_sparse_mm(packed.view(self.dtype), x.t(), bias)  # (m, n) row-major
             return out.t()
         fuse_bias = bias is not None and self.layout == 0
-        key = (x.shape[0], fuse_bias)
-        alg = self._algs.get(key)
-        if alg is None:
-            alg = self._algs[key] = best_alg_id(self.m, self.k, x.shape[0], self.dtype, self.layout, bias=fuse_bias)
-        out = torch.ops.slope_cslt.spmm(packed, self.m, self.k, x, bias if fuse_bias else None, alg, self.layout)
+        out = torch.ops.slope_cslt.spmm(packed, self.m, self.k, x, bias if fuse_bias else None,
+                                        self._alg(x.shape[0], fuse_bias), self.layout)
         if bias is not None and not fuse_bias:
-            out += bias
+            bias_add(out, bias, out=out)  # layout 1 adds per row of D, i.e. per token: add the bias after
         return out
+
+    def into(self, packed: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
+             offset: int) -> None:
+        """Write x·Wᵀ (+ bias) into columns [offset, offset + m) of ``out`` (n, ≥ offset + m), e.g. one tile."""
+        if self.implementation == "torch":
+            out[:, offset:offset + self.m] = self(packed, x, bias)
+            return
+        fuse_bias = bias is not None and self.layout == 0
+        torch.ops.slope_cslt.spmm_out(packed, self.m, self.k, x, bias if fuse_bias else None,
+                                      self._alg(x.shape[0], fuse_bias), self.layout, out, offset)
+        if bias is not None and not fuse_bias:
+            block = out[:, offset:offset + self.m]
+            bias_add(block, bias, out=block)

@@ -56,17 +56,17 @@ void init_sparse_descr(cusparseLtMatDescriptor_t* d, int64_t m, int64_t k, cudaD
 }
 
 struct PlanKey {
-  int device; int64_t m, k, n; int dtype, layout, alg_id; uintptr_t bias;
+  int device; int64_t m, k, n; int dtype, layout, alg_id; uintptr_t bias; int64_t ldc;  // ldc: D's leading dim
   bool operator==(const PlanKey& o) const {
-    return std::tie(device, m, k, n, dtype, layout, alg_id, bias) ==
-           std::tie(o.device, o.m, o.k, o.n, o.dtype, o.layout, o.alg_id, o.bias);
+    return std::tie(device, m, k, n, dtype, layout, alg_id, bias, ldc) ==
+           std::tie(o.device, o.m, o.k, o.n, o.dtype, o.layout, o.alg_id, o.bias, o.ldc);
   }
 };
 struct PlanKeyHash {
   size_t operator()(const PlanKey& p) const {
     size_t h = std::hash<int64_t>()(p.m);
     for (int64_t v : {p.k, p.n, (int64_t)p.dtype, (int64_t)p.layout, (int64_t)p.alg_id, (int64_t)p.device,
-                      (int64_t)p.bias})
+                      (int64_t)p.bias, p.ldc})
       h = h * 1000003u ^ std::hash<int64_t>()(v);
     return h;
   }
@@ -108,12 +108,12 @@ Plan* get_plan(const PlanKey& key, cudaDataType type) {
   if (key.layout == 0) {  // D(m,n) col-major = W(m,k) · x(n,k)ᵀ
     init_sparse_descr(&p->a, m, k, type);
     SLOPE_CHECK(cusparseLtDenseDescriptorInit(&h, &p->b, n, k, k, kAlignment, type, CUSPARSE_ORDER_ROW));
-    SLOPE_CHECK(cusparseLtDenseDescriptorInit(&h, &p->c, m, n, m, kAlignment, type, CUSPARSE_ORDER_COL));
+    SLOPE_CHECK(cusparseLtDenseDescriptorInit(&h, &p->c, m, n, key.ldc, kAlignment, type, CUSPARSE_ORDER_COL));
     op_a = CUSPARSE_OPERATION_NON_TRANSPOSE; op_b = CUSPARSE_OPERATION_TRANSPOSE;
   } else {  // D(n,m) row-major = x(n,k) · W(m,k)ᵀ, W structured
     SLOPE_CHECK(cusparseLtDenseDescriptorInit(&h, &p->a, n, k, k, kAlignment, type, CUSPARSE_ORDER_ROW));
     init_sparse_descr(&p->b, m, k, type);
-    SLOPE_CHECK(cusparseLtDenseDescriptorInit(&h, &p->c, n, m, m, kAlignment, type, CUSPARSE_ORDER_ROW));
+    SLOPE_CHECK(cusparseLtDenseDescriptorInit(&h, &p->c, n, m, key.ldc, kAlignment, type, CUSPARSE_ORDER_ROW));
     op_a = CUSPARSE_OPERATION_NON_TRANSPOSE; op_b = CUSPARSE_OPERATION_TRANSPOSE;
   }
   SLOPE_CHECK(cusparseLtMatmulDescriptorInit(&h, &p->matmul, op_a, op_b, &p->a, &p->b, &p->c, &p->c,
@@ -182,15 +182,21 @@ at::Tensor compress(const at::Tensor& dense, int64_t layout) {
   return out;
 }
 
-at::Tensor spmm(const at::Tensor& packed, int64_t m, int64_t k, const at::Tensor& x,
-                const std::optional<at::Tensor>& bias, int64_t alg_id, int64_t layout) {
-  TORCH_CHECK(x.is_cuda() && packed.is_cuda(), "slope cuSPARSELt spmm: tensors must be on a CUDA device");
+// D = x·Wᵀ (+ bias) written into columns [offset, offset + m) of `out` (n, ldc) row-major: the tiled path runs
+// one SpMM per tile of W's rows into one output buffer, and the plain op is the case offset = 0, ldc = m.
+void spmm_into(const at::Tensor& packed, int64_t m, int64_t k, const at::Tensor& x, const std::optional<at::Tensor>& bias,
+               int64_t alg_id, int64_t layout, at::Tensor& out, int64_t offset) {
+  TORCH_CHECK(x.is_cuda() && packed.is_cuda() && out.is_cuda(), "slope cuSPARSELt spmm: tensors must be on a CUDA device");
   TORCH_CHECK(x.dim() == 2 && x.size(1) == k && x.is_contiguous(), "slope cuSPARSELt spmm: x must be a contiguous (n, ",
               k, ") matrix, got ", x.sizes());
   TORCH_CHECK(layout == 0 || layout == 1, "slope cuSPARSELt spmm: layout must be 0 or 1");
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.size(0);
   TORCH_CHECK(n % 8 == 0, "slope cuSPARSELt spmm: the token count ", n, " must be a multiple of 8");
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == n && out.stride(1) == 1 && out.stride(0) == out.size(1) &&
+              out.scalar_type() == x.scalar_type() && offset >= 0 && offset % 8 == 0 && offset + m <= out.size(1),
+              "slope cuSPARSELt spmm: out must be a contiguous (", n, ", >= ", offset + m, ") matrix of x's dtype ",
+              "and the column offset a multiple of 8; got ", out.sizes(), " offset ", offset);
   const auto type = cuda_type(x.scalar_type());
   uintptr_t bias_ptr = 0;
   if (bias.has_value() && bias->defined()) {
@@ -201,21 +207,31 @@ at::Tensor spmm(const at::Tensor& packed, int64_t m, int64_t k, const at::Tensor
     bias_ptr = reinterpret_cast<uintptr_t>(bias->data_ptr());
   }
   PlanKey key{x.get_device(), m, k, n, static_cast<int>(x.scalar_type()), static_cast<int>(layout),
-              static_cast<int>(alg_id), bias_ptr};
+              static_cast<int>(alg_id), bias_ptr, out.size(1)};
   Plan* p = get_plan(key, type);
-  auto out = at::empty({n, m}, x.options());
   auto workspace = at::empty({(int64_t)std::max<size_t>(p->workspace, 1)}, x.options().dtype(at::kByte));
   float alpha = 1.0f, beta = 0.0f;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const void* a = layout == 0 ? packed.data_ptr() : x.data_ptr();
   const void* b = layout == 0 ? x.data_ptr() : packed.data_ptr();
-  SLOPE_CHECK(cusparseLtMatmul(&handle(), &p->plan, &alpha, a, b, &beta, out.data_ptr(), out.data_ptr(),
-                               workspace.data_ptr(), &stream, 1));
+  void* d = static_cast<char*>(out.data_ptr()) + offset * out.element_size();
+  SLOPE_CHECK(cusparseLtMatmul(&handle(), &p->plan, &alpha, a, b, &beta, d, d, workspace.data_ptr(), &stream, 1));
+}
+
+at::Tensor spmm(const at::Tensor& packed, int64_t m, int64_t k, const at::Tensor& x,
+                const std::optional<at::Tensor>& bias, int64_t alg_id, int64_t layout) {
+  auto out = at::empty({x.size(0), m}, x.options());
+  spmm_into(packed, m, k, x, bias, alg_id, layout, out, 0);
   return out;
 }
 
+void spmm_out(const at::Tensor& packed, int64_t m, int64_t k, const at::Tensor& x,
+              const std::optional<at::Tensor>& bias, int64_t alg_id, int64_t layout, at::Tensor out, int64_t offset) {
+  spmm_into(packed, m, k, x, bias, alg_id, layout, out, offset);
+}
+
 int64_t max_alg_id(int64_t m, int64_t k, int64_t n, at::ScalarType dtype, int64_t layout, int64_t device) {
-  PlanKey key{(int)device, m, k, n, static_cast<int>(dtype), static_cast<int>(layout), 0, 0};
+  PlanKey key{(int)device, m, k, n, static_cast<int>(dtype), static_cast<int>(layout), 0, 0, m};
   return get_plan(key, cuda_type(dtype))->max_alg_id;
 }
 
@@ -227,11 +243,14 @@ int64_t version() { return CUSPARSELT_VERSION; }
 TORCH_LIBRARY(slope_cslt, lib) {
   lib.def("compress(Tensor dense, int layout) -> Tensor");
   lib.def("spmm(Tensor packed, int m, int k, Tensor x, Tensor? bias, int alg_id, int layout) -> Tensor");
+  lib.def("spmm_out(Tensor packed, int m, int k, Tensor x, Tensor? bias, int alg_id, int layout, Tensor(a!) out, "
+          "int offset) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(slope_cslt, CUDA, lib) {
   lib.impl("compress", &compress);
   lib.impl("spmm", &spmm);
+  lib.impl("spmm_out", &spmm_out);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

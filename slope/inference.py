@@ -1,0 +1,283 @@
+"""Compressed 2:4 SLoPe inference: merged adapters, tiling and an optional dense path for few tokens.
+
+`SLoPeInferenceLinear` is the inference form of a SLoPe layer (`prepare_inference(model)`, or
+``prune_model(compress=True, add_lora=True, merge_lora=True)``). It computes exactly what the simulator computes
+with merged adapters (`SLoPeLinear.merge_adapter`):
+
+    Y = X·W_Rᵀ + b + (X·L_p)·R / r          L_p = L pruned 2:4 along d_in, r = the adapter rank
+
+with one compressed matrix and one fused multiply-add (the paper's merged path):
+
+    S = [ W_R ; L_pᵀ ; 0 ]   (d_out + r_pad, d_in), 2:4 along d_in, r_pad = r rounded up to cuSPARSELt's 32
+    [Y₀ | Z] = X·Sᵀ (+ [b ; 0])                  one SpMM per tile, all into one (tokens, d_out + r_pad) buffer
+    Y = Y₀ + Z[:, :r]·R / r                      `slope.kernels.fused.addmm` (Triton or torch, by benchmark)
+
+* **Tiling** (``tiling=True``): a tall S (d_out ≥ 2·d_in) is split along its rows into ⌈d_out/d_in⌉ equal,
+  (near-)square tiles (LLaMA-3-8B's 14336×4096: four of 3584×4096); the last tile also carries the adapter rows, so no row is dropped (the reference
+  code's tiling could drop rows). Each tile is one SpMM writing its column block of the shared output buffer
+  (``slope_cslt::spmm_out``). Tiling is an inference-only layout here: the training layer stays untiled.
+* **Storage**: the tiles' compressed buffers back to back in ``packed``; ``values`` is a (tiles, rows per tile,
+  d_in/2) *view* of W_R's kept values inside it; ``mask_nibbles`` (d_out, d_in/4) is W_R's mask. No W_RCᵀ (no
+  backward here), no dense W unless ``dense_fallback_tokens`` asks for one.
+* **Few tokens** (``dense_fallback_tokens=N`` or ``"auto"``): at N tokens or fewer a dense copy of W_R (adapters
+  folded in) runs through cuBLAS instead. It costs a dense weight's memory, so it is off by default; ``"auto"``
+  measures the crossover for this shape once on this GPU (cached on disk with the cuSPARSELt algorithm choices).
+* **state_dict** holds the training layer's canonical entries (``values`` (d_out, d_in/2), ``mask_nibbles``,
+  bias, adapters): it loads from a trained `CompressedSLoPeLinear` checkpoint (whose derived ``w_metadata`` /
+  ``wt_*`` entries are ignored) and round-trips exactly; the packed buffers are rebuilt on load.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .compressed import DIM_ALIGNMENT, CompressedSLoPeLinear, check_compressible
+from .kernels import fused, nm_pack
+from .kernels.cusparselt import SpMM, cached_choice
+from .linear import SLoPeLinear, SparseLinearBase
+from .masks import nm_mask
+
+_DERIVED_KEYS = ("w_metadata", "wt_packed", "wt_nibbles")  # a training layer's entries that the values determine
+
+
+def tile_rows(d_out: int, d_in: int, adapter_rows: int, tiling: bool) -> list[int]:
+    """Rows of S per tile: ⌈d_out/d_in⌉ equal, near-square tiles for a tall W when ``tiling`` (untiled where they
+    would not split evenly into multiples of 32), the adapter rows added to the last tile."""
+    tiles = -(-d_out // d_in)
+    if tiling and d_out >= 2 * d_in and d_out % tiles == 0 and (d_out // tiles) % DIM_ALIGNMENT == 0:
+        rows = [d_out // tiles] * tiles
+    else:
+        rows = [d_out]
+    rows[-1] += adapter_rows
+    return rows
+
+
+class SLoPeInferenceLinear(SparseLinearBase):
+    """Inference-only compressed SLoPe linear (see the module docstring). Build with `from_layer`."""
+
+    has_dense_weight = False
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, lora_rank: int = 0,
+                 tiling: bool = True, dtype=torch.bfloat16, device="cuda", layer_name: str = "",
+                 implementation: str = "auto"):
+        super().__init__(in_features, out_features, bias, sparsity="2:4", layer_name=layer_name, device=device,
+                         dtype=dtype)
+        check_compressible(out_features, in_features, dtype, torch.device(device), self.layer_name)
+        self.dtype, self.tiling = dtype, tiling
+        self.adapter_rows = -lora_rank % DIM_ALIGNMENT + lora_rank  # r rounded up to 32 (zero rows past r)
+        self.rows = tile_rows(out_features, in_features, self.adapter_rows, tiling)
+        self.ops = [SpMM(rows, in_features, dtype, implementation=implementation) for rows in self.rows]
+        sizes = [op.compress(torch.zeros(rows, in_features, device=device, dtype=dtype)).numel()
+                 for op, rows in zip(self.ops, self.rows)]
+        self.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]  # byte offsets of the tiles in `packed`
+        self.register_buffer("packed", torch.zeros(self.offsets[-1], device=device, dtype=torch.uint8),
+                             persistent=False)
+        self.register_buffer("mask_nibbles", torch.zeros(out_features, in_features // 4, device=device,
+                                                         dtype=torch.uint8))
+        # the fused bias of each tile reads its slice of [b ; 0] (rebuilt when the bias Parameter changes)
+        self.register_buffer("bias_padded", torch.zeros(out_features + self.adapter_rows, device=device, dtype=dtype),
+                             persistent=False)
+        self.values = nn.Parameter(self._values_view(), requires_grad=False)
+        if lora_rank:
+            self.add_adapter(lora_rank)  # overwritten by `from_layer` / load_state_dict
+            self.lora_merged = True
+        self.dense_fallback_tokens = 0
+        self.register_buffer("dense_weight", None, persistent=False)
+        self._built_from: tuple | None = None
+
+    def _values_view(self) -> torch.Tensor:
+        # Every tile but the last has the same size, and W_R's rows of the last tile come first in it: so W_R's
+        # kept values are a regular (tiles, rows per tile, d_in/2) strided view of `packed`.
+        per_tile = self.rows[0] if len(self.rows) > 1 else self.out_features
+        elements = self.packed.view(self.dtype)
+        stride = (self.offsets[1] - self.offsets[0]) // elements.element_size()
+        return elements.as_strided((len(self.rows), per_tile, self.in_features // 2),
+                                   (stride, self.in_features // 2, 1))
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.values.data_ptr() != self.packed.data_ptr():  # .to()/.cuda() moved the buffer and the view apart
+            self.values.data = self._values_view()
+        return self
+
+    # ----- building -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_layer(cls, layer: SparseLinearBase, *, tiling: bool = True, dense_fallback_tokens: int | str = 0,
+                   implementation: str = "auto") -> "SLoPeInferenceLinear":
+        """From a trained `CompressedSLoPeLinear` or a 2:4 `SLoPeLinear` (fp16/bf16, CUDA); adapters are merged."""
+        if not isinstance(layer, (CompressedSLoPeLinear, SLoPeLinear)) or layer.sparsity != "2:4":
+            raise TypeError(f"{layer.layer_name}: inference layers are built from 2:4 SLoPe layers, got "
+                            f"{type(layer).__name__} ({getattr(layer, 'sparsity', '?')})")
+        dtype = layer.dtype if isinstance(layer, CompressedSLoPeLinear) else layer.weight.dtype
+        new = cls(layer.in_features, layer.out_features, layer.bias is not None, lora_rank=layer.lora_rank,
+                  tiling=tiling, dtype=dtype, device=next(layer.parameters()).device, layer_name=layer.layer_name,
+                  implementation=implementation)
+        new.origin = layer.origin
+        with torch.no_grad():
+            if isinstance(layer, CompressedSLoPeLinear):
+                values, nibbles = layer.values.detach(), layer.mask_nibbles
+            else:
+                nibbles = nm_pack.pack_nibbles(layer.mask)
+                values = nm_pack.gather_kept(layer.weight.detach().to(dtype), nibbles)
+            new.mask_nibbles.copy_(nibbles)
+            new.values.copy_(values.reshape(new.values.shape))
+            if layer.bias is not None:
+                new.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+            if layer.lora_left is not None:
+                new.lora_left.copy_(layer.lora_left)
+                new.lora_right.copy_(layer.lora_right)
+        new.rebuild()
+        new.set_dense_fallback(dense_fallback_tokens)
+        return new
+
+    @torch.no_grad()
+    def rebuild(self) -> None:
+        """Write every tile of S (metadata and values) from ``values``, ``mask_nibbles`` and L, in place."""
+        values = self.values.detach().reshape(self.out_features, self.in_features // 2).clone()
+        nibbles = self.mask_nibbles
+        if self.lora_left is not None:
+            left = self.lora_left.detach().to(self.dtype)
+            left_mask = nm_mask(left, 2, 4, dim=0, name=f"{self.layer_name}.lora_left").t()  # (r, d_in)
+            pad_mask = torch.zeros(self.adapter_rows - self.lora_rank, self.in_features, dtype=torch.bool,
+                                   device=left.device)
+            pad_mask[:, 0::4] = pad_mask[:, 1::4] = True  # any valid 2:4 pattern: these rows hold zeros
+            extra_nibbles = nm_pack.pack_nibbles(torch.cat([left_mask, pad_mask]))
+            extra_values = nm_pack.gather_kept(torch.cat([left.t() * left_mask, pad_mask.to(self.dtype) * 0]),
+                                               extra_nibbles)
+            nibbles = torch.cat([nibbles, extra_nibbles])
+            values = torch.cat([values, extra_values])
+        start = 0
+        for i, (op, rows) in enumerate(zip(self.ops, self.rows)):
+            tile_nibbles = nibbles[start:start + rows]
+            # compress the mask's indicator, then write the values: a kept weight that is exactly 0 keeps its slot
+            indicator = nm_pack.unpack_nibbles(tile_nibbles).to(self.dtype)
+            tile = self.packed[self.offsets[i]:self.offsets[i + 1]]
+            tile.copy_(op.compress(indicator))
+            tile[: rows * self.in_features].view(self.dtype).copy_(values[start:start + rows].reshape(-1))
+            start += rows
+        if self.bias is not None:
+            self.bias_padded[: self.out_features].copy_(self.bias.detach())
+        if self.dense_fallback_tokens:
+            self._build_dense()
+        self._built_from = self._fingerprint()
+
+    def _fingerprint(self) -> tuple:
+        # in-place writes bump a tensor's version: a changed L, R or bias after building triggers a rebuild
+        return tuple((t.data_ptr(), t._version) for t in (self.lora_left, self.lora_right, self.bias) if t is not None)
+
+    def _build_dense(self) -> None:
+        weight = self.effective_weight()
+        if self.lora_left is not None:
+            weight = weight + self.adapter_weight().to(weight.dtype)
+        self.dense_weight = weight.to(self.dtype)
+
+    def set_dense_fallback(self, tokens: int | str) -> None:
+        """Run F.linear on a dense copy of W_R (+ adapters) at ≤ ``tokens`` tokens; ``"auto"`` measures the
+        crossover for this shape here; 0 turns it off and frees the dense copy."""
+        if tokens == "auto":
+            tokens = self._measure_crossover()
+        if not isinstance(tokens, int) or tokens < 0:
+            raise ValueError(f"{self.layer_name}: dense_fallback_tokens must be an int >= 0 or 'auto', got {tokens!r}")
+        self.dense_fallback_tokens = tokens
+        if tokens:
+            self._build_dense()
+        else:
+            self.dense_weight = None
+
+    def _measure_crossover(self) -> int:
+        key = (f"{torch.cuda.get_device_name()}|{self.out_features}x{self.in_features}|{self.dtype}|r{self.lora_rank}"
+               f"|tiles{len(self.rows)}|b{int(self.bias is not None)}|dense_crossover")
+        return cached_choice(key, self._time_crossover)
+
+    @torch.no_grad()
+    def _time_crossover(self) -> int:
+        """Largest token count (8 … 4096, doubling) at which dense F.linear beat this layer, 0 if none did."""
+        from .kernels.cusparselt import _time_ms
+
+        self.dense_fallback_tokens = 0
+        self._build_dense()
+        crossover = 0
+        tokens = 8
+        while tokens <= 4096:
+            x = torch.randn(tokens, self.in_features, device=self.packed.device, dtype=self.dtype)
+            sparse = _time_ms(lambda: self._sparse_forward(x), repeats=20)
+            dense = _time_ms(lambda: F.linear(x, self.dense_weight, self.bias_padded[: self.out_features]), repeats=20)
+            if dense < sparse:
+                crossover = tokens
+            tokens *= 2
+        self.dense_weight = None
+        return crossover
+
+    # ----- compute ------------------------------------------------------------------------------------------
+    def effective_weight(self) -> torch.Tensor:
+        values = self.values.detach().reshape(self.out_features, self.in_features // 2)
+        return nm_pack.scatter_kept(values, self.mask_nibbles)
+
+    def _sparse_forward(self, x2d: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(x2d.shape[0], self.out_features + self.adapter_rows, device=x2d.device, dtype=self.dtype)
+        bias = self.bias_padded if self.bias is not None else None
+        start = 0
+        for i, (op, rows) in enumerate(zip(self.ops, self.rows)):
+            op.into(self.packed[self.offsets[i]:self.offsets[i + 1]], x2d,
+                    None if bias is None else bias[start:start + rows], out, start)
+            start += rows
+        if self.lora_left is None:
+            return out
+        # Y = Y₀ + Z·R / r, Y₀ and Z two column blocks of `out`; the result is contiguous for the next layer
+        return fused.addmm(out[:, : self.out_features], out[:, self.out_features:self.out_features + self.lora_rank],
+                           self.lora_right.detach().to(self.dtype), 1.0 / self.lora_rank)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"{self.layer_name}: input has {x.shape[-1]} features, the layer expects {self.in_features}")
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError(f"{self.layer_name}: SLoPeInferenceLinear has no backward; run it under torch.no_grad() "
+                               "or train with the compress=True training layers (merge_lora=False)")
+        if self._built_from != self._fingerprint():
+            self.rebuild()
+        x2d = x.reshape(-1, self.in_features).to(self.dtype).contiguous()
+        tokens = x2d.shape[0]
+        if tokens <= self.dense_fallback_tokens:
+            bias = self.bias_padded[: self.out_features] if self.bias is not None else None
+            return F.linear(x2d, self.dense_weight, bias).reshape(*x.shape[:-1], self.out_features)
+        pad = -tokens % 8  # cuSPARSELt wants the token count to be a multiple of 8
+        y = self._sparse_forward(F.pad(x2d, (0, 0, 0, pad)) if pad else x2d)
+        return (y[:tokens] if pad else y).reshape(*x.shape[:-1], self.out_features)
+
+    # ----- state_dict: the training layer's canonical entries -----------------------------------------------
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "values"] = self.values.detach().reshape(self.out_features, -1).clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for key in _DERIVED_KEYS:
+            state_dict.pop(prefix + key, None)
+        values = state_dict.get(prefix + "values")
+        if values is not None and values.dim() == 2:  # canonical (d_out, d_in/2) -> this layer's tiled view
+            state_dict[prefix + "values"] = values.reshape(self.values.shape)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._built_from = None  # rebuilt before the next forward
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", inference, tiles={self.rows}, dtype={self.dtype}" + (
+            f", dense_fallback_tokens={self.dense_fallback_tokens}" if self.dense_fallback_tokens else "")
+
+
+def prepare_inference(model: nn.Module, *, tiling: bool = True, dense_fallback_tokens: int | str = 0,
+                      implementation: str = "auto") -> nn.Module:
+    """Replace every compressed (or 2:4 simulated fp16/bf16 CUDA) SLoPe layer by its inference form, in place.
+
+    Adapters are merged (L pruned 2:4, same 1/r scale). The model can no longer be trained afterwards.
+    """
+    from .lora import sparse_layers
+    from .prune import _set_submodule
+
+    for name, layer in sparse_layers(model).items():
+        if isinstance(layer, SLoPeInferenceLinear):
+            continue
+        _set_submodule(model, name, SLoPeInferenceLinear.from_layer(
+            layer, tiling=tiling, dense_fallback_tokens=dense_fallback_tokens, implementation=implementation))
+    return model

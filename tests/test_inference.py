@@ -1,0 +1,162 @@
+"""Compressed inference layers (merged adapters, tiling, dense fallback) against an fp64 masked-dense reference."""
+import pytest
+import torch
+from torch import nn
+
+import slope
+from slope.inference import tile_rows
+
+DTYPES = [torch.float16, torch.bfloat16]
+
+
+def test_tiles_are_square_for_tall_weights_and_keep_every_adapter_row():
+    assert tile_rows(256, 64, 0, tiling=True) == [64, 64, 64, 64]
+    assert tile_rows(256, 64, 32, tiling=True) == [64, 64, 64, 96]  # adapter rows ride in the last tile
+    assert tile_rows(256, 64, 32, tiling=False) == [288]
+    assert tile_rows(64, 256, 32, tiling=True) == [96]  # wide: nothing to tile
+    assert tile_rows(96, 64, 0, tiling=True) == [96]  # not tall enough
+    assert tile_rows(14336, 4096, 0, tiling=True) == [3584] * 4  # LLaMA-3-8B up: near-square
+    assert tile_rows(200 * 32 + 32, 64 * 32, 0, tiling=True) == [6432]  # 4 tiles of 1608 rows: not a multiple of 32
+
+
+def test_inference_layers_need_a_gpu_and_name_the_layer():
+    layer = slope.SLoPeLinear(64, 64, layer_name="blocks.0.fc")
+    with pytest.raises(ValueError, match="blocks.0.fc"):
+        slope.SLoPeInferenceLinear.from_layer(layer)
+
+
+@pytest.fixture
+def gpu():
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("needs an sm_80+ CUDA GPU")
+
+
+def _reference(layer: slope.SLoPeLinear, x: torch.Tensor) -> torch.Tensor:
+    """fp64: X·(W⊙M)ᵀ + b + (X·(L⊙M_L))·R / r, M_L = 2:4 along d_in, written from the method's definition."""
+    w = layer.weight.double() * layer.mask
+    y = x.double() @ w.t()
+    if layer.bias is not None:
+        y = y + layer.bias.double()
+    if layer.lora_left is not None:
+        left = layer.lora_left.double()
+        groups = left.abs().t().reshape(left.shape[1], -1, 4)  # (r, d_in/4, 4)
+        keep = torch.zeros_like(groups, dtype=torch.bool)
+        keep.scatter_(-1, groups.topk(2, dim=-1, sorted=False).indices, True)
+        left = left * keep.reshape(left.shape[1], -1).t()
+        y = y + (x.double() @ left) @ layer.lora_right.double() / layer.lora_rank
+    return y
+
+
+def _rel(a, b):
+    return ((a.double() - b).norm() / b.norm()).item()
+
+
+def _simulated(d_in, d_out, rank, bias, dtype):
+    layer = slope.SLoPeLinear(d_in, d_out, bias=bias, device="cuda", dtype=dtype, layer_name="fc")
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(d_out, d_in, device="cuda"))
+        layer.set_mask(slope.row_mask(layer.weight, 2, 4))
+        if bias:
+            layer.bias.copy_(torch.randn(d_out, device="cuda"))
+    if rank:
+        layer.add_adapter(rank)
+        with torch.no_grad():
+            layer.lora_right.copy_(torch.randn(rank, d_out, device="cuda"))
+    return layer
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tiling", [True, False])
+@pytest.mark.parametrize("rank,bias", [(0, True), (5, True), (40, False)])
+@pytest.mark.parametrize("tokens", [8, 13, 256])
+def test_merged_tiled_output_matches_fp64_reference(gpu, dtype, tiling, rank, bias, tokens):
+    layer = _simulated(64, 256, rank, bias, dtype)
+    fast = slope.SLoPeInferenceLinear.from_layer(layer, tiling=tiling)
+    assert fast.rows == tile_rows(256, 64, fast.adapter_rows, tiling)
+    x = torch.randn(tokens, 64, device="cuda", dtype=dtype)
+    reference = _reference(layer, x)
+    with torch.no_grad():
+        y = fast(x)
+        layer.merge_adapter() if rank else None
+        simulated = layer(x)
+    assert y.dtype == dtype and y.shape == (tokens, 256)
+    # the simulator (dense torch ops at this dtype) sets the error budget
+    assert _rel(y, reference) <= 2 * _rel(simulated, reference) + 1e-3
+
+
+def _model(dtype):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64)).to("cuda", dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prune_model_merge_lora_loads_a_trained_compressed_checkpoint(gpu, dtype):
+    every = dict(filter_fn=lambda module, name: True)
+    trained = slope.prune_model(_model(dtype), compress=True, add_lora=True, lora_rank=8, **every)
+    with torch.no_grad():
+        for layer in slope.sparse_layers(trained).values():
+            layer.lora_right.normal_()
+    served = slope.prune_model(_model(dtype), compress=True, add_lora=True, lora_rank=8, merge_lora=True, **every)
+    assert all(isinstance(m, slope.SLoPeInferenceLinear) for m in slope.sparse_layers(served).values())
+    assert served[0].rows == [64, 64, 64, 96] and served[2].rows == [96]
+    served.load_state_dict(trained.state_dict(), strict=False)  # w_metadata / wt_* are derived: ignored
+    x = torch.randn(40, 64, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        slope.merge_lora(trained)  # the simulated merged semantics on the training layers
+        expected, got = trained(x), served(x)
+    assert _rel(got, expected.double()) < (2e-2 if dtype == torch.bfloat16 else 4e-3)
+    # and the inference layers' own state round-trips exactly into a fresh inference model
+    again = slope.prune_model(_model(dtype), compress=True, add_lora=True, lora_rank=8, merge_lora=True, **every)
+    again.load_state_dict(served.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again(x), got)
+    assert set(served.state_dict()) >= {"0.values", "0.mask_nibbles", "0.lora_left", "0.lora_right", "0.bias"}
+
+
+@pytest.mark.gpu
+def test_dense_fallback_runs_dense_at_few_tokens_and_auto_measures(gpu):
+    layer = _simulated(64, 256, 8, True, torch.float16)
+    fast = slope.SLoPeInferenceLinear.from_layer(layer, dense_fallback_tokens=16)
+    assert fast.dense_weight is not None
+    x = torch.randn(16, 64, device="cuda", dtype=torch.float16)
+    reference = _reference(layer, x)
+    with torch.no_grad():
+        assert _rel(fast(x), reference) < 4e-3
+    fast.set_dense_fallback(0)
+    assert fast.dense_weight is None
+    fast.set_dense_fallback("auto")
+    assert isinstance(fast.dense_fallback_tokens, int) and 0 <= fast.dense_fallback_tokens <= 4096
+    with pytest.raises(ValueError, match="dense_fallback_tokens must be"):
+        fast.set_dense_fallback(-1)
+
+
+@pytest.mark.gpu
+def test_inference_layer_refuses_backward_and_rebuilds_after_adapter_change(gpu):
+    layer = _simulated(64, 128, 4, False, torch.bfloat16)
+    fast = slope.SLoPeInferenceLinear.from_layer(layer)
+    x = torch.randn(8, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    with pytest.raises(RuntimeError, match="no backward"):
+        fast(x)
+    with torch.no_grad():
+        fast.lora_left.mul_(-1)  # a new L must reach the compressed matrix
+        layer.lora_left.mul_(-1)
+        assert _rel(fast(x), _reference(layer, x)) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", [0, 1])
+def test_spmm_out_writes_one_column_block(gpu, layout):
+    from slope.kernels import cusparselt
+
+    op = cusparselt.SpMM(64, 128, torch.float16, layout=layout)
+    w = torch.randn(64, 128, device="cuda", dtype=torch.float16)
+    w = w * slope.row_mask(w, 2, 4)
+    x = torch.randn(16, 128, device="cuda", dtype=torch.float16)
+    bias = torch.randn(64, device="cuda", dtype=torch.float16)
+    out = torch.full((16, 192), 7.0, device="cuda", dtype=torch.float16)
+    op.into(op.compress(w), x, bias, out, 64)
+    reference = x.double() @ w.double().t() + bias.double()
+    assert _rel(out[:, 64:128], reference) < 2e-3
+    assert (out[:, :64] == 7).all() and (out[:, 128:] == 7).all()
