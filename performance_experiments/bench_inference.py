@@ -35,6 +35,7 @@ class InferenceBenchConfig:
     shapes: tuple[str, ...] = ("opt-13b.fc1", "llama-3-8b.up")  # the tall ones: where tiling applies
     dtypes: tuple[str, ...] = ("bfloat16",)
     tokens: tuple[str, ...] = ("16", "256", "8192")
+    fused_tokens: tuple[str, ...] = ("16", "256", "1024", "2048", "8192")
     ranks: tuple[str, ...] = tuple(RANK_FRACTIONS)
     crossover: bool = True
     repeats: int = 30
@@ -43,7 +44,7 @@ class InferenceBenchConfig:
 
 PRESETS = {"h100": InferenceBenchConfig(),
            "quick": InferenceBenchConfig(shapes=("opt-13b.fc1",), tokens=("16", "8192"), ranks=("r0", "r1.56%"),
-                                         crossover=False, repeats=10)}
+                                         fused_tokens=("16", "8192"), crossover=False, repeats=10)}
 
 
 def _rank(shape: str, label: str) -> int:
@@ -70,7 +71,7 @@ def bench_fused(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inference
     from slope.kernels import fused
 
     d_in, d_out = MLP_SHAPES[shape]
-    for tokens in map(int, cfg.tokens):
+    for tokens in map(int, cfg.fused_tokens):
         y = torch.randn(tokens, d_out, device="cuda", dtype=dtype)
         bias = torch.randn(d_out, device="cuda", dtype=dtype)
         times = {impl: cuda_time_ms(lambda impl=impl: fused.bias_add(y, bias, out=y, impl=impl), repeats=cfg.repeats)
@@ -95,7 +96,6 @@ def bench_fused(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inference
 
 def bench_layers(rows: list[dict], shape: str, dtype: torch.dtype, cfg: InferenceBenchConfig) -> None:
     from slope.inference import SLoPeInferenceLinear
-    from slope.kernels import fused
 
     d_in, d_out = MLP_SHAPES[shape]
     layers = {}
@@ -107,6 +107,17 @@ def bench_layers(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
                 continue  # nothing to tile
             layers[f"slope {label} {'tiled' if tiling else 'untiled'}"] = layer
         del simulated
+    if cfg.crossover:
+        # the value dense_fallback_tokens="auto" picks, then that layer with its dense fallback switched on
+        name, layer = next(iter(layers.items()))
+        crossover = layer._time_crossover()
+        rows.append(_row("crossover", shape, d_in, d_out, crossover, dtype, f"{name} dense_fallback",
+                         {"median_ms": 0.0, "iqr_ms": 0.0, "min_ms": 0.0, "max_ms": 0.0, "repeats": 20},
+                         unit="tokens", note="largest token count (8..4096, doubling) where dense F.linear was faster; "
+                                             "0 = sparse never slower"))
+        with_fallback = SLoPeInferenceLinear.from_layer(_simulated_layer(d_in, d_out, 0, dtype), tiling=False,
+                                                        dense_fallback_tokens=crossover)
+        layers[f"{name} +dense_fallback<={crossover}"] = with_fallback
     w = torch.randn(d_out, d_in, device="cuda", dtype=dtype)
     bias = torch.randn(d_out, device="cuda", dtype=dtype)
     for tokens in map(int, cfg.tokens):
@@ -115,26 +126,14 @@ def bench_layers(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
             td = cuda_time_ms(lambda: F.linear(xs(), w, bias), repeats=cfg.repeats)
             rows.append(_row("infer_layer", shape, d_in, d_out, tokens, dtype, "dense F.linear", td))
             for name, layer in layers.items():
-                impls = ("torch", "triton") if layer.lora_left is not None else (fused.DEFAULT_IMPL["addmm"],)
-                for impl in impls:
-                    saved = fused.DEFAULT_IMPL["addmm"]
-                    fused.DEFAULT_IMPL["addmm"] = impl
-                    try:
-                        layer(xs())  # algorithm choice for new tile shapes happens here, outside the timing
-                        ts = cuda_time_ms(lambda: layer(xs()), repeats=cfg.repeats)
-                    finally:
-                        fused.DEFAULT_IMPL["addmm"] = saved
+                for impl in ("torch", "triton", "auto") if layer.lora_left is not None else ("auto",):
+                    layer.addmm_impl = impl
+                    layer(xs())  # algorithm choice for new tile shapes happens here, outside the timing
+                    ts = cuda_time_ms(lambda: layer(xs()), repeats=cfg.repeats)
                     rows.append(_row("infer_layer", shape, d_in, d_out, tokens, dtype,
                                      name + (f" addmm={impl}" if layer.lora_left is not None else ""), ts,
                                      speedup=td["median_ms"] / ts["median_ms"], ideal=2.0,
                                      note=f"tiles={layer.rows}; vs dense without adapters"))
-    if cfg.crossover:
-        layer = next(iter(layers.values()))
-        crossover = layer._time_crossover()
-        rows.append(_row("crossover", shape, d_in, d_out, crossover, dtype, f"{next(iter(layers))} dense_fallback",
-                         {"median_ms": 0.0, "iqr_ms": 0.0, "min_ms": 0.0, "max_ms": 0.0, "repeats": 20},
-                         unit="tokens", note="largest token count (8..4096, doubling) where dense F.linear was faster; "
-                                             "0 = sparse never slower"))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

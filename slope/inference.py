@@ -83,8 +83,18 @@ class SLoPeInferenceLinear(SparseLinearBase):
             self.add_adapter(lora_rank)  # overwritten by `from_layer` / load_state_dict
             self.lora_merged = True
         self.dense_fallback_tokens = 0
+        self.addmm_impl = "auto"  # slope.kernels.fused: "auto" (by measured size), "triton" or "torch"
         self.register_buffer("dense_weight", None, persistent=False)
         self._built_from: tuple | None = None
+        self._refresh_tiles()
+
+    def _refresh_tiles(self) -> None:
+        # Per-tile views made once, not per call: at a few tokens the forward is host-bound, every µs counts.
+        bias = self.bias_padded if self.bias is not None else None
+        starts = [sum(self.rows[:i]) for i in range(len(self.rows))]
+        self._tiles = [(op, self.packed[self.offsets[i]:self.offsets[i + 1]],
+                        None if bias is None else bias[start:start + rows], start)
+                       for i, (op, rows, start) in enumerate(zip(self.ops, self.rows, starts))]
 
     def _values_view(self) -> torch.Tensor:
         # Every tile but the last has the same size, and W_R's rows of the last tile come first in it: so W_R's
@@ -99,6 +109,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
         super()._apply(fn, recurse)
         if self.values.data_ptr() != self.packed.data_ptr():  # .to()/.cuda() moved the buffer and the view apart
             self.values.data = self._values_view()
+        self._refresh_tiles()
         return self
 
     # ----- building -----------------------------------------------------------------------------------------
@@ -124,6 +135,8 @@ class SLoPeInferenceLinear(SparseLinearBase):
             new.values.copy_(values.reshape(new.values.shape))
             if layer.bias is not None:
                 new.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+        new._refresh_tiles()
+        with torch.no_grad():
             if layer.lora_left is not None:
                 new.lora_left.copy_(layer.lora_left)
                 new.lora_right.copy_(layer.lora_right)
@@ -215,18 +228,18 @@ class SLoPeInferenceLinear(SparseLinearBase):
         return nm_pack.scatter_kept(values, self.mask_nibbles)
 
     def _sparse_forward(self, x2d: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(x2d.shape[0], self.out_features + self.adapter_rows, device=x2d.device, dtype=self.dtype)
-        bias = self.bias_padded if self.bias is not None else None
-        start = 0
-        for i, (op, rows) in enumerate(zip(self.ops, self.rows)):
-            op.into(self.packed[self.offsets[i]:self.offsets[i + 1]], x2d,
-                    None if bias is None else bias[start:start + rows], out, start)
-            start += rows
+        if len(self._tiles) == 1:
+            op, packed, bias, _ = self._tiles[0]
+            out = op(packed, x2d, bias)
+        else:
+            out = torch.empty(x2d.shape[0], self.out_features + self.adapter_rows, device=x2d.device, dtype=self.dtype)
+            for op, packed, bias, start in self._tiles:
+                op.into(packed, x2d, bias, out, start)
         if self.lora_left is None:
             return out
         # Y = Y₀ + Z·R / r, Y₀ and Z two column blocks of `out`; the result is contiguous for the next layer
         return fused.addmm(out[:, : self.out_features], out[:, self.out_features:self.out_features + self.lora_rank],
-                           self.lora_right.detach().to(self.dtype), 1.0 / self.lora_rank)
+                           self.lora_right.detach().to(self.dtype), 1.0 / self.lora_rank, impl=self.addmm_impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:

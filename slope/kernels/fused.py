@@ -4,17 +4,19 @@
     bias_add(y, bias)       out = y + bias            (where the SpMM cannot fuse the bias: layout 1)
 
 Both keep the input dtype (fp32 accumulation inside). ``impl`` picks the implementation: ``"triton"``,
-``"torch"`` or ``"auto"``; ``auto`` takes `DEFAULT_IMPL`, which holds whichever one the H100 benchmark
-(`performance_experiments/bench_fused.py`, results/bench_fused_h100.csv) measured faster — the seed's Triton
-kernels are the default only where they win. CPU tensors always use torch (the Triton kernels run on CPU only
-under ``TRITON_INTERPRET=1``, which the tests use with ``impl="triton"``).
+``"torch"`` or ``"auto"``. ``auto`` follows the H100 benchmark (`performance_experiments/bench_inference.py`,
+``fused`` rows of results/bench_inference_h100.csv): the Triton kernels are the default only where they won —
+from `TRITON_MIN_ROWS` rows (tokens) up. At 8192 tokens Triton's addmm was 2.0–3.0x and its bias add 2.0x
+faster than torch (torch.addmm copies the strided input first; the broadcast add_ reaches ~1.4 TB/s); at 16–256
+tokens torch won (launch and autotune-dispatch overhead). CPU tensors always use torch (the Triton kernels run on
+CPU only under ``TRITON_INTERPRET=1``, which the tests use with ``impl="triton"``).
 """
 from __future__ import annotations
 
 import torch
 
-# Set from results/bench_fused_h100.csv (see the module docstring); "torch" until a GPU run shows otherwise.
-DEFAULT_IMPL = {"addmm": "torch", "bias_add": "torch"}
+# Rows from which ``auto`` takes Triton (see the module docstring for the measurements behind them).
+TRITON_MIN_ROWS = {"addmm": 1024, "bias_add": 1024}
 _IMPLS = ("auto", "triton", "torch")
 
 
@@ -22,7 +24,7 @@ def _resolve(op: str, impl: str, tensor: torch.Tensor) -> str:
     if impl not in _IMPLS:
         raise ValueError(f"{op}: impl must be one of {_IMPLS}, got {impl!r}")
     if impl == "auto":
-        return DEFAULT_IMPL[op] if tensor.is_cuda else "torch"
+        return "triton" if tensor.is_cuda and tensor.shape[0] >= TRITON_MIN_ROWS[op] else "torch"
     return impl
 
 
