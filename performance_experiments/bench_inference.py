@@ -6,6 +6,8 @@ Benchmarks (rows of one long-form CSV, same columns as `bench_linear`, provenanc
                  of one buffer) and bias add, at each shape's adapter ranks — decides `slope.kernels.fused.DEFAULT_IMPL`
 * ``infer_layer`` `SLoPeInferenceLinear` forward (untiled / tiled; adapter rank 0, 1.56%, 6.25% of the hidden
                  size, merged) vs dense ``F.linear`` with bias at the same token count; ideal 2x
+* ``infer_graph`` the same at 16–256 tokens with each call captured in a CUDA graph and replayed: the GPU time
+                 without the host's per-call cost (eager calls at these sizes are host-bound for both sides)
 * ``crossover``  per shape: the largest token count at which dense beat the sparse layer (the value
                  ``dense_fallback_tokens="auto"`` picks), measured by the layer itself
 
@@ -134,6 +136,34 @@ def bench_layers(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
                                      name + (f" addmm={impl}" if layer.lora_left is not None else ""), ts,
                                      speedup=td["median_ms"] / ts["median_ms"], ideal=2.0,
                                      note=f"tiles={layer.rows}; vs dense without adapters"))
+        if tokens <= 256:
+            _graph_rows(rows, shape, d_in, d_out, tokens, dtype, layers, w, bias, cfg)
+
+
+def _graph_time(fn, x, repeats):
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        fn(x), fn(x)  # warm-up (and algorithm choice) outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        fn(x)
+    return cuda_time_ms(graph.replay, repeats=repeats)
+
+
+def _graph_rows(rows, shape, d_in, d_out, tokens, dtype, layers, w, bias, cfg) -> None:
+    x = torch.randn(tokens, d_in, device="cuda", dtype=dtype)
+    td = _graph_time(lambda x: F.linear(x, w, bias), x, cfg.repeats)
+    rows.append(_row("infer_graph", shape, d_in, d_out, tokens, dtype, "dense F.linear", td))
+    for name, layer in layers.items():
+        if "dense_fallback" in name:
+            continue
+        layer.addmm_impl = "auto"
+        ts = _graph_time(layer, x, cfg.repeats)
+        rows.append(_row("infer_graph", shape, d_in, d_out, tokens, dtype, name, ts,
+                         speedup=td["median_ms"] / ts["median_ms"], ideal=2.0,
+                         note=f"tiles={layer.rows}; CUDA-graph replay; vs dense without adapters"))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

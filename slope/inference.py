@@ -91,6 +91,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
     def _refresh_tiles(self) -> None:
         # Per-tile views made once, not per call: at a few tokens the forward is host-bound, every µs counts.
         bias = self.bias_padded if self.bias is not None else None
+        self._dense_bias = None if bias is None else bias[: self.out_features]
         starts = [sum(self.rows[:i]) for i in range(len(self.rows))]
         self._tiles = [(op, self.packed[self.offsets[i]:self.offsets[i + 1]],
                         None if bias is None else bias[start:start + rows], start)
@@ -252,8 +253,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
         x2d = x.reshape(-1, self.in_features).to(self.dtype).contiguous()
         tokens = x2d.shape[0]
         if tokens <= self.dense_fallback_tokens:
-            bias = self.bias_padded[: self.out_features] if self.bias is not None else None
-            return F.linear(x2d, self.dense_weight, bias).reshape(*x.shape[:-1], self.out_features)
+            return F.linear(x2d, self.dense_weight, self._dense_bias).reshape(*x.shape[:-1], self.out_features)
         pad = -tokens % 8  # cuSPARSELt wants the token count to be a multiple of 8
         y = self._sparse_forward(F.pad(x2d, (0, 0, 0, pad)) if pad else x2d)
         return (y[:tokens] if pad else y).reshape(*x.shape[:-1], self.out_features)
