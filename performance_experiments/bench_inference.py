@@ -5,7 +5,8 @@ Benchmarks (rows of one long-form CSV, same columns as `bench_linear`, provenanc
 * ``fused``      the merged path's small ops alone: Triton vs torch addmm (Y₀ + Z·R/r on strided column blocks
                  of one buffer) and bias add, at each shape's adapter ranks — decides `slope.kernels.fused.DEFAULT_IMPL`
 * ``infer_layer`` `SLoPeInferenceLinear` forward (untiled / tiled; adapter rank 0, 1.56%, 6.25% of the hidden
-                 size, merged) vs dense ``F.linear`` with bias at the same token count; ideal 2x
+                 size, merged; rank 0 with the measured dense fallback) vs a dense ``nn.Linear`` with bias at the
+                 same token count, calls issued back to back (host cost included); ideal 2x
 * ``infer_graph`` the same at 16–256 tokens with each call captured in a CUDA graph and replayed: the GPU time
                  without the host's per-call cost (eager calls at these sizes are host-bound for both sides)
 * ``crossover``  per shape: the largest token count at which dense beat the sparse layer (the value
@@ -120,13 +121,14 @@ def bench_layers(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
         with_fallback = SLoPeInferenceLinear.from_layer(_simulated_layer(d_in, d_out, 0, dtype), tiling=False,
                                                         dense_fallback_tokens=crossover)
         layers[f"{name} +dense_fallback<={crossover}"] = with_fallback
-    w = torch.randn(d_out, d_in, device="cuda", dtype=dtype)
-    bias = torch.randn(d_out, device="cuda", dtype=dtype)
+    # the dense side is a module call too (a dense model calls nn.Linear), so both pay a module's host cost
+    dense = torch.nn.Linear(d_in, d_out, device="cuda", dtype=dtype)
+    w, bias = dense.weight.detach(), dense.bias.detach()
     for tokens in map(int, cfg.tokens):
         xs = Rotating(lambda: torch.randn(tokens, d_in, device="cuda", dtype=dtype))
         with torch.no_grad():
-            td = cuda_time_ms(lambda: F.linear(xs(), w, bias), repeats=cfg.repeats)
-            rows.append(_row("infer_layer", shape, d_in, d_out, tokens, dtype, "dense F.linear", td))
+            td = cuda_time_ms(lambda: dense(xs()), repeats=cfg.repeats)
+            rows.append(_row("infer_layer", shape, d_in, d_out, tokens, dtype, "dense nn.Linear", td))
             for name, layer in layers.items():
                 for impl in ("torch", "triton", "auto") if layer.lora_left is not None else ("auto",):
                     layer.addmm_impl = impl

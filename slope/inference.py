@@ -21,7 +21,8 @@ with one compressed matrix and one fused multiply-add (the paper's merged path):
   backward here), no dense W unless ``dense_fallback_tokens`` asks for one.
 * **Few tokens** (``dense_fallback_tokens=N`` or ``"auto"``): at N tokens or fewer a dense copy of W_R (adapters
   folded in) runs through cuBLAS instead. It costs a dense weight's memory, so it is off by default; ``"auto"``
-  measures the crossover for this shape once on this GPU (cached on disk with the cuSPARSELt algorithm choices).
+  measures the crossover against an ``nn.Linear`` for this shape once on this GPU (calls issued back to back,
+  host cost included; cached on disk with the cuSPARSELt algorithm choices).
 * **state_dict** holds the training layer's canonical entries (``values`` (d_out, d_in/2), ``mask_nibbles``,
   bias, adapters): it loads from a trained `CompressedSLoPeLinear` checkpoint (whose derived ``w_metadata`` /
   ``wt_*`` entries are ignored) and round-trips exactly; the packed buffers are rebuilt on load.
@@ -206,18 +207,22 @@ class SLoPeInferenceLinear(SparseLinearBase):
 
     @torch.no_grad()
     def _time_crossover(self) -> int:
-        """Largest token count (8 … 4096, doubling) at which dense F.linear beat this layer, 0 if none did."""
-        from .kernels.cusparselt import _time_ms
+        """Largest token count (8 … 4096, doubling) at which a dense nn.Linear beat this layer, 0 if none did.
 
+        Timed as a serving loop runs: 20 calls issued back to back between two events, host cost included
+        (at a few tokens both sides are host-bound, so per-kernel timing would pick the wrong side).
+        """
         self.dense_fallback_tokens = 0
         self._build_dense()
-        crossover = 0
-        tokens = 8
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.packed.device,
+                          dtype=self.dtype)
+        dense.weight.copy_(self.dense_weight)
+        if self.bias is not None:
+            dense.bias.copy_(self._dense_bias)
+        crossover, tokens = 0, 8
         while tokens <= 4096:
             x = torch.randn(tokens, self.in_features, device=self.packed.device, dtype=self.dtype)
-            sparse = _time_ms(lambda: self._sparse_forward(x), repeats=20)
-            dense = _time_ms(lambda: F.linear(x, self.dense_weight, self.bias_padded[: self.out_features]), repeats=20)
-            if dense < sparse:
+            if _pipelined_ms(dense, x) < _pipelined_ms(self, x):
                 crossover = tokens
             tokens *= 2
         self.dense_weight = None
@@ -277,6 +282,19 @@ class SLoPeInferenceLinear(SparseLinearBase):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", inference, tiles={self.rows}, dtype={self.dtype}" + (
             f", dense_fallback_tokens={self.dense_fallback_tokens}" if self.dense_fallback_tokens else "")
+
+
+def _pipelined_ms(fn, x: torch.Tensor, calls: int = 20, repeats: int = 5) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats + 1):  # the first round warms up
+        start.record()
+        for _ in range(calls):
+            fn(x)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return sorted(times[1:])[repeats // 2]
 
 
 def prepare_inference(model: nn.Module, *, tiling: bool = True, dense_fallback_tokens: int | str = 0,
