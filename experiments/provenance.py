@@ -37,10 +37,12 @@ def provenance(config=None) -> dict[str, str]:
         triton_version = triton.__version__
     except ImportError:
         triton_version = ""
-    # A copy of the tree without .git (e.g. on a lent GPU machine) gets the commit from SLOPE_GIT_SHA.
-    sha = _git("rev-parse", "HEAD") or os.environ.get("SLOPE_GIT_SHA", "unknown")
-    dirty = str(bool(_git("status", "--porcelain", "--untracked-files=no"))) if _git("rev-parse", "HEAD") else \
-        os.environ.get("SLOPE_GIT_DIRTY", "unknown")
+    # A copy of the tree run elsewhere (e.g. on a lent GPU machine, whose .git may be absent or stale) names its
+    # commit in SLOPE_GIT_SHA / SLOPE_GIT_DIRTY; those win over what git says there.
+    head = _git("rev-parse", "HEAD")
+    sha = os.environ.get("SLOPE_GIT_SHA") or head or "unknown"
+    dirty = os.environ.get("SLOPE_GIT_DIRTY") or (
+        str(bool(_git("status", "--porcelain", "--untracked-files=no"))) if head else "unknown")
     return {
         "git_sha": sha,
         "git_dirty": dirty,
