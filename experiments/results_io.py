@@ -11,15 +11,21 @@ PROVENANCE_COLUMNS = ("git_sha", "git_dirty", "command", "config_hash", "torch",
                       "device", "date")
 
 
-def write_rows(path: str | Path, rows: list[dict], *, columns: tuple[str, ...], config=None, append: bool = True) -> Path:
+def write_rows(path: str | Path, rows: list[dict], *, columns: tuple[str, ...], config=None, append: bool = True,
+               overrides: dict | None = None) -> Path:
     """Add ``rows`` (each with exactly ``columns``) plus provenance to the CSV at ``path``, atomically.
 
     Existing rows are kept when ``append``; the file is rewritten through a temporary file and renamed, so a
-    crash never leaves a half-written CSV.
+    crash never leaves a half-written CSV. ``overrides`` replaces provenance fields (e.g. the commit and machine
+    of a pretraining run that happened elsewhere).
     """
     path = Path(path)
     header = [*columns, *PROVENANCE_COLUMNS]
     stamp = provenance(config)
+    unknown = set(overrides or {}) - set(PROVENANCE_COLUMNS)
+    if unknown:
+        raise ValueError(f"overrides {sorted(unknown)} are not provenance columns {PROVENANCE_COLUMNS}")
+    stamp.update(overrides or {})
     for row in rows:
         if set(row) != set(columns):
             raise ValueError(f"{path.name}: row keys {sorted(row)} differ from the schema {sorted(columns)}")

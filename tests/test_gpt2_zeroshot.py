@@ -29,3 +29,24 @@ def test_rows_seeds_tasks_land_in_the_csv_and_a_rerun_adds_nothing(tmp_path):
     assert "| dense |" in table and "| slope-r2.1% |" in table and "Extended SR-STE" in table  # paper rows beside
     gpt2_zeroshot.run("tiny", [0], ["dense", "slope-r2.1%"], **kwargs)  # resumes: nothing new to do
     assert len(list(csv.DictReader(results.open()))) == len(rows)
+
+
+def test_train_here_score_there_through_shards(tmp_path):
+    import shutil
+
+    corpus = toy_corpus(tmp_path)
+    fake, _ = _corpus(tmp_path)
+    evalsets.build_evalsets(fake, tmp_path / "evalsets")
+    overrides = {"corpus": str(corpus), "tokenizer": str(corpus / "tokenizers/gpt2-bpe"), "steps": 4,
+                 "batch_size": 2, "seq_len": 128, "n_embd": 32, "n_layer": 2, "n_head": 2, "eval_every": 4,
+                 "eval_batches": 1, "checkpoint_every": 4}
+    results = tmp_path / "out.csv"
+    kwargs = dict(results=results, evalsets=str(tmp_path / "evalsets"), overrides=overrides)
+    gpt2_zeroshot.run("tiny", [0], ["slope-r0"], runs=tmp_path / "gpu_runs", stage="train",
+                      export=tmp_path / "shards", **kwargs)
+    assert not results.exists() and (tmp_path / "shards" / "slope-r0-s0.0.pt").exists()
+    shutil.rmtree(tmp_path / "gpu_runs")  # the other machine has only the shards
+    gpt2_zeroshot.run("tiny", [0], ["slope-r0"], runs=tmp_path / "cpu_runs", stage="eval",
+                      import_dir=tmp_path / "shards", eval_limit=5, **kwargs)
+    rows = list(csv.DictReader(results.open()))
+    assert rows and all("(pretraining)" in r["device"] and r["final_val_loss"] for r in rows)
