@@ -45,5 +45,71 @@ data/evalsets/slope_perplexity/slope_perplexity.yaml:
 gpt2-zeroshot: venv data/evalsets/slope_perplexity/slope_perplexity.yaml
 	$(PYTHON) -m accuracy_experiments.gpt2_zeroshot $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS))
 
+# results/CLAIMS.md: each accuracy claim of the paper with our numbers and a verdict (holds / does not hold /
+# inconclusive), from the results CSVs at the largest scale present per experiment; missing ones read "not run".
+# SCALE=tiny|small|paper judges that scale only, into results/CLAIMS_<scale>.md.
+.PHONY: claims reproduce
+claims: venv
+	$(PYTHON) -m experiments.claims $(if $(SCALE),--scale $(SCALE) --out results/CLAIMS_$(SCALE).md)
+
+# The main job: data -> gpt2-zeroshot -> bert-glue -> bert-squad -> bert-mixed -> claims at the largest scale this
+# machine runs (tiny on CPU, small with CUDA; SCALE=, SEEDS= override). Resumable: rerun after an interruption.
+reproduce: venv
+	$(PYTHON) -m experiments.reproduce $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS))
+
+# The paper's BERT tables at the largest scale this machine runs (SCALE=tiny|small|paper, SEEDS=0,1,2): MLM
+# pretraining per row and seed (resumable, cached in runs/bert and shared between tables), fine-tuning on the
+# generated tasks with sparsity kept, results/bert_{glue,squad,mixed}_<scale>.{csv,md}.
+.PHONY: bert-glue bert-squad bert-mixed
+
+data/finetune/span/validation.jsonl:
+	$(MAKE) data
+
+bert-glue: venv data/finetune/span/validation.jsonl
+	$(PYTHON) -m accuracy_experiments.bert_glue $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS))
+
+bert-squad: venv data/finetune/span/validation.jsonl
+	$(PYTHON) -m accuracy_experiments.bert_squad $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS))
+
+bert-mixed: venv data/finetune/span/validation.jsonl
+	$(PYTHON) -m accuracy_experiments.bert_mixed $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS))
+
+# ----- performance experiments (performance_experiments/README.md) ------------------------------------------------
+# GPU targets use the GPU machine's python (PYTHON=python3: no venv there) and write CSVs under $(OUT) when set
+# (the device machine sets OUT), else results/.
+RESULTS_OUT = $(or $(OUT),results)
+.PHONY: speedup ablations figures bench-cpu bench-gpu
+
+# End-to-end speed and memory, dense vs SLoPe vs FST (simulated): MODEL=opt-13b DTYPE=bfloat16 SEQ=2048
+# ATTENTION=sdpa|eager; SPEEDUP_ARGS= passes more flags (e.g. --time-budget-s 420). One model and dtype fits
+# ~8 minutes on an H100; without MODEL the whole sweep runs (7 models x 2 dtypes: hours).
+speedup:
+	$(PYTHON) -m performance_experiments.speedup $(if $(MODEL),--models $(MODEL)) $(if $(DTYPE),--dtypes $(DTYPE)) \
+		$(if $(SEQ),--seq $(SEQ)) $(if $(ATTENTION),--attention $(ATTENTION)) --output-dir $(RESULTS_OUT) $(SPEEDUP_ARGS)
+
+# Model-level ablations on the GPU (tiling, extension vs torch op, CUTLASS, CUDA graphs, Triton addmm, dense
+# fallback, attention): ABLATIONS=tiling,implementation MODEL=opt-13b DTYPE=bfloat16.
+ablations:
+	$(PYTHON) -m performance_experiments.ablations $(if $(ABLATIONS),--ablations $(ABLATIONS)) \
+		$(if $(MODEL),--model $(MODEL)) $(if $(DTYPE),--dtype $(DTYPE)) --output-dir $(RESULTS_OUT) $(ABLATION_ARGS)
+
+# results/figures/*.png from the result CSVs present (missing ones are skipped).
+figures: venv
+	$(PYTHON) -m performance_experiments.figures
+
+# The CPU regression benchmarks alone (make test runs them too).
+bench-cpu: venv
+	$(PYTHON) -m pytest tests/bench -q -m bench
+
+# bench_linear's quick preset on the GPU, twice, compared with the committed H100 results: fails when the median
+# of a speedup ratio (at >= 1024 tokens) fell by more than 10% below the committed runs' median.
+bench-gpu:
+	mkdir -p $(or $(OUT),runs)
+	rm -f $(or $(OUT),runs)/bench_linear_quick.csv
+	for run in 1 2; do $(PYTHON) -m performance_experiments.bench_linear --preset quick --repeats 30 \
+		--output $(or $(OUT),runs)/bench_linear_quick.csv || exit 1; done
+	$(PYTHON) -m performance_experiments.compare_bench --baseline results/bench_linear_h100.csv \
+		--fresh $(or $(OUT),runs)/bench_linear_quick.csv --report $(or $(OUT),runs)/bench_gpu_compare.md
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -160,3 +160,19 @@ def test_spmm_out_writes_one_column_block(gpu, layout):
     reference = x.double() @ w.double().t() + bias.double()
     assert _rel(out[:, 64:128], reference) < 2e-3
     assert (out[:, :64] == 7).all() and (out[:, 128:] == 7).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tiling", [True, False])
+def test_torch_private_op_fallback_builds_and_matches(gpu, tiling):
+    # the fallback where the extension cannot be built: torch._cslt_* (torch 2.11 returns a 2-D compressed buffer)
+    layer = _simulated(64, 256, 8, True, torch.float16)
+    fast = slope.SLoPeInferenceLinear.from_layer(layer, tiling=tiling, implementation="torch")
+    x = torch.randn(24, 64, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        assert _rel(fast(x), _reference(layer, x)) < 4e-3
+    from slope.compressed import CompressedSLoPeLinear
+
+    training = CompressedSLoPeLinear.from_simulated(layer, implementation="torch")  # unmerged adapters, like layer
+    with torch.no_grad():
+        assert _rel(training(x), layer(x).double()) < 4e-3

@@ -252,7 +252,11 @@ class SpMM:
         dense = dense.contiguous()
         if self.implementation == "extension":
             return torch.ops.slope_cslt.compress(dense, self.layout)
-        return torch._cslt_compress(dense).view(torch.uint8)
+        # torch may return a 2-D buffer (torch 2.11 does); the layers keep every compressed buffer flat (their
+        # `values` are views of its first bytes), so flatten here and restore torch's shape at call time
+        packed = torch._cslt_compress(dense)
+        self._torch_shape = packed.shape
+        return packed.reshape(-1).view(torch.uint8)
 
     def _alg(self, tokens: int, fuse_bias: bool) -> int:
         alg = self._algs.get((tokens, fuse_bias))
@@ -263,7 +267,7 @@ class SpMM:
 
     def __call__(self, packed: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.implementation == "torch":
-            out = torch._cslt_sparse_mm(packed.view(self.dtype), x.t(), bias)  # (m, n) row-major
+            out = torch._cslt_sparse_mm(packed.view(self.dtype).view(self._torch_shape), x.t(), bias)  # (m, n)
             return out.t()
         fuse_bias = bias is not None and self.layout == 0
         out = torch.ops.slope_cslt.spmm(packed, self.m, self.k, x, bias if fuse_bias else None,

@@ -1,0 +1,264 @@
+"""End-to-end building blocks: the model variants, their training step and inference calls, and state accounting.
+
+Variants (what `build_variant` returns, all from the same seeded random model):
+
+* ``dense``            the transformers model as built; torch's fused AdamW over every parameter.
+* ``slope``            `slope.prune_model(compress=True)` (cuSPARSELt) + `ADAMWSparse` for the compressed layers +
+                       fused AdamW for the rest (embeddings, norms, LM head, block 0's q/k/v). With
+                       ``simulate=True`` (always on the CPU) it is ``compress=False``: the exact simulator, which
+                       computes with dense GEMMs, so its times say nothing about speed.
+* ``fst``              `prune_model(method="fst")`: the FST-style baseline *simulated* (dense GEMMs plus a
+                       transposable mask recomputed every forward); the library has no compressed FST kernels.
+* ``slope-merged``     ``prune_model(compress=True, add_lora=True, lora_rank=r, merge_lora=True)``: inference with
+                       the down-adapter merged into W's compressed matrix (may be refused by this library version).
+* ``slope-unmerged``   the same adapters applied as two extra skinny GEMMs per layer (``merge_lora=False``).
+
+Precision: ``half`` builds the model in fp16/bf16 (torch's AdamW then keeps its moments in 16 bits, while
+ADAMWSparse always keeps fp32 masters and moments); ``amp`` keeps fp32 parameters and runs under autocast, so both
+sides have fp32 optimizer state. The static-memory accounting differs accordingly (see `analytic_static_bytes`).
+"""
+from __future__ import annotations
+
+import contextlib
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+
+import slope
+from slope.prune import is_dense_linear, paper_filter
+
+from .models import SLOPE_SPARSE_BYTES, STATE_BYTES
+
+VARIANTS = ("dense", "slope", "fst")
+ADAPTER_MODES = ("merged", "unmerged")
+
+
+@dataclass
+class Variant:
+    name: str                 # the CSV's variant label
+    model: torch.nn.Module
+    optimizers: list = field(default_factory=list)
+    autocast: torch.dtype | None = None
+    note: str = ""
+
+
+def _dense_optimizer(params, device) -> torch.optim.Optimizer:
+    # fused AdamW is the fastest torch AdamW on the GPU; the CPU toy path uses the default implementation
+    return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1, fused=torch.device(device).type == "cuda")
+
+
+def build_variant(kind: str, make_model, *, device, dtype: torch.dtype, precision: str = "half",
+                  simulate: bool = False, adapter_rank: str = "0", adapter_mode: str = "unmerged",
+                  train: bool = True, tiling: bool = True, implementation: str = "auto") -> Variant:
+    """Build one variant from ``make_model()`` (a fresh seeded model in the right dtype on ``device``).
+
+    ``tiling`` reaches the merged inference layers; ``implementation`` ("auto", "extension" = the cached
+    cuSPARSELt extension, "torch" = torch's private ``_cslt_sparse_mm``) the compressed training layers.
+    """
+    model = make_model()
+    autocast = dtype if precision == "amp" else None
+    compress_dtype = dtype if precision == "amp" else None
+    rank = adapter_rank if adapter_rank not in ("", "0") else 0
+    if kind == "dense":
+        variant = Variant("dense", model, autocast=autocast)
+        if train:
+            variant.optimizers = [_dense_optimizer(model.parameters(), device)]
+        return variant
+    if kind == "fst":
+        slope.prune_model(model, method="fst")
+        variant = Variant("fst (simulated)", model, autocast=autocast,
+                          note="dense GEMMs + transposable 2:4 mask recomputed every forward (no FST kernels)")
+        if train:
+            variant.optimizers = [_dense_optimizer(model.parameters(), device)]
+        return variant
+    if kind != "slope":
+        raise ValueError(f"variant={kind!r} is unknown; choose one of {VARIANTS}")
+    adapters = dict(add_lora=bool(rank), lora_rank=rank, merge_lora=bool(rank) and adapter_mode == "merged")
+    if simulate:
+        slope.prune_model(model, compress=False, **adapters)
+        name = "slope (simulated)"
+    else:
+        slope.prune_model(model, compress=True, tiling=tiling, backend="cusparselt", compress_dtype=compress_dtype,
+                          implementation=implementation, **adapters)
+        name = "slope"
+    if rank:
+        name += f" {adapter_mode} adapters"
+    layers = slope.sparse_layers(model)
+    impl = sorted({getattr(getattr(layer, "forward_op", None) or (getattr(layer, "ops", None) or [None])[0],
+                           "implementation", "dense simulator") for layer in layers.values()})
+    variant = Variant(name, model, autocast=autocast, note=f"{len(layers)} sparse linears; kernels: {','.join(impl)}")
+    if train:
+        if simulate:
+            variant.optimizers = [_dense_optimizer(model.parameters(), device)]
+        else:
+            from slope.optim import ADAMWSparse, dense_parameters
+
+            variant.optimizers = [ADAMWSparse(model, lr=1e-5, weight_decay=0.1, mask_change_freq=1),
+                                  _dense_optimizer(dense_parameters(model), device)]
+    return variant
+
+
+def sparse_able_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The linears SLoPe sparsifies (already sparse ones, or dense ones `paper_filter` would pick), by name."""
+    sparse = slope.sparse_layers(model)
+    if sparse:
+        return dict(sparse)
+    return {n: m for n, m in model.named_modules() if is_dense_linear(m) and paper_filter(m, n)}
+
+
+def _autocast(variant: Variant, device):
+    if variant.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=variant.autocast)
+
+
+def train_step(variant: Variant, input_ids: torch.Tensor, device, timer=None) -> torch.Tensor:
+    """One full step: forward with the LM loss, backward, every optimizer's step, gradients released."""
+    phase = timer.phase if timer is not None else (lambda _name: contextlib.nullcontext())
+    with phase("forward"), _autocast(variant, device):
+        loss = variant.model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+    with phase("backward"):
+        loss.backward()
+    with phase("optimizer"):
+        for optimizer in variant.optimizers:
+            optimizer.step()
+        for optimizer in variant.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def forward_backward(variant: Variant, input_ids: torch.Tensor, device) -> torch.Tensor:
+    """Forward and backward only (gradients stay, for the static-state count)."""
+    with _autocast(variant, device):
+        loss = variant.model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+    loss.backward()
+    return loss.detach()
+
+
+def to_inference(variant: Variant, dtype: torch.dtype, *, prepare: bool = True, tiling: bool = True,
+                 dense_fallback_tokens: int | str = 0, implementation: str = "auto") -> str:
+    """Make a variant's model an inference model, in place; returns a note on the layers it now has.
+
+    Optimizer state and gradients go; an amp model is cast to the 16-bit dtype; compressed training layers become
+    the library's inference layers (`slope.prepare_inference`: no W_RCᵀ, adapters merged, square tiles when
+    ``tiling``) when ``prepare`` — the unmerged-adapter comparison keeps the training layers instead.
+    """
+    from slope.compressed import CompressedSLoPeLinear
+
+    variant.optimizers.clear()
+    model = variant.model
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    if variant.autocast is not None:
+        model.to(dtype)
+        variant.autocast = None
+    layers = slope.sparse_layers(model)
+    if prepare and any(isinstance(layer, CompressedSLoPeLinear) for layer in layers.values()):
+        slope.prepare_inference(model, tiling=tiling, dense_fallback_tokens=dense_fallback_tokens,
+                                implementation=implementation)
+        layers = slope.sparse_layers(model)
+    kinds = sorted({type(layer).__name__ for layer in layers.values()})
+    tiles = sorted({len(layer.rows) for layer in layers.values() if hasattr(layer, "rows")})
+    return f"inference layers: {','.join(kinds) or 'dense'}" + (f" (tiles per layer: {tiles})" if tiles else "")
+
+
+def prefill_fn(model, input_ids: torch.Tensor):
+    """A prompt's forward with no cache, keeping only the last position's logits (as generation does)."""
+    def run():
+        with torch.no_grad():
+            model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+    return run
+
+
+def decode_fn(model, batch: int, context: int, vocab: int, device):
+    """One-token forward against a KV cache of ``context`` tokens; the cache is cropped back after each call, so
+    every timed call sees the same cache length. Returns (fn, cache)."""
+    generator = torch.Generator(device="cpu").manual_seed(1)
+    prompt = torch.randint(0, vocab, (batch, context), generator=generator).to(device)
+    token = torch.randint(0, vocab, (batch, 1), generator=generator).to(device)
+    with torch.no_grad():
+        cache = model(input_ids=prompt, use_cache=True, logits_to_keep=1).past_key_values
+    del prompt
+
+    def run():
+        with torch.no_grad():
+            model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.crop(-1)  # negative = drop that many tokens (the form every transformers 4.4x-5.x accepts)
+    return run, cache
+
+
+# ----- static state --------------------------------------------------------------------------------------------
+
+def state_bytes(model: torch.nn.Module, optimizers=()) -> dict[str, int]:
+    """Bytes held by parameters, gradients, optimizer state and buffers; each storage counted once.
+
+    Storages, not tensors, are counted: a compressed layer's ``values`` Parameter is a view into its packed
+    buffer (counted once, under params), and tied embeddings share one storage.
+    """
+    seen: set[tuple[int, str]] = set()
+    out = {"params": 0, "grads": 0, "optimizer": 0, "buffers": 0}
+
+    def add(tensor, category):
+        if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+            return
+        storage = tensor.untyped_storage()
+        key = (storage.data_ptr(), str(tensor.device))
+        if storage.nbytes() == 0 or key in seen:
+            return
+        seen.add(key)
+        out[category] += storage.nbytes()
+
+    params = list(model.parameters())
+    for p in params:
+        add(p, "params")
+    for b in model.buffers():
+        add(b, "buffers")
+    for p in params:
+        add(p.grad, "grads")
+    for optimizer in optimizers:
+        for state in optimizer.state.values():
+            for value in state.values():
+                add(value, "optimizer")
+    out["total"] = sum(out.values())
+    return out
+
+
+def analytic_static_bytes(sparse: int, other: int, precision: str, *, training: bool,
+                          adapters: tuple[int, int] = (0, 0), merged: bool = False) -> dict[str, float]:
+    """Static bytes expected for dense and SLoPe from element counts (the accounting the ratios are judged by).
+
+    Training: dense = all elements x (weight + grad + 2 moments) at `STATE_BYTES[precision]`; SLoPe = sparse-able
+    elements x `SLOPE_SPARSE_BYTES` (W and W_RCᵀ compressed at 9/16, kept-half gradient, fp32 master and moments,
+    4-bit masks) + the rest as dense. Inference: 16-bit weights; sparse-able weights at 9/16 (values + metadata)
+    plus the inference layer's mask (one byte per group of 4: 1/8 of a 16-bit weight, so 0.6875 of dense, not the
+    0.5625 storage bound); ``adapters`` = (elements of the L's, of the R's), 16-bit, a merged L at 9/16.
+    """
+    if training:
+        per = STATE_BYTES[precision]
+        return {"dense": (sparse + other) * per, "slope": sparse * SLOPE_SPARSE_BYTES + other * per}
+    left, right = adapters
+    adapter_bytes = left * 2 * (9 / 16 if merged else 1) + right * 2
+    return {"dense": (sparse + other) * 2, "slope": sparse * (2 * 9 / 16 + 0.25) + other * 2 + adapter_bytes}
+
+
+def adapter_elements(model: torch.nn.Module, rank: int) -> tuple[int, int]:
+    """Elements of all L's (d_in x r) and all R's (r x d_out) over the sparse-able linears."""
+    modules = sparse_able_modules(model).values()
+    return (sum(rank * m.in_features for m in modules), sum(rank * m.out_features for m in modules))
+
+
+def describe(error: Exception) -> str:
+    """One line for a CSV note: the exception and where it was raised (file:line), to find it from the CSV alone."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{where}".replace("\n", " ")[:400]
+
+
+def free_memory() -> None:
+    """Collect garbage and return cached CUDA blocks, so the next variant starts from a clean allocator."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,141 @@
+"""Inference sections of `performance_experiments.speedup`: prefill, decode (with and without the dense
+fallback) and inference memory, for dense, SLoPe and SLoPe with merged / unmerged adapters.
+"""
+from __future__ import annotations
+
+import slope
+
+from . import e2e
+from .models import param_counts
+from .reference import paper_value
+from .timing import LinearTimer, PhaseTimer, peak_bytes, reset_peak, round_or_blank, stat_fields, time_fn
+
+DECODE_MEMORY_BOUND_IDEAL = 1 / 0.5625
+
+
+def _linear_share(run, model, fn) -> float | None:
+    """Fraction of ``fn``'s time spent inside the sparse-able linears (instrumented forward-only pass)."""
+    modules = e2e.sparse_able_modules(model)
+    timer = PhaseTimer(run.device)
+    try:
+        with LinearTimer(run.device, modules, backward=False) as linear:
+            for _ in range(4):
+                with timer.phase("call"):
+                    fn()
+                timer.end_repeat()
+                linear.end_repeat()
+        return linear.stats(skip=1)["forward"]["median_ms"] / timer.stats(skip=1)["call"]["median_ms"]
+    except Exception:  # noqa: BLE001 - the ideal is then left blank, the measurement stands
+        return None
+
+
+def _ideal(share: float | None, gain: float) -> tuple[float | str, str]:
+    """Amdahl with ``gain`` on the sparse-able linears' share of the dense time."""
+    if share is None:
+        return "", "unavailable (instrumented pass failed)"
+    return 1 / (1 - share + share / gain), f"Amdahl: {gain:.3g}x on the sparse-able linears ({share:.1%} of dense)"
+
+
+def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
+    cfg, device = run.cfg, run.device
+    is_dense = variant.name == "dense"
+    layers_note = e2e.to_inference(variant, run.dtype, prepare="unmerged" not in variant.name, tiling=cfg.tiling)
+    model = variant.model
+    ref = run.dense.get("infer", {})
+    method_rank = rank
+    note = f"{variant.note}; {layers_note}".strip("; ")
+    if rank != "0":
+        note += "; dense reference = the dense model (adapters fold into W)"
+    common = dict(variant=variant.name, adapter_rank=rank)
+    rows = []
+    static = e2e.state_bytes(model)
+    merged = "merged" in variant.name
+    counts = param_counts(run.spec, run.blocks)
+    rank_int = 0 if rank == "0" else slope.resolve_rank(rank, run.spec.hidden)
+    analytic = e2e.analytic_static_bytes(counts["sparse"], counts["dense"], cfg.precision, training=False,
+                                         adapters=e2e.adapter_elements(model, rank_int), merged=merged)
+    expected = analytic["slope"] / analytic["dense"] if not is_dense and not cfg.simulate else ""
+    if is_dense:
+        ref["static"] = static["total"]
+    rows.append(run.row(common, experiment="memory", phase="inference static (params + buffers)", metric="bytes",
+                        unit="bytes", median=static["total"], repeats=1,
+                        ratio_vs_dense=round_or_blank(static["total"] / ref["static"] if ref.get("static") else ""),
+                        ideal=round_or_blank(1.0 if is_dense else expected),
+                        ideal_basis="reference" if is_dense else "analytic: 16-bit weights, sparse-able at 9/16 + "
+                        "a byte-per-group-of-4 mask (storage bound alone: 9/16)"
+                        if expected != "" else "none (simulated sparsity keeps dense weights)",
+                        paper="" if is_dense else paper_value(run.paper, "memory_inference", "SLoPe", run.spec.name,
+                                                              method_rank), note=note))
+    if "prefill" in cfg.sections and not run.over_budget():
+        tokens = cfg.prefill_batch * cfg.seq
+        fn = e2e.prefill_fn(model, run.prefill_ids)
+        reset_peak(device)
+        stats = time_fn(fn, device, warmup=cfg.warmup, repeats=cfg.repeats)
+        peak = peak_bytes(device)
+        if is_dense:
+            ref["prefill"], ref["prefill_peak"] = stats["median_ms"], peak
+            ref["prefill_share"] = _linear_share(run, model, fn)
+        ideal, basis = (1.0, "reference") if is_dense else _ideal(ref.get("prefill_share"), 2.0)
+        ratio = ref["prefill"] / stats["median_ms"] if "prefill" in ref else ""
+        base = dict(common, experiment="prefill", batch=cfg.prefill_batch, tokens=tokens)
+        rows.append(run.row(base, phase="forward (last-position logits)", metric="time", unit="ms",
+                            **stat_fields(stats),
+                            ratio_vs_dense=round_or_blank(ratio), ideal=round_or_blank(ideal), ideal_basis=basis,
+                            paper="" if is_dense else paper_value(run.paper, "speedup_inference", "SLoPe",
+                                                                  run.spec.name, method_rank), note=note))
+        rows.append(run.row(base, phase="throughput", metric="throughput", unit="tokens/s",
+                            median=round(tokens / stats["median_ms"] * 1e3, 1), repeats=stats["repeats"],
+                            ratio_vs_dense=round_or_blank(ratio), ideal=round_or_blank(ideal), ideal_basis=basis))
+        if peak is not None:
+            dense_peak = ref.get("prefill_peak")
+            rows.append(run.row(base, experiment="memory", phase="prefill peak", metric="bytes", unit="bytes",
+                                median=peak, repeats=stats["repeats"],
+                                ratio_vs_dense=round_or_blank(peak / dense_peak if dense_peak else ""),
+                                ideal=1.0 if is_dense else "", ideal_basis="reference" if is_dense else "none"))
+    if "decode" in cfg.sections:
+        rows += _decode_rows(run, model, common, ref, is_dense, note)
+        fallback_layers = [layer for layer in slope.sparse_layers(model).values()
+                           if hasattr(layer, "set_dense_fallback")]
+        if cfg.decode_fallback not in ("", "0") and rank == "0" and fallback_layers and not run.over_budget():
+            # the library's answer for few tokens: a dense copy of W_R used at or below a token threshold
+            threshold = cfg.decode_fallback if cfg.decode_fallback == "auto" else int(cfg.decode_fallback)
+            for layer in fallback_layers:
+                layer.set_dense_fallback(threshold)
+            crossovers = sorted({layer.dense_fallback_tokens for layer in fallback_layers})
+            label = dict(common, variant=f"{variant.name} + dense fallback")
+            static = e2e.state_bytes(model)["total"]
+            rows.append(run.row(label, experiment="memory", phase="inference static (params + buffers)",
+                                metric="bytes", unit="bytes", median=static, repeats=1,
+                                ratio_vs_dense=round_or_blank(static / ref["static"] if ref.get("static") else ""),
+                                ideal_basis="none (the dense copies are the point)",
+                                note=f"dense copies of W_R up to {crossovers} tokens"))
+            rows += _decode_rows(run, model, label, ref, False,
+                                 f"{note}; dense_fallback_tokens={cfg.decode_fallback!r} (per layer: {crossovers})")
+    run.dense["infer"] = ref if is_dense else run.dense.get("infer", ref)
+    return rows
+
+
+def _decode_rows(run, model, common: dict, ref: dict, is_dense: bool, note: str) -> list[dict]:
+    """One-token decode against a KV cache at each batch size: time and throughput rows."""
+    cfg, rows = run.cfg, []
+    for batch in map(int, cfg.decode_batches):
+        if run.over_budget():
+            break
+        fn, cache = e2e.decode_fn(model, batch, cfg.decode_context, run.spec.vocab, run.device)
+        stats = time_fn(fn, run.device, warmup=cfg.warmup, repeats=cfg.repeats)
+        if is_dense:
+            ref[f"decode{batch}"], ref[f"decode{batch}_share"] = stats["median_ms"], _linear_share(run, model, fn)
+        ideal, basis = (1.0, "reference") if is_dense else _ideal(ref.get(f"decode{batch}_share"),
+                                                                  DECODE_MEMORY_BOUND_IDEAL)
+        ratio = ref[f"decode{batch}"] / stats["median_ms"] if f"decode{batch}" in ref else ""
+        base = dict(common, experiment="decode", batch=batch, tokens=batch, seq=cfg.decode_context)
+        rows.append(run.row(base, phase="one token with KV cache", metric="time", unit="ms", **stat_fields(stats),
+                            ratio_vs_dense=round_or_blank(ratio), ideal=round_or_blank(ideal), ideal_basis=basis,
+                            note=note))
+        rows.append(run.row(base, phase="throughput", metric="throughput", unit="tokens/s",
+                            median=round(batch / stats["median_ms"] * 1e3, 1), repeats=stats["repeats"],
+                            ratio_vs_dense=round_or_blank(ratio), ideal=round_or_blank(ideal), ideal_basis=basis))
+        del cache, fn
+    return rows
+
+

@@ -1,0 +1,40 @@
+"""`make figures` on the committed CSVs, on synthetic end-to-end rows, and on an empty results folder."""
+import csv
+import shutil
+from pathlib import Path
+
+from performance_experiments import figures
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_renders_from_the_committed_csvs(tmp_path):
+    written = {p.stem for p in figures.render_all(ROOT / "results", tmp_path)}
+    # kernel figures from bench_linear_h100.csv; paper-only end-to-end figures until a GPU speedup CSV exists
+    assert {"linear_inference", "linear_training", "training_speedup", "inference_speedup", "memory"} <= written
+    assert all((tmp_path / f"{name}.png").stat().st_size > 10_000 for name in written)
+
+
+def test_renders_end_to_end_rows_and_skips_missing_data(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    assert figures.render_all(results, tmp_path / "none") == []  # nothing there: nothing drawn, no error
+    shutil.copy(ROOT / "results" / "paper_reference.csv", results)
+    rows = []
+    for variant, ratio in (("dense", 1.0), ("slope", 1.2)):
+        for experiment, phase, batch in (("train", "step", "4"), ("prefill", "forward (last-position logits)", "8"),
+                                         ("decode", "one token with KV cache", "1"),
+                                         ("decode", "one token with KV cache", "32"),
+                                         ("memory", "train static: total", "4"),
+                                         ("train", "linear FWD (in situ)", "4"), ("train", "optimizer", "4")):
+            rows.append({"experiment": experiment, "model": "opt-13b", "dtype": "bfloat16", "variant": variant,
+                         "adapter_rank": "0", "phase": phase, "batch": batch, "median": "10.0",
+                         "ratio_vs_dense": str(ratio), "status": "ok", "mode": "gpu", "date": "2026-11-23"})
+    rows.append(dict(rows[-1], mode="cpu-toy (simulated)", model="opt-2.7b"))  # toy rows never enter the figures
+    with open(results / "speedup_h100.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert all(r["model"] == "opt-13b" for r in figures.load_speedup(results))
+    written = {p.stem for p in figures.render_all(results, tmp_path / "figs")}
+    assert {"training_speedup", "inference_speedup", "decode_speedup", "memory", "train_breakdown"} <= written

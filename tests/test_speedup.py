@@ -1,0 +1,126 @@
+"""The end-to-end speed/memory harness on the CPU at toy size (simulated sparsity): rows, ratios, accounting."""
+import csv
+
+import pytest
+import torch
+
+import slope
+from performance_experiments import e2e, speedup
+from performance_experiments.models import TOY_MODELS, build_model
+from performance_experiments.reference import load_paper, paper_value
+
+TOY_ARGS = ["--preset", "cpu-toy", "--models", "opt-toy", "--adapter-ranks", "0,6.25%", "--decode-batches", "1,2"]
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def toy_rows(tmp_path_factory):
+    out = tmp_path_factory.mktemp("speedup") / "speedup_cpu.csv"
+    speedup.main(TOY_ARGS + ["--output", str(out)])
+    return _read(out)
+
+
+def test_every_section_and_variant_lands_with_provenance(toy_rows):
+    assert {r["status"] for r in toy_rows} == {"ok"}
+    assert all(r["mode"].startswith("cpu-toy") and r["git_sha"] and r["device"].startswith("cpu") for r in toy_rows)
+    seen = {(r["experiment"], r["variant"], r["adapter_rank"]) for r in toy_rows}
+    for experiment in ("train", "memory"):
+        for variant in ("dense", "slope (simulated)", "fst (simulated)"):
+            assert (experiment, variant, "0") in seen
+    for experiment in ("prefill", "decode"):
+        assert {(experiment, v, "0") for v in ("dense", "slope (simulated)")} <= seen
+        for mode in ("merged", "unmerged"):
+            assert (experiment, f"slope (simulated) {mode} adapters", "6.25%") in seen
+    decode_batches = {r["batch"] for r in toy_rows if r["experiment"] == "decode"}
+    assert decode_batches == {"1", "2"}
+
+
+def test_phases_add_up_and_every_timing_row_has_an_ideal(toy_rows):
+    train = {(r["variant"], r["phase"]): r for r in toy_rows if r["experiment"] == "train"}
+    for variant in ("dense", "slope (simulated)", "fst (simulated)"):
+        parts = sum(float(train[(variant, p)]["median"]) for p in ("forward", "backward", "optimizer"))
+        assert float(train[(variant, "step")]["median"]) == pytest.approx(parts, rel=0.3)
+        for phase in ("linear FWD (in situ)", "linear BWD-1+BWD-2 (in situ)", "BWD-1 (isolated GEMMs x layer count)"):
+            assert (variant, phase) in train or (variant.startswith("fst") and "isolated" in phase)
+    assert float(train[("dense", "step")]["ratio_vs_dense"]) == 1.0
+    for r in toy_rows:
+        if r["metric"] == "time" and r["phase"] != "optimizer":
+            assert r["ideal_basis"], r
+    slope_step = train[("slope (simulated)", "step")]
+    assert 1.0 < float(slope_step["ideal"]) < 1.5 and "Amdahl" in slope_step["ideal_basis"]
+
+
+def test_static_memory_counts_params_grads_and_adam_state(toy_rows):
+    model = build_model(TOY_MODELS["opt-toy"], 2)
+    params = sum(p.numel() for p in model.parameters()) * 4  # fp32, the tied LM head counted once
+    memory = {(r["variant"], r["phase"]): float(r["median"]) for r in toy_rows if r["experiment"] == "memory"}
+    assert memory[("dense", "train static: params")] == params
+    assert memory[("dense", "train static: grads")] == params
+    assert memory[("dense", "train static: optimizer")] >= 2 * params  # two moments (+ step counters)
+    assert memory[("dense", "inference static (params + buffers)")] == params
+    # the simulator keeps dense weights plus a bool mask per sparse weight: more than dense, never less
+    assert memory[("slope (simulated)", "train static: buffers")] > 0
+
+
+def test_state_bytes_counts_shared_storage_once():
+    layer = torch.nn.Linear(8, 8)
+    model = torch.nn.Sequential(layer, layer)  # the same parameters twice
+    view = torch.nn.Module()
+    view.register_buffer("alias", layer.weight.detach()[:4])  # a view of a parameter's storage
+    model.add_module("view", view)
+    counted = e2e.state_bytes(model)
+    assert counted["params"] == (64 + 8) * 4 and counted["buffers"] == 0
+
+
+def test_analytic_accounting_matches_the_design_numbers():
+    half = e2e.analytic_static_bytes(100, 0, "half", training=True)
+    amp = e2e.analytic_static_bytes(100, 0, "amp", training=True)
+    infer = e2e.analytic_static_bytes(100, 0, "half", training=False)
+    assert amp["slope"] / amp["dense"] == pytest.approx(9.75 / 16)
+    assert half["slope"] / half["dense"] == pytest.approx(9.75 / 8)  # fp32 masters cost more than 16-bit AdamW
+    assert infer["slope"] / infer["dense"] == pytest.approx(0.5625 + 0.125)  # 9/16 storage + the inference mask
+
+
+def test_refused_merged_path_becomes_an_unsupported_row(tmp_path, monkeypatch):
+    real = e2e.build_variant
+
+    def refuse_merged(kind, *args, adapter_mode="unmerged", adapter_rank="0", **kwargs):
+        if adapter_mode == "merged" and adapter_rank != "0":
+            raise slope.BackendUnavailableError("merged compressed inference is not in this release")
+        return real(kind, *args, adapter_mode=adapter_mode, adapter_rank=adapter_rank, **kwargs)
+
+    monkeypatch.setattr(e2e, "build_variant", refuse_merged)
+    out = tmp_path / "s.csv"
+    speedup.main(TOY_ARGS + ["--variants", "slope", "--sections", "prefill", "--output", str(out)])
+    rows = _read(out)
+    refused = [r for r in rows if r["variant"] == "slope merged adapters"]
+    assert refused and all(r["status"] == "unsupported" and "not in this release" in r["note"] for r in refused)
+    assert any(r["variant"] == "slope (simulated) unmerged adapters" and r["status"] == "ok" for r in rows)
+
+
+def test_time_budget_skips_later_sections(tmp_path):
+    out = tmp_path / "s.csv"
+    speedup.main(TOY_ARGS + ["--time-budget-s", "0.000001", "--output", str(out)])
+    rows = _read(out)
+    assert rows and {r["status"] for r in rows} == {"skipped (time budget)"}
+
+
+def test_paper_reference_has_the_performance_tables():
+    paper = load_paper()
+    assert paper_value(paper, "speedup_training", "SLoPe", "opt-13b") == "1.25"
+    assert paper_value(paper, "speedup_inference", "SLoPe", "opt-13b", "6.25%") == "1.36"
+    assert paper_value(paper, "memory_training", "FST", "llama-3-8b") == "1.17"
+    assert paper_value(paper, "memory_inference", "SLoPe", "mistral-7b", "6.25%") == "0.65"
+    assert len([k for k in paper if k[0] == "speedup_training"]) == 14
+
+
+def test_cli_errors_name_the_fix():
+    with pytest.raises(SystemExit, match="sections"):
+        speedup.main(["--preset", "cpu-toy", "--sections", "training"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="cpu-toy"):
+            speedup.main(["--preset", "quick"])
