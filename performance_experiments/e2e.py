@@ -50,11 +50,13 @@ def _dense_optimizer(params, device) -> torch.optim.Optimizer:
 
 def build_variant(kind: str, make_model, *, device, dtype: torch.dtype, precision: str = "half",
                   simulate: bool = False, adapter_rank: str = "0", adapter_mode: str = "unmerged",
-                  train: bool = True, tiling: bool = True, implementation: str = "auto") -> Variant:
+                  train: bool = True, tiling: bool = True, implementation: str = "auto",
+                  mask_change_freq: int = 1) -> Variant:
     """Build one variant from ``make_model()`` (a fresh seeded model in the right dtype on ``device``).
 
     ``tiling`` reaches the merged inference layers; ``implementation`` ("auto", "extension" = the cached
-    cuSPARSELt extension, "torch" = torch's private ``_cslt_sparse_mm``) the compressed training layers.
+    cuSPARSELt extension, "torch" = torch's private ``_cslt_sparse_mm``) the compressed training layers;
+    ``mask_change_freq`` goes to ADAMWSparse (1 = W_RCᵀ's mask re-derived every step, the paper's semantics).
     """
     model = make_model()
     autocast = dtype if precision == "amp" else None
@@ -94,7 +96,7 @@ def build_variant(kind: str, make_model, *, device, dtype: torch.dtype, precisio
         else:
             from slope.optim import ADAMWSparse, dense_parameters
 
-            variant.optimizers = [ADAMWSparse(model, lr=1e-5, weight_decay=0.1, mask_change_freq=1),
+            variant.optimizers = [ADAMWSparse(model, lr=1e-5, weight_decay=0.1, mask_change_freq=mask_change_freq),
                                   _dense_optimizer(dense_parameters(model), device)]
     return variant
 

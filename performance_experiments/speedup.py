@@ -77,6 +77,7 @@ class SpeedupConfig:
     # measures the crossover per shape, which times 10 token counts per shape and takes minutes per dtype).
     decode_fallback: str = "64"
     precision: str = "half"              # "half": parameters in `dtype`; "amp": fp32 parameters + autocast
+    mask_change_freq: int = 1            # ADAMWSparse: re-derive W_RCᵀ's mask every N steps (1 = the paper's)
     device: str = "cuda"
     simulate: bool = False               # SLoPe through the simulator (compress=False); forced on the CPU
     blocks: int = 0                      # 0: the most that fit memory_fraction of the GPU (models.choose_blocks)
