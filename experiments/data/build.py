@@ -2,7 +2,8 @@
 
     python -m experiments.data.build --sources all --out data/corpus --work data/work [--max-docs 2000]
     python -m experiments.data.build --folder my_texts/ --out data/mine          # any folder of .txt files
-    python -m experiments.data.build --hf wikitext:wikitext-103-raw-v1 --out ... # where the hub is reachable
+    python -m experiments.data.build --hf-dataset openwebtext --out data/owt     # where the hub is reachable
+    python -m experiments.data.build --hf-dataset wikipedia --out data/wiki      # (see experiments.data.hub)
 
 Outputs in ``--out``: ``{train,validation,test}.jsonl`` (source, id, title, text — what the generated
 evaluation tasks need) and ``.txt`` (one cleaned document per line, for tokenizers and language modelling), and
@@ -25,6 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..atomic import atomic_open
+from . import hub
 from .sources import SOURCES, Doc, Source, clean_text, folder_source
 
 SPLITS = ("train", "validation", "test")
@@ -55,15 +57,8 @@ def fetch_package(package: str, work: Path) -> tuple[Path, str]:
 
 
 def hf_docs(spec: str) -> Iterator[Doc]:
-    """Documents of a Hugging Face dataset "name[:config]" (train split, "text" column)."""
-    try:
-        import datasets
-    except ImportError as error:
-        raise RuntimeError("--hf needs the `datasets` package (pip install -e .[eval]) and hub access") from error
-    name, _, config = spec.partition(":")
-    for index, row in enumerate(datasets.load_dataset(name, config or None, split="train")):
-        if row["text"].strip():
-            yield Doc(f"hf:{spec}", str(index), "", row["text"])
+    """Documents of a Hugging Face dataset "name[:config]" (train split, "text" column), streamed."""
+    return hub.pretraining_docs(spec)
 
 
 def split_of(seed: int, doc: Doc, fractions: tuple[float, float]) -> str:
@@ -144,7 +139,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", default="", help=f"comma-separated names or 'all': {', '.join(SOURCES)}")
     parser.add_argument("--folder", action="append", default=[], help="a folder of .txt files (repeatable)")
-    parser.add_argument("--hf", action="append", default=[], help="a Hugging Face dataset name[:config]")
+    parser.add_argument("--hf", "--hf-dataset", dest="hf", action="append", default=[],
+                        help="a Hugging Face dataset: openwebtext, wikipedia, owner/name[:config], or a local "
+                             "format (json, parquet) with --hf-data-files; streamed (repeatable)")
+    parser.add_argument("--hf-data-files", action="append", default=None,
+                        help="local files for a --hf-dataset format such as parquet or json (repeatable)")
+    parser.add_argument("--hf-field", default="text", help="the text column of --hf-dataset")
     parser.add_argument("--out", default="data/corpus")
     parser.add_argument("--work", default="data/work", help="where packages are downloaded and unpacked")
     parser.add_argument("--seed", type=int, default=0)
@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
         root, version = fetch_package(SOURCES[name].package, Path(args.work))
         plan.append((SOURCES[name], root, version))
     plan += [(folder_source(Path(f), f"folder:{Path(f).name}"), Path(f), "") for f in args.folder]
-    plan += [(f"hf:{spec}", None, "") for spec in args.hf]
+    plan += [(hub.pretraining_source(spec, data_files=args.hf_data_files, field=args.hf_field), None, "")
+             for spec in args.hf]
     train, validation = (float(x) for x in args.fractions.split(","))
     if not (0 < train < 1 and 0 <= validation < 1 - train):
         parser.error(f"--fractions {args.fractions}: need 0 < train < 1 and 0 <= validation < 1 - train")

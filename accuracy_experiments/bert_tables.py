@@ -1,0 +1,227 @@
+"""The paper's BERT tables at small scale: one run loop shared by `make bert-glue`, `bert-squad` and `bert-mixed`.
+
+Every (row, seed) pretrains BERT with `experiments.bert_pretrain` (resumable), then fine-tunes it on each of the
+table's tasks with `experiments.finetune` (sparsity kept; Wanda rows prune the dense model first) and writes one
+long-form CSV row per (task, metric) to ``results/bert_<table>_<scale>.csv`` with provenance, right after that
+(row, seed) — rows already in the CSV are skipped, so an interrupted run resumes without losing or repeating any.
+
+Runs are cached under ``--runs`` by what they compute, not by table: one pretraining per distinct
+(method, sparsity, adapter rank, seed) — GLUE and SQuAD share theirs, ``2:4-2:4`` is the same run as ``2:4``,
+and every Wanda row prunes the dense row's model — and one fine-tuning per (pretraining, task, pruning), whose
+``metrics.json`` a later table reuses. Each pretraining's loss curve is copied to
+``results/bert_losses/<scale>/`` beside the scores.
+
+The markdown table (mean ± std over seeds) sits beside the CSV, next to the paper's numbers from
+``results/paper_reference.csv`` — on the real GLUE / SQuAD v1.1 with BERT-Large: compare the ordering of the
+methods, not the values.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import shutil
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from experiments import bert_pretrain, finetune
+from experiments.provenance import REPO_ROOT, config_hash
+from experiments.results_io import write_rows
+
+COLUMNS = ("experiment", "scale", "row", "method", "adapter_rank", "sparsity", "seed", "steps", "task", "metric",
+           "value", "final_val_loss")
+
+# The paper's BERT-Large table: dense and SLoPe 2:4 with adapter ranks 0, 4, 16, 64 of 1024 (0.39%, 1.56%, 6.25%).
+_LARGE_ROWS = {
+    "dense": {"method": "dense", "adapter_rank": "0", "sparsity": ""},
+    "slope-r0": {"method": "slope", "adapter_rank": "0", "sparsity": "2:4"},
+    "slope-r0.39%": {"method": "slope", "adapter_rank": "0.39%", "sparsity": "2:4"},
+    "slope-r1.56%": {"method": "slope", "adapter_rank": "1.56%", "sparsity": "2:4"},
+    "slope-r6.25%": {"method": "slope", "adapter_rank": "6.25%", "sparsity": "2:4"},
+}
+# The paper's mixed-sparsity table: first half of the blocks – second half, SLoPe vs Wanda, no adapters.
+_MIXED_ROWS = {f"{method}-{spec}": {"method": method, "adapter_rank": "0", "sparsity": spec}
+               for method in ("slope", "wanda") for spec in ("2:4-2:4", "2:4-2:8", "2:8-2:4")}
+
+TABLES = {
+    "bert_glue": {"rows": _LARGE_ROWS, "tasks": ("acceptability", "coherence", "source"),
+                  "paper": ("bert_large", "GLUE"), "title": "BERT, GLUE-style stand-ins"},
+    "bert_squad": {"rows": _LARGE_ROWS, "tasks": ("span",), "paper": ("bert_large", "SQuAD v1.1"),
+                   "title": "BERT, SQuAD-style stand-in"},
+    "bert_mixed": {"rows": _MIXED_ROWS, "tasks": ("acceptability", "coherence", "source", "span"),
+                   "paper": ("bert_mixed", None), "title": "BERT, mixed N:M sparsity, SLoPe vs Wanda"},
+}
+# chance levels of the generated tasks (their datasheets), printed under the table
+CHANCE = "acceptability MCC 0; coherence acc ≈ 0.5; source acc 0.25 (4 balanced classes); span EM ≈ 0"
+
+
+def pretrain_config(scale: str, spec: dict, seed: int, runs: Path, overrides: dict | None):
+    """The pretraining a row needs (Wanda rows: the dense one), in a folder named by what it computes."""
+    method = "dense" if spec["method"] in ("dense", "wanda") else spec["method"]
+    if method == "dense":
+        fields, key = {"method": "dense"}, "dense"
+    else:
+        sparsity = bert_pretrain.canonical_sparsity(spec["sparsity"])
+        fields = {"method": method, "sparsity": sparsity, "adapter_rank": spec["adapter_rank"]}
+        key = f"{method}-{sparsity}-r{spec['adapter_rank'].replace('%', 'pct')}"
+    cfg = replace(bert_pretrain.PRESETS[scale], **fields, seed=seed, **(overrides or {}))
+    # the folder names the configuration too, so a changed preset starts fresh instead of clashing with a checkpoint
+    digest = config_hash({k: v for k, v in asdict(cfg).items() if k not in ("seed", "out", "stop_after")})
+    return replace(cfg, out=str(runs / scale / f"{key}-{digest[:8]}" / f"seed{seed}")), key
+
+
+def finetune_config(scale: str, spec: dict, task: str, seed: int, pretrained: Path, data: str,
+                    overrides: dict | None):
+    prune = {"prune": "wanda", "sparsity": spec["sparsity"]} if spec["method"] == "wanda" else {}
+    name = task + (f"-wanda-{spec['sparsity']}" if prune else "")
+    return replace(finetune.PRESETS[scale], task=task, pretrained=str(pretrained), data=data, seed=seed,
+                   out=str(pretrained / "finetune" / name), **prune, **(overrides or {}))
+
+
+def _done(path: Path) -> set[tuple[str, str]]:
+    if not path.exists():
+        return set()
+    with path.open(newline="") as f:
+        return {(r["row"], r["seed"]) for r in csv.DictReader(f)}
+
+
+@contextlib.contextmanager
+def _exclusive(results: Path, runs: Path):
+    """One writer per results CSV: a second process waits here, then skips the (row, seed) pairs the first wrote."""
+    runs.mkdir(parents=True, exist_ok=True)  # the lock lives with the (git-ignored) run cache, not in results/
+    with open(runs / f".{results.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{results} is being written by another run; waiting for it to finish", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def run(table: str, scale: str, seeds: list[int], rows: list[str], *, results: Path, runs: Path, data: str,
+        curves: Path | None = None, pretrain_overrides: dict | None = None,
+        finetune_overrides: dict | None = None) -> Path:
+    with _exclusive(results, runs):
+        return _run(table, scale, seeds, rows, results=results, runs=runs, data=data, curves=curves,
+                    pretrain_overrides=pretrain_overrides, finetune_overrides=finetune_overrides)
+
+
+def _run(table, scale, seeds, rows, *, results, runs, data, curves, pretrain_overrides, finetune_overrides) -> Path:
+    spec_table = TABLES[table]
+    done = _done(results)
+    for row in rows:
+        spec = spec_table["rows"][row]
+        for seed in seeds:
+            if (row, str(seed)) in done:
+                continue
+            pre_cfg, key = pretrain_config(scale, spec, seed, runs, pretrain_overrides)
+            history = bert_pretrain.train(pre_cfg)
+            if curves is not None:
+                curves.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(pre_cfg.out) / "losses.csv", curves / f"{key}_seed{seed}.csv")
+            val_loss = bert_pretrain.final_val_loss(history)
+            out, configs = [], {"pretrain": asdict(pre_cfg)}
+            for task in spec_table["tasks"]:
+                ft_cfg = finetune_config(scale, spec, task, seed, Path(pre_cfg.out), data, finetune_overrides)
+                configs[task] = asdict(ft_cfg)
+                scores = finetune.finetune(ft_cfg)["metrics"]
+                out += [{"experiment": table, "scale": scale, "row": row, "method": spec["method"],
+                         "adapter_rank": spec["adapter_rank"], "sparsity": spec["sparsity"], "seed": seed,
+                         "steps": pre_cfg.steps, "task": task, "metric": metric, "value": value,
+                         "final_val_loss": val_loss} for metric, value in scores.items()]
+            write_rows(results, out, columns=COLUMNS, config=configs)  # per run: an interruption loses at most one
+    write_table(results, table)
+    return results
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+def write_table(results: Path, table: str) -> Path:
+    with results.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    spec_table = TABLES[table]
+    values, per_seed, losses = defaultdict(list), defaultdict(list), defaultdict(dict)
+    for r in rows:
+        values[(r["row"], f"{r['task']}/{r['metric']}")].append(float(r["value"]))
+        per_seed[(r["row"], r["seed"])].append(float(r["value"]))
+        if r["final_val_loss"] != "":
+            losses[r["row"]][r["seed"]] = float(r["final_val_loss"])
+    columns = [f"{t}/{m}" for t in spec_table["tasks"] for m in finetune.TASKS[t].metrics]
+    order = [row for row in spec_table["rows"] if any(key[0] == row for key in values)]
+    seeds = sorted({r["seed"] for r in rows}, key=int)
+    first = rows[0]
+    lines = [f"# {spec_table['title']}, {first['scale']} scale (generated stand-in tasks; mean ± std over seeds)", "",
+             f"From `{results.name}`: {len(seeds)} seed(s) ({', '.join(seeds)}), {first['steps']} pretraining steps, "
+             f"device {first['device']}, commit {first['git_sha'][:7]}, {first['date'][:10]}. Values are fractions "
+             "(MCC in [-1, 1]); `avg` is the mean of the row's task metrics per seed; `val loss` is the final "
+             "validation MLM loss of the pretraining (Wanda rows: of the dense model before pruning).", "",
+             f"Chance: {CHANCE}.", ""]
+    if first["scale"] == "tiny":
+        lines += ["At tiny scale (a pipeline check sized for 2 CPU cores) scores near chance are expected: compare "
+                  "rows only where the seed spreads do not overlap.", ""]
+    lines += ["| row | " + " | ".join(columns) + " | avg | val loss |", "|---|" + "---|" * (len(columns) + 2)]
+    for row in order:
+        cells = [_cell(values.get((row, c), [])) for c in columns]
+        averages = [statistics.mean(v) for (r, _), v in sorted(per_seed.items()) if r == row]
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {_cell(averages)} | "
+                     f"{_cell(list(losses[row].values()))} |")
+    lines += ["", f"Pretraining loss curves: `results/bert_losses/{first['scale']}/`."]
+    lines += _paper_lines(*spec_table["paper"])
+    target = results.with_suffix(".md")
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
+def _paper_lines(paper_table: str, task: str | None) -> list[str]:
+    reference = REPO_ROOT / "results" / "paper_reference.csv"
+    if not reference.exists():
+        return []
+    with reference.open(newline="") as f:
+        paper = [r for r in csv.DictReader(f) if r["table"] == paper_table and (task is None or r["task"] == task)]
+    columns = list(dict.fromkeys(f"{r['task']} {r['metric']}" for r in paper))
+    lines = ["", "The paper's table (BERT-Large on the real benchmarks, %), for the ordering of the methods:", "",
+             "| method | rank | sparsity | " + " | ".join(columns) + " |", "|---|---|---|" + "---|" * len(columns)]
+    for key in dict.fromkeys((r["method"], r["adapter_rank"], r["sparsity_pattern"]) for r in paper):
+        cells = {f"{r['task']} {r['metric']}": r["value"] for r in paper
+                 if (r["method"], r["adapter_rank"], r["sparsity_pattern"]) == key}
+        lines.append(f"| {key[0]} | {key[1]} | {key[2] or '2:4' if key[0] != 'Dense' else ''} | "
+                     + " | ".join(cells.get(c, "") for c in columns) + " |")
+    return lines
+
+
+def main(table: str, argv: list[str] | None = None, description: str = "") -> Path:
+    import argparse
+
+    import torch
+
+    rows_of = TABLES[table]["rows"]
+    parser = argparse.ArgumentParser(description=description or TABLES[table]["title"])
+    parser.add_argument("--scale", choices=sorted(bert_pretrain.PRESETS),
+                        default="small" if torch.cuda.is_available() else "tiny")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rows", default=",".join(rows_of))
+    parser.add_argument("--results", default=None, help=f"CSV path (default results/{table}_<scale>.csv)")
+    parser.add_argument("--runs", default="runs/bert", help="cache of pretraining and fine-tuning runs")
+    parser.add_argument("--data", default="data/finetune", help="the generated fine-tuning sets")
+    args = parser.parse_args(argv)
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in rows_of]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {list(rows_of)}")
+    missing = [t for t in TABLES[table]["tasks"] if not (Path(args.data) / t / "validation.jsonl").exists()]
+    if missing:
+        parser.error(f"{args.data} lacks {missing}: run `make data` first")
+    results = Path(args.results or REPO_ROOT / "results" / f"{table}_{args.scale}.csv")
+    path = run(table, args.scale, [int(s) for s in args.seeds.split(",")], rows, results=results,
+               runs=Path(args.runs), data=args.data, curves=results.parent / "bert_losses" / args.scale)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    return path

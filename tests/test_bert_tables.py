@@ -1,0 +1,47 @@
+"""`make bert-glue` / `bert-mixed` end to end at toy scale: shared pretraining, CSV schema, table, resume."""
+import csv
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("sklearn")
+
+from accuracy_experiments import bert_tables  # noqa: E402
+from experiments.results_io import PROVENANCE_COLUMNS  # noqa: E402
+from tests.test_bert_pretrain import TOY_FINETUNE, toy_bert_data  # noqa: E402
+
+PRETRAIN = {"n_layer": 2, "hidden": 64, "n_head": 2, "intermediate": 128, "seq_len": 32, "batch_size": 4, "steps": 4,
+            "eval_every": 4, "eval_batches": 1, "checkpoint_every": 4, "amp": "none"}
+
+
+def test_tables_share_pretraining_write_the_schema_and_resume(tmp_path):
+    corpus, tasks = toy_bert_data(tmp_path)
+    pretrain = {**PRETRAIN, "corpus": str(corpus), "tokenizer": str(corpus / "tokenizers/bert-wordpiece")}
+    kwargs = dict(runs=tmp_path / "runs", data=str(tasks), curves=tmp_path / "curves", pretrain_overrides=pretrain,
+                  finetune_overrides={**TOY_FINETUNE, "steps": 2})
+    glue = tmp_path / "bert_glue_tiny.csv"
+    bert_tables.run("bert_glue", "tiny", [0], ["slope-r0"], results=glue, **kwargs)
+    rows = list(csv.DictReader(glue.open()))
+    assert list(rows[0]) == [*bert_tables.COLUMNS, *PROVENANCE_COLUMNS]
+    assert [(r["task"], r["metric"]) for r in rows] == [("acceptability", "mcc"), ("coherence", "acc"),
+                                                        ("coherence", "f1"), ("source", "acc")]
+    assert {(r["row"], r["method"], r["adapter_rank"], r["sparsity"], r["seed"]) for r in rows} == {
+        ("slope-r0", "slope", "0", "2:4", "0")}
+    assert all(-1 <= float(r["value"]) <= 1 and float(r["final_val_loss"]) > 0 and r["git_sha"] for r in rows)
+    table = glue.with_suffix(".md").read_text()
+    assert "| slope-r0 |" in table and "GLUE average" in table and "Chance:" in table  # the paper's rows beside
+    assert len(list((tmp_path / "curves").glob("*.csv"))) == 1
+
+    mixed = tmp_path / "bert_mixed_tiny.csv"
+    bert_tables.run("bert_mixed", "tiny", [0], ["slope-2:4-2:4", "wanda-2:8-2:4"], results=mixed, **kwargs)
+    # 2:4-2:4 is slope-r0's run (its three GLUE-task scores reused); Wanda pruned a new dense one
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "runs/tiny").iterdir()) == ["dense", "slope"]
+    rows = list(csv.DictReader(mixed.open()))
+    assert {r["task"] for r in rows} == {"acceptability", "coherence", "source", "span"}
+    assert {(r["method"], r["sparsity"]) for r in rows} == {("slope", "2:4-2:4"), ("wanda", "2:8-2:4")}
+    glue_scores = {(r["task"], r["metric"]): r["value"] for r in csv.DictReader(glue.open())}
+    assert all(glue_scores[(r["task"], r["metric"])] == r["value"] for r in rows
+               if r["row"] == "slope-2:4-2:4" and r["task"] != "span")
+    bert_tables.run("bert_mixed", "tiny", [0], ["slope-2:4-2:4", "wanda-2:8-2:4"], results=mixed, **kwargs)
+    assert len(list(csv.DictReader(mixed.open()))) == len(rows)  # resumed: nothing new to do
+    assert "| wanda-2:8-2:4 |" in mixed.with_suffix(".md").read_text()
