@@ -11,13 +11,18 @@ from tests.test_evalsets import _corpus  # noqa: E402
 from tests.test_pretrain import toy_corpus  # noqa: E402
 
 
-def test_rows_seeds_tasks_land_in_the_csv_and_a_rerun_adds_nothing(tmp_path):
+def _toy_setup(tmp_path, **extra) -> dict:
+    """A toy corpus and eval sets in tmp_path; the pretraining overrides that size a run to seconds."""
     corpus = toy_corpus(tmp_path)
     fake, _ = _corpus(tmp_path)
     evalsets.build_evalsets(fake, tmp_path / "evalsets")
-    overrides = {"corpus": str(corpus), "tokenizer": str(corpus / "tokenizers/gpt2-bpe"), "steps": 4,
-                 "batch_size": 2, "seq_len": 128, "n_embd": 32, "n_layer": 2, "n_head": 2, "eval_every": 4,
-                 "eval_batches": 1, "checkpoint_every": 4, "adapter_fraction": 0.25}
+    return {"corpus": str(corpus), "tokenizer": str(corpus / "tokenizers/gpt2-bpe"), "steps": 4, "batch_size": 2,
+            "seq_len": 128, "n_embd": 32, "n_layer": 2, "n_head": 2, "eval_every": 4, "eval_batches": 1,
+            "checkpoint_every": 4, **extra}
+
+
+def test_rows_seeds_tasks_land_in_the_csv_and_a_rerun_adds_nothing(tmp_path):
+    overrides = _toy_setup(tmp_path, adapter_fraction=0.25)
     results = tmp_path / "gpt2_zeroshot_tiny.csv"
     kwargs = dict(results=results, runs=tmp_path / "runs", evalsets=str(tmp_path / "evalsets"), overrides=overrides)
     gpt2_zeroshot.run("tiny", [0], ["dense", "slope-r2.1%"], **kwargs)
@@ -34,12 +39,7 @@ def test_rows_seeds_tasks_land_in_the_csv_and_a_rerun_adds_nothing(tmp_path):
 def test_train_here_score_there_through_shards(tmp_path):
     import shutil
 
-    corpus = toy_corpus(tmp_path)
-    fake, _ = _corpus(tmp_path)
-    evalsets.build_evalsets(fake, tmp_path / "evalsets")
-    overrides = {"corpus": str(corpus), "tokenizer": str(corpus / "tokenizers/gpt2-bpe"), "steps": 4,
-                 "batch_size": 2, "seq_len": 128, "n_embd": 32, "n_layer": 2, "n_head": 2, "eval_every": 4,
-                 "eval_batches": 1, "checkpoint_every": 4}
+    overrides = _toy_setup(tmp_path)
     results = tmp_path / "out.csv"
     kwargs = dict(results=results, evalsets=str(tmp_path / "evalsets"), overrides=overrides)
     gpt2_zeroshot.run("tiny", [0], ["slope-r0"], runs=tmp_path / "gpu_runs", stage="train",

@@ -25,10 +25,9 @@ def test_inference_layers_need_a_gpu_and_name_the_layer():
         slope.SLoPeInferenceLinear.from_layer(layer)
 
 
-@pytest.fixture
-def gpu():
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8:
-        pytest.skip("needs an sm_80+ CUDA GPU")
+# capability marker (as in test_compressed.py): these run, marked `gpu`, on the GPU machine
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
+                               reason="needs an sm_80+ CUDA GPU")
 
 
 def _reference(layer: slope.SLoPeLinear, x: torch.Tensor) -> torch.Tensor:
@@ -66,11 +65,12 @@ def _simulated(d_in, d_out, rank, bias, dtype):
 
 
 @pytest.mark.gpu
+@needs_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tiling", [True, False])
 @pytest.mark.parametrize("rank,bias", [(0, True), (5, True), (40, False)])
 @pytest.mark.parametrize("tokens", [8, 13, 256])
-def test_merged_tiled_output_matches_fp64_reference(gpu, dtype, tiling, rank, bias, tokens):
+def test_merged_tiled_output_matches_fp64_reference(dtype, tiling, rank, bias, tokens):
     layer = _simulated(64, 256, rank, bias, dtype)
     fast = slope.SLoPeInferenceLinear.from_layer(layer, tiling=tiling)
     assert fast.rows == tile_rows(256, 64, fast.adapter_rows, tiling)
@@ -91,8 +91,9 @@ def _model(dtype):
 
 
 @pytest.mark.gpu
+@needs_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_prune_model_merge_lora_loads_a_trained_compressed_checkpoint(gpu, dtype):
+def test_prune_model_merge_lora_loads_a_trained_compressed_checkpoint(dtype):
     every = dict(filter_fn=lambda module, name: True)
     trained = slope.prune_model(_model(dtype), compress=True, add_lora=True, lora_rank=8, **every)
     with torch.no_grad():
@@ -116,7 +117,8 @@ def test_prune_model_merge_lora_loads_a_trained_compressed_checkpoint(gpu, dtype
 
 
 @pytest.mark.gpu
-def test_dense_fallback_runs_dense_at_few_tokens_and_auto_measures(gpu):
+@needs_gpu
+def test_dense_fallback_runs_dense_at_few_tokens_and_auto_measures():
     layer = _simulated(64, 256, 8, True, torch.float16)
     fast = slope.SLoPeInferenceLinear.from_layer(layer, dense_fallback_tokens=16)
     assert fast.dense_weight is not None
@@ -133,7 +135,8 @@ def test_dense_fallback_runs_dense_at_few_tokens_and_auto_measures(gpu):
 
 
 @pytest.mark.gpu
-def test_inference_layer_refuses_backward_and_rebuilds_after_adapter_change(gpu):
+@needs_gpu
+def test_inference_layer_refuses_backward_and_rebuilds_after_adapter_change():
     layer = _simulated(64, 128, 4, False, torch.bfloat16)
     fast = slope.SLoPeInferenceLinear.from_layer(layer)
     x = torch.randn(8, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -146,8 +149,9 @@ def test_inference_layer_refuses_backward_and_rebuilds_after_adapter_change(gpu)
 
 
 @pytest.mark.gpu
+@needs_gpu
 @pytest.mark.parametrize("layout", [0, 1])
-def test_spmm_out_writes_one_column_block(gpu, layout):
+def test_spmm_out_writes_one_column_block(layout):
     from slope.kernels import cusparselt
 
     op = cusparselt.SpMM(64, 128, torch.float16, layout=layout)
@@ -163,8 +167,9 @@ def test_spmm_out_writes_one_column_block(gpu, layout):
 
 
 @pytest.mark.gpu
+@needs_gpu
 @pytest.mark.parametrize("tiling", [True, False])
-def test_torch_private_op_fallback_builds_and_matches(gpu, tiling):
+def test_torch_private_op_fallback_builds_and_matches(tiling):
     # the fallback where the extension cannot be built: torch._cslt_* (torch 2.11 returns a 2-D compressed buffer)
     layer = _simulated(64, 256, 8, True, torch.float16)
     fast = slope.SLoPeInferenceLinear.from_layer(layer, tiling=tiling, implementation="torch")
