@@ -42,8 +42,17 @@ data/evalsets/slope_perplexity/slope_perplexity.yaml:
 
 # The paper's GPT-2 zero-shot table at the largest scale this machine runs (SCALE=tiny|small|paper, SEEDS=0,1,2):
 # pretraining per row and seed (resumable), lm-eval on the generated tasks, results/gpt2_zeroshot_<scale>.{csv,md}.
+# NGPU=2: each pretraining run is data parallel over 2 GPUs of this node (torchrun; same global batch and result).
 gpt2-zeroshot: venv data/evalsets/slope_perplexity/slope_perplexity.yaml
-	$(PYTHON) -m accuracy_experiments.gpt2_zeroshot $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS))
+	$(PYTHON) -m accuracy_experiments.gpt2_zeroshot $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(NGPU),--nproc $(NGPU))
+
+# Data-parallel pretraining checked against one process (loss and masks), a SIGKILLed run resumed on NGPU and on
+# 1 process, weak-scaling throughput: results/ddp_check_<scale>.{csv,md} (under $(OUT) when set). NGPU=2 default.
+.PHONY: ddp-check
+ddp-check:
+	$(PYTHON) -m experiments.ddp_check --nproc $(or $(NGPU),2) $(if $(SCALE),--scale $(SCALE)) \
+		$(if $(METHODS),--methods $(METHODS))
 
 # results/CLAIMS.md: each accuracy claim of the paper with our numbers and a verdict (holds / does not hold /
 # inconclusive), from the results CSVs at the largest scale present per experiment; missing ones read "not run".

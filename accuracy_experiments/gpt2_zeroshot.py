@@ -55,7 +55,7 @@ def _done(path: Path) -> set[tuple[str, str]]:
 
 def run(scale: str, seeds: list[int], rows: list[str], *, results: Path, runs: Path, evalsets: str,
         overrides: dict | None = None, stage: str = "all", export: Path | None = None,
-        import_dir: Path | None = None, eval_limit: int | None = None) -> Path:
+        import_dir: Path | None = None, eval_limit: int | None = None, nproc: int = 1) -> Path:
     done = _done(results)
     for row in rows:
         for seed in seeds:
@@ -65,7 +65,7 @@ def run(scale: str, seeds: list[int], rows: list[str], *, results: Path, runs: P
                           **(overrides or {}))
             name = shard_name(row, seed)
             if stage in ("all", "train") and not (import_dir and has_shards(import_dir, name)):
-                history = pretrain.train(cfg)
+                history = pretrain.launch(cfg, nproc)  # nproc > 1: torchrun, data parallel
                 if export is not None:
                     model_state = torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=False)["model"]
                     export_shards(model_state, export, name, {"history": history, "config": asdict(cfg),
@@ -93,9 +93,7 @@ def _evaluate_run(cfg, row: str, seed: int, name: str, *, results: Path, evalset
         model.load_state_dict(state["model"])
     elif import_dir is not None and has_shards(import_dir, name):
         model_state, meta = import_shards(import_dir, name)
-        where = ("out", "stop_after")  # run folders differ between machines; the training itself must not
-        if {k: v for k, v in meta["config"].items() if k not in where} != \
-                {k: v for k, v in asdict(cfg).items() if k not in where}:
+        if not pretrain.same_training(meta["config"], cfg):  # run folders may differ between machines
             raise SystemExit(f"{import_dir}/{name}: trained with another configuration than {row} seed {seed} here")
         model.load_state_dict(model_state)
         history, trained_on = meta["history"], meta["provenance"]
@@ -166,6 +164,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--import-dir", default=None, help="evaluate models trained elsewhere from shards here")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's pretraining steps")
     parser.add_argument("--eval-limit", type=int, default=None, help="items per task (default: per scale)")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="processes (GPUs) per pretraining run, launched with torchrun; the global batch and the "
+                             "result are those of one process")
     args = parser.parse_args(argv)
     rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in rows if r not in ROWS]
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> Path:
     path = run(args.scale, [int(s) for s in args.seeds.split(",")], rows, results=results, runs=Path(args.runs),
                evalsets=args.evalsets, overrides={"steps": args.steps} if args.steps else None, stage=args.stage,
                export=Path(args.export) if args.export else None,
-               import_dir=Path(args.import_dir) if args.import_dir else None, eval_limit=args.eval_limit)
+               import_dir=Path(args.import_dir) if args.import_dir else None, eval_limit=args.eval_limit,
+               nproc=args.nproc)
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return path
 

@@ -12,19 +12,30 @@
 * A checkpoint (model, optimizers, schedule, data and RNG state, loss history) is written atomically every
   ``--checkpoint-every`` steps; rerunning the same command resumes from it and reproduces the uninterrupted run.
   ``losses.csv`` (train and validation loss per step) is rewritten with every checkpoint.
+* Data parallel under torchrun (`slope.distributed`): ``torchrun --standalone --nproc_per_node 2 -m
+  experiments.pretrain ...``. ``--batch-size`` is the *global* batch per optimizer step: one generator draws the
+  same global batch on every rank, each rank takes its share and splits it into ``--grad-accumulation``
+  micro-batches (gradients synchronised on the last only), so a run is the same computation on any number of
+  processes, and a checkpoint written by N processes resumes on M. Rank 0 writes; dropout draws from a stream
+  per rank. ``throughput.json`` records the median step time of this process's steps.
 """
 from __future__ import annotations
 
 import csv
+import json
 import math
+import statistics
 import sys
-from dataclasses import asdict, dataclass, replace
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 import slope
+from slope import distributed
 from experiments.atomic import atomic_open
 from experiments.cli import parse_config
 
@@ -42,7 +53,9 @@ class PretrainConfig:
     n_embd: int = 128
     n_head: int = 4
     seq_len: int = 128
-    batch_size: int = 8
+    batch_size: int = 8  # sequences per optimizer step, over all processes and micro-batches
+    grad_accumulation: int = 1  # micro-batches per step on each process
+    dropout: float = 0.1  # GPT-2's residual / embedding / attention dropout
     steps: int = 200
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -99,7 +112,8 @@ def build_model(cfg: PretrainConfig, tokenizer, adapters: bool):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=cfg.seq_len, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-                        n_head=cfg.n_head, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(cfg.seed)
     model = GPT2LMHeadModel(config)
@@ -126,97 +140,204 @@ def batch(tokens: torch.Tensor, cfg: PretrainConfig, generator: torch.Generator)
     return torch.stack([tokens[s:s + cfg.seq_len] for s in starts.tolist()]).long()
 
 
-def train(cfg: PretrainConfig) -> list[dict]:
+# Config fields that say where a run lives, not what it computes: a checkpoint or shard may differ in these.
+PLACEMENT_FIELDS = ("out", "stop_after")
+
+
+def same_training(saved: dict, cfg) -> bool:
+    """Whether a saved config (a checkpoint's or shard's) describes the same training as ``cfg``.
+
+    Fields added to the config after the save compare equal when ``cfg`` keeps their default (what the older
+    code did implicitly), so older checkpoints stay usable.
+    """
+    defaults = {f.name: f.default for f in fields(cfg)}
+    current = asdict(cfg)
+    return all(saved.get(name, defaults[name]) == current[name] for name in current if name not in PLACEMENT_FIELDS)
+
+
+def micro_batch_size(cfg: PretrainConfig, world_size: int) -> int:
+    """Rows per forward on each process; the global batch must split evenly over processes and micro-batches."""
+    parts = world_size * cfg.grad_accumulation
+    if cfg.grad_accumulation < 1 or cfg.batch_size % parts:
+        raise SystemExit(f"--batch-size {cfg.batch_size} (the global batch) must be a multiple of processes "
+                         f"({world_size}) x --grad-accumulation ({cfg.grad_accumulation}); change one of them")
+    return cfg.batch_size // parts
+
+
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """Seed of a non-zero rank's own dropout stream (rank 0 keeps the single-process stream)."""
+    return (seed * 1_000_003 + rank * 7919 + step) % 2**63
+
+
+def _rng_state(ctx) -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None}
+
+
+def _restore_rng(state: dict, cfg: PretrainConfig, ctx, step: int) -> None:
+    """Each rank's RNG as saved; resumed on another process count, ranks without a saved stream get a fresh one."""
+    per_rank = state.get("rank_rng")
+    if per_rank is None:  # written by a single process before the data-parallel runner
+        per_rank = [{"torch": state["torch_rng"], "cuda": None}]
+        if state.get("cuda_rng") is not None and ctx.device.type == "cuda":
+            per_rank[0]["cuda"] = state["cuda_rng"][ctx.device.index or 0]
+    if ctx.rank < len(per_rank) and (len(per_rank) == ctx.world_size or ctx.rank == 0):
+        mine = per_rank[ctx.rank]
+        torch.set_rng_state(mine["torch"])
+        if mine["cuda"] is not None and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], ctx.device)
+    else:
+        torch.manual_seed(rank_seed(cfg.seed, ctx.rank, step))
+    if ctx.is_main and len(per_rank) != ctx.world_size:
+        tqdm.write(f"resuming a {len(per_rank)}-process checkpoint on {ctx.world_size}: the data stream is the "
+                   "same; dropout streams of the other ranks start afresh", file=sys.stderr)
+
+
+def train(cfg: PretrainConfig, ctx: distributed.DistributedContext | None = None) -> list[dict]:
+    """Pretrain (or resume) one run; under torchrun every process calls this. Returns the loss history."""
     from experiments.data.tokenizer import load_tokenizer
 
     if cfg.method not in ("dense", "slope", "srste"):
         raise SystemExit(f"--method {cfg.method!r}: choose dense, slope or srste (Wanda prunes a trained dense model)")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ctx = ctx or distributed.init_distributed()
+    device = ctx.device
+    micro = micro_batch_size(cfg, ctx.world_size)
     amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
     tokenizer = load_tokenizer(cfg.tokenizer, "gpt2", cfg.seq_len)
+    if ctx.is_main:  # the token cache is written once, by rank 0
+        load_tokens(cfg, "train", tokenizer), load_tokens(cfg, "validation", tokenizer)
+    distributed.barrier(ctx)
     train_tokens, val_tokens = load_tokens(cfg, "train", tokenizer), load_tokens(cfg, "validation", tokenizer)
     out = Path(cfg.out)
     checkpoint_path = out / "checkpoint.pt"
-    state = torch.load(checkpoint_path, weights_only=False) if checkpoint_path.exists() else None
-    same = lambda config: {k: v for k, v in config.items() if k != "stop_after"}  # noqa: E731
-    if state is not None and same(state["config"]) != same(asdict(cfg)):
+    state = torch.load(checkpoint_path, weights_only=False, map_location="cpu") if checkpoint_path.exists() else None
+    if state is not None and not same_training(state["config"], cfg):
         raise SystemExit(f"{checkpoint_path} was written by another configuration; use a new --out")
     start_adapters = adapter_start(cfg)
     step = state["step"] if state else 0
     adapters_on = start_adapters is not None and step >= start_adapters
-    model = build_model(cfg, tokenizer, adapters_on).to(device)
-    dense = [p for p in model.parameters() if not any(p is q for q in slope.lora_parameters(model))]
+    module = build_model(cfg, tokenizer, adapters_on).to(device)  # same seed: the same initial model on every rank
+    if ctx.rank:
+        torch.manual_seed(rank_seed(cfg.seed, ctx.rank))
+    dense = [p for p in module.parameters() if not any(p is q for q in slope.lora_parameters(module))]
     optimizers = {"model": torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)}
     if adapters_on:
-        optimizers["adapters"] = torch.optim.AdamW(slope.lora_parameters(model), lr=cfg.lr, eps=cfg.eps)
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
+        optimizers["adapters"] = torch.optim.AdamW(slope.lora_parameters(module), lr=cfg.lr, eps=cfg.eps)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)  # the global data stream, identical on every rank
     scaler = slope.optim.DynamicLossScaler() if amp == "fp16" else None
     history: list[dict] = []
     if state:
-        model.load_state_dict(state["model"])
+        module.load_state_dict(state["model"])
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        _restore_rng(state, cfg, ctx, step)
         history = state["history"]
         if scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+    model = distributed.wrap(module, ctx)
     val_generator = torch.Generator().manual_seed(cfg.seed + 2)
-    val_batches = [batch(val_tokens, cfg, val_generator).to(device) for _ in range(cfg.eval_batches)]
+    val_batches = [batch(val_tokens, cfg, val_generator) for _ in range(cfg.eval_batches)]
     autocast = dict(device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16,
                     enabled=amp != "none")
 
     def save() -> None:
-        _atomic_save({"config": asdict(cfg), "step": step, "model": model.state_dict(),
-                      "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-                      "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                      "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                      "history": history,
-                      "scaler": scaler.state_dict() if scaler else None}, checkpoint_path)
-        _write_losses(out / "losses.csv", history)
+        rank_rng = distributed.all_gather_objects(_rng_state(ctx), ctx)  # every rank takes part
+        if ctx.is_main:
+            _atomic_save({"config": asdict(cfg), "step": step, "model": module.state_dict(),
+                          "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+                          "generator": generator.get_state(), "torch_rng": rank_rng[0]["torch"],
+                          "rank_rng": rank_rng, "world_size": ctx.world_size, "history": history,
+                          "scaler": scaler.state_dict() if scaler else None}, checkpoint_path)
+            _write_losses(out / "losses.csv", history)
+        distributed.barrier(ctx)
 
     end = cfg.steps if not cfg.stop_after else min(cfg.steps, step + cfg.stop_after)
     progress = tqdm(range(step, end), initial=step, total=cfg.steps, desc=f"{cfg.method}", file=sys.stderr,
-                    disable=None)
+                    disable=None if ctx.is_main else True)
+    step_seconds: list[float] = []
     for step in progress:
+        started = time.perf_counter()
         if step == start_adapters and "adapters" not in optimizers:
-            optimizers["adapters"] = torch.optim.AdamW(slope.add_lora(model, cfg.adapter_rank), lr=cfg.lr, eps=cfg.eps)
+            optimizers["adapters"] = torch.optim.AdamW(slope.add_lora(module, cfg.adapter_rank), lr=cfg.lr,
+                                                       eps=cfg.eps)
+            model = distributed.wrap(module, ctx)  # DDP's parameter set is fixed: wrap again with the adapters
         for opt in optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, cfg)
-        ids = batch(train_tokens, cfg, generator).to(device)
-        with torch.autocast(**autocast):
-            loss = model(input_ids=ids, labels=ids).loss
+        micro_batches = distributed.rank_rows(batch(train_tokens, cfg, generator), ctx).split(micro)
+        step_loss = torch.zeros((), device=device)
+        for index, ids in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            # gradients are all-reduced once per step, on the last micro-batch
+            with nullcontext() if last or not ctx.distributed else model.no_sync():
+                ids = ids.to(device)
+                with torch.autocast(**autocast):
+                    loss = model(input_ids=ids, labels=ids).loss / len(micro_batches)
+                (scaler.scale(loss) if scaler else loss).backward()
+            step_loss += loss.detach()
         if scaler:
-            scaler.scale(loss).backward()
             scaler.step(list(optimizers.values()), max_grad_norm=cfg.clip)
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        else:  # gradients are averaged over ranks already: this is the global norm
+            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.clip)
             for opt in optimizers.values():
                 opt.step()
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
-        row = {"step": step + 1, "train_loss": loss.item(), "val_loss": "", "lr": cfg.lr * lr_factor(step, cfg)}
+        row = {"step": step + 1, "train_loss": distributed.all_reduce_mean(step_loss, ctx).item(), "val_loss": "",
+               "lr": cfg.lr * lr_factor(step, cfg)}
+        step_seconds.append(time.perf_counter() - started)  # .item() above synchronised the device
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            row["val_loss"] = evaluate(model, val_batches, autocast)
+            row["val_loss"] = evaluate(module, val_batches, autocast, ctx, micro)
         history.append(row)
         progress.set_postfix(loss=f"{row['train_loss']:.3f}")
         step += 1
         if step % cfg.checkpoint_every == 0 or step == end:
             save()
+    if ctx.distributed:
+        mismatched = distributed.replica_mismatches(module, ctx)
+        if mismatched:
+            raise RuntimeError(f"replicas diverged across ranks in {mismatched[:5]} (of {len(mismatched)}); "
+                               "a bug: report it with the command line")
+    if ctx.is_main and step_seconds:
+        _write_throughput(out / "throughput.json", cfg, ctx, step_seconds)
     return history
 
 
+def _write_throughput(path: Path, cfg: PretrainConfig, ctx, step_seconds: list[float]) -> None:
+    """Median step time of this process's steps (the first 5 warm up and are left out when there are more)."""
+    timed = step_seconds[5:] if len(step_seconds) > 10 else step_seconds
+    median = statistics.median(timed)
+    with atomic_open(path) as f:
+        json.dump({"world_size": ctx.world_size, "steps_timed": len(timed), "median_step_s": median,
+                   "iqr_step_s": _iqr(timed), "tokens_per_step": cfg.batch_size * cfg.seq_len,
+                   "tokens_per_s": cfg.batch_size * cfg.seq_len / median, "device": str(ctx.device)}, f, indent=2)
+
+
+def _iqr(values: list[float]) -> float:
+    if len(values) < 4:
+        return 0.0
+    q = statistics.quantiles(values, n=4)
+    return q[2] - q[0]
+
+
 @torch.no_grad()
-def evaluate(model, batches, autocast) -> float:
+def evaluate(model, batches, autocast, ctx=None, micro: int | None = None) -> float:
+    """Mean validation loss over global ``batches``: each rank scores its rows in micro-batches, then the mean."""
+    ctx = ctx or distributed.DistributedContext()
+    device = next(model.parameters()).device
     model.eval()
+    total, count = 0.0, 0
     with torch.autocast(**autocast):
-        loss = sum(model(input_ids=ids, labels=ids).loss.item() for ids in batches) / len(batches)
+        for rows in batches:
+            for ids in distributed.rank_rows(rows, ctx).split(micro or len(rows)):
+                ids = ids.to(device)
+                total += model(input_ids=ids, labels=ids).loss.item()
+                count += 1
     model.train()
-    return loss
+    if not ctx.distributed:
+        return total / count
+    return distributed.all_reduce_mean(torch.tensor(total / count, dtype=torch.float64, device=device), ctx).item()
 
 
 def _write_losses(path: Path, history: list[dict]) -> None:
@@ -228,11 +349,37 @@ def _write_losses(path: Path, history: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_config(PRESETS, __doc__.splitlines()[0], argv, default="small" if torch.cuda.is_available() else "tiny")
-    history = train(cfg)
+    ctx = distributed.init_distributed()
+    try:
+        history = train(cfg, ctx)
+    finally:
+        distributed.shutdown(ctx)
     last = history[-1] if history else {}
-    print(f"{cfg.method} ({cfg.preset}): step {last.get('step')} train loss {last.get('train_loss', float('nan')):.4f}"
-          f" -> {cfg.out}/losses.csv")
+    if ctx.is_main:
+        print(f"{cfg.method} ({cfg.preset}): step {last.get('step')} train loss "
+              f"{last.get('train_loss', float('nan')):.4f} -> {cfg.out}/losses.csv")
     return history
+
+
+def config_argv(cfg: PretrainConfig) -> list[str]:
+    """Command-line arguments that rebuild ``cfg`` (``--preset`` plus every field), e.g. for a torchrun launch."""
+    args = ["--preset", cfg.preset]
+    for name, value in asdict(cfg).items():
+        if name != "preset":
+            args += [f"--{name.replace('_', '-')}", str(value)]
+    return args
+
+
+def launch(cfg: PretrainConfig, nproc: int) -> list[dict]:
+    """Train ``cfg`` on ``nproc`` processes of this node through torchrun (1: in this process); the history."""
+    if nproc <= 1:
+        return train(cfg)
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "experiments.pretrain", *config_argv(cfg)]
+    subprocess.run(command, check=True)
+    return torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=False, map_location="cpu")["history"]
 
 
 if __name__ == "__main__":
