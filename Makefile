@@ -45,7 +45,8 @@ data/evalsets/slope_perplexity/slope_perplexity.yaml:
 # NGPU=2: each pretraining run is data parallel over 2 GPUs of this node (torchrun; same global batch and result).
 gpt2-zeroshot: venv data/evalsets/slope_perplexity/slope_perplexity.yaml
 	$(PYTHON) -m accuracy_experiments.gpt2_zeroshot $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS)) \
-		$(if $(NGPU),--nproc $(NGPU))
+		$(if $(NGPU),--nproc $(NGPU)) $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) \
+		$(if $(RUNS_DIR),--runs $(RUNS_DIR)/gpt2_zeroshot)
 
 # Data-parallel pretraining checked against one process (loss and masks), a SIGKILLed run resumed on NGPU and on
 # 1 process, weak-scaling throughput: results/ddp_check_<scale>.{csv,md} (under $(OUT) when set). NGPU=2 default.
@@ -59,12 +60,15 @@ ddp-check:
 # SCALE=tiny|small|paper judges that scale only, into results/CLAIMS_<scale>.md.
 .PHONY: claims reproduce
 claims: venv
-	$(PYTHON) -m experiments.claims $(if $(SCALE),--scale $(SCALE) --out results/CLAIMS_$(SCALE).md)
+	$(PYTHON) -m experiments.claims $(if $(RESULTS_DIR),--results $(RESULTS_DIR)) \
+		$(if $(SCALE),--scale $(SCALE) --out $(or $(RESULTS_DIR),results)/CLAIMS_$(SCALE).md)
 
 # The main job: data -> gpt2-zeroshot -> bert-glue -> bert-squad -> bert-mixed -> claims at the largest scale this
-# machine runs (tiny on CPU, small with CUDA; SCALE=, SEEDS= override). Resumable: rerun after an interruption.
+# machine runs (tiny on CPU, small with CUDA; SCALE=, SEEDS= override), recomputed into runs/reproduce/<scale>/
+# (RESULTS_DIR=results adds to the committed tables instead). Resumable: rerun after an interruption.
 reproduce: venv
-	$(PYTHON) -m experiments.reproduce $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS))
+	$(PYTHON) -m experiments.reproduce $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR))
 
 # The paper's BERT tables at the largest scale this machine runs (SCALE=tiny|small|paper, SEEDS=0,1,2): MLM
 # pretraining per row and seed (resumable, cached in runs/bert and shared between tables), fine-tuning on the
@@ -75,13 +79,16 @@ data/finetune/span/validation.jsonl:
 	$(MAKE) data
 
 bert-glue: venv data/finetune/span/validation.jsonl
-	$(PYTHON) -m accuracy_experiments.bert_glue $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS))
+	$(PYTHON) -m accuracy_experiments.bert_glue $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(RUNS_DIR),--runs $(RUNS_DIR)/bert)
 
 bert-squad: venv data/finetune/span/validation.jsonl
-	$(PYTHON) -m accuracy_experiments.bert_squad $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS))
+	$(PYTHON) -m accuracy_experiments.bert_squad $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(RUNS_DIR),--runs $(RUNS_DIR)/bert)
 
 bert-mixed: venv data/finetune/span/validation.jsonl
-	$(PYTHON) -m accuracy_experiments.bert_mixed $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS))
+	$(PYTHON) -m accuracy_experiments.bert_mixed $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(RUNS_DIR),--runs $(RUNS_DIR)/bert)
 
 # ----- performance experiments (performance_experiments/README.md) ------------------------------------------------
 # GPU targets use the GPU machine's python (PYTHON=python3: no venv there) and write CSVs under $(OUT) when set

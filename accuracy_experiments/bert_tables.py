@@ -209,7 +209,8 @@ def main(table: str, argv: list[str] | None = None, description: str = "") -> Pa
                         default="small" if torch.cuda.is_available() else "tiny")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rows", default=",".join(rows_of))
-    parser.add_argument("--results", default=None, help=f"CSV path (default results/{table}_<scale>.csv)")
+    parser.add_argument("--results", default=None, help=f"CSV path (default <results-dir>/{table}_<scale>.csv)")
+    parser.add_argument("--results-dir", default=str(REPO_ROOT / "results"), help="folder of the results CSVs")
     parser.add_argument("--runs", default="runs/bert", help="cache of pretraining and fine-tuning runs")
     parser.add_argument("--data", default="data/finetune", help="the generated fine-tuning sets")
     args = parser.parse_args(argv)
@@ -220,7 +221,7 @@ def main(table: str, argv: list[str] | None = None, description: str = "") -> Pa
     missing = [t for t in TABLES[table]["tasks"] if not (Path(args.data) / t / "validation.jsonl").exists()]
     if missing:
         parser.error(f"{args.data} lacks {missing}: run `make data` first")
-    results = Path(args.results or REPO_ROOT / "results" / f"{table}_{args.scale}.csv")
+    results = Path(args.results or Path(args.results_dir) / f"{table}_{args.scale}.csv")
     path = run(table, args.scale, [int(s) for s in args.seeds.split(",")], rows, results=results,
                runs=Path(args.runs), data=args.data, curves=results.parent / "bert_losses" / args.scale)
     print(f"wrote {path} and {path.with_suffix('.md')}")

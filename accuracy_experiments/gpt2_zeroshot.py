@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from experiments import pretrain
-from experiments.provenance import REPO_ROOT, provenance
+from experiments.provenance import REPO_ROOT, config_hash, provenance
 from experiments.results_io import write_rows
 from experiments.shards import export_shards, has_shards, import_shards, shard_name
 
@@ -43,7 +43,7 @@ ROWS = {
 COLUMNS = ("experiment", "scale", "row", "method", "adapter_rank", "seed", "steps", "task", "metric", "value",
            "final_val_loss")
 # items per task scored at each scale (lm-eval `limit`); None = all
-EVAL_LIMIT = {"tiny": 200, "small": None, "paper": None}
+EVAL_LIMIT = {"tiny": 50, "small": None, "paper": None}
 
 
 def _done(path: Path) -> set[tuple[str, str]]:
@@ -51,6 +51,14 @@ def _done(path: Path) -> set[tuple[str, str]]:
         return set()
     with path.open(newline="") as f:
         return {(r["row"], r["seed"]) for r in csv.DictReader(f)}
+
+
+def run_config(scale: str, row: str, seed: int, runs: Path, overrides: dict | None = None):
+    """The pretraining of (row, seed), in a folder named by its configuration: a changed preset starts afresh
+    instead of clashing with an older run's checkpoint."""
+    cfg = replace(pretrain.PRESETS[scale], **ROWS[row], seed=seed, **(overrides or {}))
+    digest = config_hash({k: v for k, v in asdict(cfg).items() if k not in ("seed", *pretrain.PLACEMENT_FIELDS)})
+    return replace(cfg, out=str(runs / scale / f"{row}-{digest[:8]}" / f"seed{seed}"))
 
 
 def run(scale: str, seeds: list[int], rows: list[str], *, results: Path, runs: Path, evalsets: str,
@@ -61,8 +69,7 @@ def run(scale: str, seeds: list[int], rows: list[str], *, results: Path, runs: P
         for seed in seeds:
             if (row, str(seed)) in done:
                 continue
-            cfg = replace(pretrain.PRESETS[scale], **ROWS[row], seed=seed, out=str(runs / scale / row / f"seed{seed}"),
-                          **(overrides or {}))
+            cfg = run_config(scale, row, seed, runs, overrides)
             name = shard_name(row, seed)
             if stage in ("all", "train") and not (import_dir and has_shards(import_dir, name)):
                 history = pretrain.launch(cfg, nproc)  # nproc > 1: torchrun, data parallel
@@ -81,7 +88,7 @@ def run(scale: str, seeds: list[int], rows: list[str], *, results: Path, runs: P
 def _evaluate_run(cfg, row: str, seed: int, name: str, *, results: Path, evalsets: str, import_dir: Path | None,
                   limit: int | None) -> None:
     from experiments.data.tokenizer import load_tokenizer
-    from experiments.zeroshot import evaluate
+    from experiments.zeroshot import evaluate, tasks_for
 
     tokenizer = load_tokenizer(cfg.tokenizer, "gpt2", cfg.seq_len)
     model = pretrain.build_model(cfg, tokenizer, adapters=pretrain.adapter_start(cfg) is not None)
@@ -100,8 +107,9 @@ def _evaluate_run(cfg, row: str, seed: int, name: str, *, results: Path, evalset
     else:
         raise SystemExit(f"{row} seed {seed}: no checkpoint at {checkpoint} and no shards {name}.* in {import_dir}; "
                          "run the train stage first")
-    scores = evaluate(model.eval(), tokenizer, evalsets=evalsets, limit=limit,
-                      device="cuda" if torch.cuda.is_available() else "cpu")
+    tasks, include_defaults = tasks_for(cfg.preset)  # paper: lm-eval's own benchmarks (hub access needed)
+    scores = evaluate(model.eval(), tokenizer, tasks=tasks, evalsets=evalsets, limit=limit,
+                      device="cuda" if torch.cuda.is_available() else "cpu", include_defaults=include_defaults)
     val_loss = next((h["val_loss"] for h in reversed(history) if h["val_loss"] != ""), "")
     out = [{"experiment": "gpt2_zeroshot", "scale": cfg.preset, "row": row, "method": ROWS[row]["method"],
             "adapter_rank": ROWS[row]["adapter_rank"], "seed": seed, "steps": cfg.steps, "task": task,
@@ -155,7 +163,8 @@ def main(argv: list[str] | None = None) -> Path:
                         default="small" if torch.cuda.is_available() else "tiny")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rows", default=",".join(ROWS))
-    parser.add_argument("--results", default=None, help="CSV path (default results/gpt2_zeroshot_<scale>.csv)")
+    parser.add_argument("--results", default=None, help="CSV path (default <results-dir>/gpt2_zeroshot_<scale>.csv)")
+    parser.add_argument("--results-dir", default=str(REPO_ROOT / "results"), help="folder of the results CSVs")
     parser.add_argument("--runs", default="runs/gpt2_zeroshot")
     parser.add_argument("--evalsets", default="data/evalsets")
     parser.add_argument("--stage", choices=["all", "train", "eval"], default="all",
@@ -172,9 +181,9 @@ def main(argv: list[str] | None = None) -> Path:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
-    if args.stage != "train" and not Path(args.evalsets).exists():
+    if args.stage != "train" and args.scale != "paper" and not Path(args.evalsets).exists():
         parser.error(f"{args.evalsets} not found: run `make data` first")
-    results = Path(args.results or REPO_ROOT / "results" / f"gpt2_zeroshot_{args.scale}.csv")
+    results = Path(args.results or Path(args.results_dir) / f"gpt2_zeroshot_{args.scale}.csv")
     path = run(args.scale, [int(s) for s in args.seeds.split(",")], rows, results=results, runs=Path(args.runs),
                evalsets=args.evalsets, overrides={"steps": args.steps} if args.steps else None, stage=args.stage,
                export=Path(args.export) if args.export else None,

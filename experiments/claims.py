@@ -26,6 +26,9 @@ Verdict rule (also printed in the output, so a reader needs nothing else):
 
 The paper's own numbers for the same rows come from ``results/paper_reference.csv`` (accuracy % on the real
 benchmarks, so only the direction compares with ours); they are judged by the same rule with zero spread.
+
+The "Performance claims" section (speed and memory on the GPU, from ``results/speedup_<gpu>.csv`` and the
+``bench_*_<gpu>.csv`` layer benchmarks) is rendered by `experiments.claims_perf`, which states its own rule.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import claims_perf
 from .atomic import atomic_open
 from .provenance import REPO_ROOT
 
@@ -291,10 +295,7 @@ def build(results: Path, scale: str | None = None, reference: Path | None = None
           f"{' (' + s['scale'] + ')' if s['scale'] else ''} | **{s['verdict']}** | {s['counts']} | {s['paper']} |"
           for s in summary], "",
         "## Details", "", *details,
-        "## Performance claims", "",
-        "Placeholder, filled by a later issue from `results/*perf*` CSVs: training speedup, inference speedup, "
-        "training and inference memory vs dense, each beside the paper's numbers and the kernel ceiling measured "
-        "on this GPU.", ""])
+        claims_perf.render(results), ""])
     return text, summary
 
 

@@ -17,34 +17,14 @@ from pathlib import Path
 
 import torch
 
-from experiments.atomic import atomic_open
+from experiments.data.tokenizer import corpus_token_ids
 
 IGNORE_INDEX = -100  # what torch's cross_entropy and transformers skip
 
 
-def load_bert_tokens(corpus: str | Path, split: str, tokenizer, tokenizer_name: str, chunk: int = 2048) -> torch.Tensor:
+def load_bert_tokens(corpus: str | Path, split: str, tokenizer, tokenizer_name: str) -> torch.Tensor:
     """The split's token ids (documents joined by [SEP]), cached as int32 beside the corpus."""
-    corpus = Path(corpus)
-    cache = corpus / f"{split}.{tokenizer_name}.tokens.pt"
-    if cache.exists():
-        return torch.load(cache)
-    source = corpus / f"{split}.txt"
-    if not source.exists():
-        raise FileNotFoundError(f"{source} not found: build the corpus with `make data` or pass --corpus DIR "
-                                "(a folder with train.txt and validation.txt, one document per line)")
-    lines = source.read_text(encoding="utf-8").splitlines()
-    sep = tokenizer.sep_token_id
-    ids: list[int] = []
-    backend = tokenizer.backend_tokenizer  # the `tokenizers` object: batched, and no max-length warnings
-    backend.no_truncation()  # whole documents (a transformers call may have left truncation set)
-    backend.no_padding()
-    for start in range(0, len(lines), chunk):
-        for encoding in backend.encode_batch(lines[start:start + chunk], add_special_tokens=False):
-            ids += encoding.ids + [sep]
-    tokens = torch.tensor(ids, dtype=torch.int32)
-    with atomic_open(cache, "wb") as f:
-        torch.save(tokens, f)
-    return tokens
+    return corpus_token_ids(corpus, split, tokenizer, tokenizer_name, tokenizer.sep_token_id)
 
 
 def sample_windows(tokens: torch.Tensor, seq_len: int, batch: int, generator: torch.Generator, *, cls_id: int,

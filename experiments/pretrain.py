@@ -38,6 +38,7 @@ import slope
 from slope import distributed
 from experiments.atomic import atomic_open
 from experiments.cli import parse_config
+from experiments.data.tokenizer import corpus_token_ids
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,10 @@ class PretrainConfig:
 
 
 PRESETS = {
-    "tiny": PretrainConfig(),
+    # tiny: a pipeline check for 2 CPU cores, ~12 s per run (21 runs per table): 4k vocabulary; 160 positions
+    # because lm-eval needs the longest continuation of the generated tasks in the context (151 tokens)
+    "tiny": replace(PretrainConfig(), tokenizer="data/corpus/tokenizers/gpt2-bpe-4k", seq_len=160, batch_size=4,
+                    steps=120, eval_every=40, checkpoint_every=40),
     # small: ~9M parameters, 49M tokens (~3 passes over the corpus), about two minutes per run on one H100; sized
     # so three trained models (fp16 shards, ~19 MB each) fit what a lent GPU machine returns per call
     "small": replace(PretrainConfig(), preset="small", n_layer=6, n_embd=256, n_head=4, seq_len=512, batch_size=32,
@@ -86,17 +90,7 @@ PRESETS = {
 
 def load_tokens(cfg: PretrainConfig, split: str, tokenizer) -> torch.Tensor:
     """The split's token ids (documents joined by <|endoftext|>), cached next to the corpus as int32."""
-    cache = Path(cfg.corpus) / f"{split}.{Path(cfg.tokenizer).name}.tokens.pt"
-    if cache.exists():
-        return torch.load(cache)
-    eos = tokenizer.eos_token_id
-    ids: list[int] = []
-    with open(Path(cfg.corpus) / f"{split}.txt", encoding="utf-8") as f:
-        for line in f:
-            ids += tokenizer(line.rstrip("\n"), add_special_tokens=False)["input_ids"] + [eos]
-    tokens = torch.tensor(ids, dtype=torch.int32)
-    _atomic_save(tokens, cache)
-    return tokens
+    return corpus_token_ids(cfg.corpus, split, tokenizer, Path(cfg.tokenizer).name, tokenizer.eos_token_id)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -203,6 +197,9 @@ def train(cfg: PretrainConfig, ctx: distributed.DistributedContext | None = None
     device = ctx.device
     micro = micro_batch_size(cfg, ctx.world_size)
     amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
+    if not (Path(cfg.tokenizer) / "tokenizer.json").exists():
+        raise SystemExit(f"--tokenizer {cfg.tokenizer}: no tokenizer.json there; run `make data` (it trains the "
+                         "suite's tokenizers) or point --tokenizer at one")
     tokenizer = load_tokenizer(cfg.tokenizer, "gpt2", cfg.seq_len)
     if ctx.is_main:  # the token cache is written once, by rank 0
         load_tokens(cfg, "train", tokenizer), load_tokens(cfg, "validation", tokenizer)

@@ -1,10 +1,17 @@
 """`make reproduce`: data -> GPT-2 zero-shot -> BERT GLUE / SQuAD / mixed -> CLAIMS.md, at this machine's scale.
 
     python -m experiments.reproduce [--scale tiny|small] [--seeds 0,1,2] [--stages data,gpt2-zeroshot,claims]
+                                    [--results-dir results]
 
 Each stage is the make target of the same name, so ``make reproduce`` and running the targets by hand do the same
 work. The scale is the largest this machine runs: ``small`` with CUDA, ``tiny`` on CPU (``paper`` needs the hub and
 a cluster: run its targets by hand). Nothing but the Debian package download of ``make data`` touches the network.
+
+Where: by default everything is recomputed into ``runs/reproduce/<scale>/`` (tables and CLAIMS.md under
+``results/`` there, run caches beside them), so the committed tables in ``results/`` — which already hold every
+(row, seed) and would make the table runners skip all work — are neither reused nor overwritten.
+``--results-dir results`` (``make reproduce RESULTS_DIR=results``) adds to the committed tables instead, with the
+usual run caches.
 
 Resuming: ``data`` is skipped when its outputs exist (``--rebuild-data`` forces it); the table runners skip the
 (row, seed) pairs already in their CSV and resume an interrupted pretraining run from its checkpoint, so rerunning
@@ -19,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -47,7 +55,8 @@ STAGES = (
     Stage("claims", False, "results/CLAIMS.md from the results CSVs"),
 )
 # What `make data` leaves behind; all present = the stage is done.
-DATA_OUTPUTS = ("data/corpus/manifest.json", "data/corpus/tokenizers", "data/evalsets/slope_perplexity",
+DATA_OUTPUTS = ("data/corpus/manifest.json", "data/corpus/tokenizers/gpt2-bpe-4k/tokenizer.json",
+                "data/evalsets/slope_perplexity",
                 "data/finetune/span/validation.jsonl")
 
 
@@ -62,7 +71,7 @@ def default_scale() -> str:
 
 
 def run_stages(stages: list[Stage], *, root: Path, scale: str, seeds: str, rebuild_data: bool = False,
-               make: str = "make") -> list[dict]:
+               make: str = "make", places: list[str] | None = None) -> list[dict]:
     """Run ``stages`` in order with make in ``root``; one report dict per stage (status, seconds, return code)."""
     targets = make_targets(root / "Makefile")
     reports = []
@@ -84,6 +93,8 @@ def run_stages(stages: list[Stage], *, root: Path, scale: str, seeds: str, rebui
             continue
         # claims: CLAIMS.md from the largest scale present (SCALE= empty: not the one inherited via MAKEFLAGS)
         args = [f"SCALE={scale}", f"SEEDS={seeds}"] if stage.scaled else ["SCALE="] if stage.name == "claims" else []
+        if stage.name != "data":
+            args += places or []
         command = [make, "--no-print-directory", stage.name, *args]
         tqdm.write(f"[reproduce] stage {stage.name} ({stage.what}): {' '.join(command)}", file=sys.stderr)
         start = time.perf_counter()
@@ -99,6 +110,19 @@ def run_stages(stages: list[Stage], *, root: Path, scale: str, seeds: str, rebui
     return reports
 
 
+def result_places(root: Path, scale: str, results_dir: str | None) -> list[str]:
+    """make variables that point the table runners and claims at the results folder and run caches."""
+    if results_dir is not None:
+        return [f"RESULTS_DIR={results_dir}"]
+    scratch = Path("runs") / "reproduce" / scale
+    results = root / scratch / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    reference = root / "results" / "paper_reference.csv"  # the paper's numbers, shown beside ours
+    if reference.exists():
+        shutil.copyfile(reference, results / reference.name)
+    return [f"RESULTS_DIR={scratch / 'results'}", f"RUNS_DIR={scratch / 'runs'}"]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=("tiny", "small", "paper"), default=None,
@@ -108,6 +132,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rebuild-data", action="store_true", help="run `make data` even if its outputs exist")
     parser.add_argument("--allow-missing", action="store_true", help="exit 0 when stages lack a make target")
     parser.add_argument("--root", default=str(REPO_ROOT), help="the checkout with the Makefile")
+    parser.add_argument("--results-dir", default=None,
+                        help="default runs/reproduce/<scale>/results (a fresh reproduction); `results` = the "
+                             "committed tables (finished rows are kept and skipped)")
     args = parser.parse_args(argv)
     known = {s.name: s for s in STAGES}
     names = [n for n in args.stages.split(",") if n]
@@ -118,11 +145,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2")
     scale = args.scale or default_scale()
     root = Path(args.root)
+    places = result_places(root, scale, args.results_dir)
     start = time.perf_counter()
     reports = run_stages([known[n] for n in names], root=root, scale=scale, seeds=args.seeds,
-                         rebuild_data=args.rebuild_data, make=os.environ.get("MAKE", "make"))
+                         rebuild_data=args.rebuild_data, make=os.environ.get("MAKE", "make"), places=places)
     total = round(time.perf_counter() - start, 1)
-    print(f"\nreproduce at scale {scale}, seeds {args.seeds}: {total:.0f} s")
+    print(f"\nreproduce at scale {scale}, seeds {args.seeds}: {total:.0f} s; tables and CLAIMS.md in "
+          f"{places[0].split('=', 1)[1]}")
     for r in reports:
         print(f"  {r['stage']:<14} {r['status']:<12} {r['seconds']:>7.0f} s")
     log = root / "runs" / "reproduce" / f"{scale}.json"  # stage timings of the last run (runs/ is not committed)

@@ -50,3 +50,21 @@ def test_train_here_score_there_through_shards(tmp_path):
                       import_dir=tmp_path / "shards", eval_limit=5, **kwargs)
     rows = list(csv.DictReader(results.open()))
     assert rows and all("(pretraining)" in r["device"] and r["final_val_loss"] for r in rows)
+
+
+def test_paper_scale_is_scored_on_the_papers_lm_eval_tasks(tmp_path, monkeypatch):
+    """At `paper` scale the table asks lm-eval for the real benchmarks (hub), not the generated stand-ins."""
+    from experiments import zeroshot
+
+    asked = {}
+
+    def fake_evaluate(model, tokenizer, tasks, evalsets, limit, device, include_defaults):
+        asked.update(tasks=tasks, include_defaults=include_defaults)
+        return {"hellaswag": {"acc,none": 0.25}}
+
+    monkeypatch.setattr(zeroshot, "evaluate", fake_evaluate)
+    overrides = _toy_setup(tmp_path, steps=2, eval_every=2, checkpoint_every=2, amp="none", eps=1e-8)
+    gpt2_zeroshot.run("paper", [0], ["dense"], results=tmp_path / "paper.csv", runs=tmp_path / "runs",
+                      evalsets=str(tmp_path / "evalsets"), overrides=overrides)
+    assert asked == {"tasks": zeroshot.PAPER_TASKS, "include_defaults": True}
+    assert {r["task"] for r in csv.DictReader((tmp_path / "paper.csv").open())} == {"hellaswag"}

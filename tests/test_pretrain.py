@@ -53,3 +53,18 @@ def test_training_lowers_the_loss_and_refuses_a_changed_config(corpus, tmp_path)
     assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.5
     with pytest.raises(SystemExit, match="another configuration"):
         pretrain.main(_args(corpus, tmp_path / "run", steps=30, lr=1e-3))
+
+
+def test_token_cache_is_rebuilt_for_another_tokenizer(corpus, tmp_path):
+    """A cache records the tokenizer it was made with; a retrained tokenizer (same name) gets fresh ids."""
+    from experiments.data.tokenizer import corpus_token_ids, load_tokenizer
+
+    (tmp_path / "validation.txt").write_text((corpus / "validation.txt").read_text())
+    first = load_tokenizer(corpus / "tokenizers/gpt2-bpe", "gpt2", 64)
+    ids = corpus_token_ids(tmp_path, "validation", first, "bpe", first.eos_token_id)
+    assert torch.equal(corpus_token_ids(tmp_path, "validation", first, "bpe", first.eos_token_id), ids)
+    other = load_tokenizer(train_gpt2_bpe([str(corpus / "train.txt")], tmp_path / "other", 300), "gpt2", 64)
+    again = corpus_token_ids(tmp_path, "validation", other, "bpe", other.eos_token_id)
+    expected = [i for line in (tmp_path / "validation.txt").read_text().splitlines()
+                for i in other(line, add_special_tokens=False)["input_ids"] + [other.eos_token_id]]
+    assert again.tolist() == expected and not torch.equal(again, ids)

@@ -12,11 +12,11 @@ VENV ?= .venv
 STAMP := $(VENV)/stamp
 .PHONY: data gpt2-zeroshot bert-glue claims
 data:
-\tmkdir -p data/corpus/tokenizers data/evalsets/slope_perplexity data/finetune/span
-\ttouch data/corpus/manifest.json data/finetune/span/validation.jsonl
+\tmkdir -p data/corpus/tokenizers/gpt2-bpe-4k data/evalsets/slope_perplexity data/finetune/span
+\ttouch data/corpus/manifest.json data/corpus/tokenizers/gpt2-bpe-4k/tokenizer.json data/finetune/span/validation.jsonl
 \techo data >> log
 gpt2-zeroshot:
-\techo "gpt2 $(SCALE) $(SEEDS)" >> log
+\techo "gpt2 $(SCALE) $(SEEDS) $(RESULTS_DIR) $(RUNS_DIR)" >> log
 bert-glue:
 \techo glue >> log; exit 3
 claims:
@@ -37,7 +37,9 @@ def test_stages_run_in_order_and_missing_or_failed_ones_are_named(tmp_path, caps
         reproduce.main(["--root", str(root), "--scale", "tiny", "--seeds", "0,1"])
     assert exit_.value.code == 1
     # claims runs after a failed stage, with SCALE emptied so it judges the largest scale present
-    assert (root / "log").read_text().splitlines() == ["data", "gpt2 tiny 0,1", "glue", "claims []"]
+    # by default a fresh reproduction into runs/reproduce/<scale>/ (the committed tables would make it skip all work)
+    assert (root / "log").read_text().splitlines() == [
+        "data", "gpt2 tiny 0,1 runs/reproduce/tiny/results runs/reproduce/tiny/runs", "glue", "claims []"]
     err = capsys.readouterr().err
     # make exits 2 when a recipe fails
     assert "no `make bert-squad` target" in err and "bert-glue failed (exit 2)" in err
@@ -45,10 +47,10 @@ def test_stages_run_in_order_and_missing_or_failed_ones_are_named(tmp_path, caps
 
     # rerun: data outputs exist, so it is skipped; missing targets tolerated with --allow-missing
     (root / "log").unlink()
-    reports = reproduce.main(["--root", str(root), "--scale", "tiny", "--allow-missing",
+    reports = reproduce.main(["--root", str(root), "--scale", "tiny", "--allow-missing", "--results-dir", "results",
                               "--stages", "data,gpt2-zeroshot,bert-mixed,claims"])
     assert [r["status"] for r in reports] == ["done before", "ran", "missing", "ran"]
-    assert (root / "log").read_text().splitlines() == ["gpt2 tiny 0,1,2", "claims []"]
+    assert (root / "log").read_text().splitlines() == ["gpt2 tiny 0,1,2 results ", "claims []"]
     assert (root / "runs" / "reproduce" / "tiny.json").exists()
 
 

@@ -1,0 +1,174 @@
+"""Performance claims of CLAIMS.md on synthetic CSVs: verdict boundaries, spreads, cross-run labels, missing files."""
+import csv
+
+import pytest
+
+from experiments import claims, claims_perf as perf
+from experiments.results_io import PROVENANCE_COLUMNS
+
+E2E_COLUMNS = ("experiment", "model", "num_blocks", "full_blocks", "dtype", "precision", "attention", "batch", "seq",
+               "tokens", "variant", "adapter_rank", "phase", "metric", "median", "iqr", "min", "max", "unit",
+               "repeats", "ratio_vs_dense", "ideal", "ideal_basis", "paper", "status", "mode", "note",
+               *PROVENANCE_COLUMNS)
+BENCH_COLUMNS = ("benchmark", "shape", "d_in", "d_out", "tokens", "dtype", "variant", "median", "iqr", "min", "max",
+                 "unit", "repeats", "speedup_vs_dense", "ideal", "note", *PROVENANCE_COLUMNS)
+RUN_A = {"git_sha": "aaaaaaa111", "git_dirty": "False", "config_hash": "cfgA", "command": "speedup.py",
+         "device": "GPU-X", "date": "2026-01-01T10:00:00+00:00"}
+RUN_B = {"git_sha": "bbbbbbb222", "git_dirty": "False", "config_hash": "cfgB",
+         "command": "speedup.py --sections train --variants slope --mask-change-freq 100",
+         "device": "GPU-X", "date": "2026-01-02T10:00:00+00:00"}
+
+
+def _write(path, columns, rows):
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({**dict.fromkeys(columns, ""), **row} for row in rows)
+
+
+def _e2e(variant, phase, median, iqr=0.0, run=RUN_A, experiment="train", **extra):
+    return {"experiment": experiment, "model": "opt-13b", "num_blocks": 8, "full_blocks": 40, "dtype": "bfloat16",
+            "precision": "half", "attention": "sdpa", "batch": 4, "seq": 2048, "variant": variant,
+            "adapter_rank": 0, "phase": phase, "metric": "bytes" if experiment == "memory" else "time",
+            "median": median, "iqr": iqr, "status": "ok", **run, **extra}
+
+
+def _measure(*spans):
+    return perf.Measure(tuple(perf.Sample(v, lo, hi, (("GPU-X", "abc1234", "2026-01-01"),)) for v, lo, hi in spans))
+
+
+# ----- the verdict rule ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spans, goal, higher, expected", [
+    ([(1.35, 1.30, 1.40)], 1.30, True, perf.MET),              # the low end exactly at the goal: met
+    ([(1.30, 1.25, 1.35)], 1.30, True, perf.BORDERLINE),       # straddles
+    ([(1.25, 1.20, 1.30)], 1.30, True, perf.BORDERLINE),       # the high end touches the goal: not "all below"
+    ([(1.25, 1.20, 1.29)], 1.30, True, perf.MISSED),
+    ([(0.55, 0.50, 0.62)], 0.62, False, perf.MET),             # lower is better (memory, host µs)
+    ([(0.62, 0.60, 0.64)], 0.62, False, perf.BORDERLINE),
+    ([(0.70, 0.63, 0.75)], 0.62, False, perf.MISSED),
+    ([(1.1, 0, 0), (1.2, 0, 0), (1.4, 0, 0)], 1.15, True, perf.BORDERLINE),  # several runs: min–max of the values
+    ([(1.2, 0, 0), (1.3, 0, 0)], 1.15, True, perf.MET),        # runs' own IQRs do not widen a multi-run spread
+])
+def test_verdict_boundaries(spans, goal, higher, expected):
+    assert perf.verdict(_measure(*spans), goal, higher) == expected
+
+
+def test_missed_says_by_how_much_and_no_measure_is_not_measured():
+    line = perf.Line("X", "s", _measure((1.0, 0.9, 1.1)), 1.25, "≥ 1.25")
+    assert line.verdict == "missed by 0.25 (20% of the goal)"
+    assert perf.Line("X", "s", None, 1.25, "≥ 1.25").verdict == perf.NOT_MEASURED
+    note = perf.Line("X", "s", _measure((0.5, 0.4, 0.6)), 1.0, "≥ 1", note=True)
+    assert note.verdict == "refuted"
+
+
+def test_one_run_spread_comes_from_both_sides_iqr():
+    dense = {"median": "100", "iqr": "10", **RUN_A, "_i": 0}
+    slope = {"median": "80", "iqr": "4", **RUN_A, "_i": 1}
+    s = perf.ratio(dense, slope)
+    assert s.value == pytest.approx(1.25) and not s.cross_run
+    assert (s.lo, s.hi) == (pytest.approx(95 / 82), pytest.approx(105 / 78))
+    m = perf.measure([s])
+    assert m.spread == (s.lo, s.hi) and m.basis == "IQR of one run's repeats"
+    assert perf.ratio(dense, {**slope, "median": "0"}) is None and perf.ratio(slope, {**dense, "median": "0"}) is None
+
+
+def test_pairing_prefers_the_same_run_and_labels_cross_run():
+    dense_a = {"k": "1", **RUN_A, "_i": 0}
+    dense_b = {"k": "1", **RUN_B, "_i": 5}
+    slope_b = {"k": "1", **RUN_B, "_i": 6}
+    slope_c = {"k": "1", **RUN_B, "config_hash": "cfgC", "_i": 9}
+    assert perf.pair([dense_a, dense_b], [slope_b], ("k",)) == [(dense_b, slope_b)]
+    assert perf.pair([dense_a], [slope_c], ("k",)) == []                      # no cross-run unless asked
+    assert perf.pair([dense_a], [slope_c], ("k",), cross_run=True) == [(dense_a, slope_c)]
+
+
+# ----- end to end on synthetic CSVs -------------------------------------------------------------------------------
+def _train_rows():
+    return [_e2e("dense", "step", 250, 4), _e2e("dense", "forward+backward", 230, 4),
+            _e2e("dense", "optimizer", 20, 0.2),
+            _e2e("slope", "step", 200, 2), _e2e("slope", "forward+backward", 180, 2), _e2e("slope", "optimizer", 20),
+            # a second run at another commit that measured SLoPe only (mask every 100 steps): its ratio is cross-run
+            _e2e("slope (W_RC mask every 100 steps)", "step", 150, 2, run=RUN_B),
+            _e2e("slope (W_RC mask every 100 steps)", "forward+backward", 140, 2, run=RUN_B),
+            _e2e("dense", "train static: total", 100, experiment="memory"),
+            _e2e("slope", "train static: total", 119, experiment="memory", ratio_vs_dense=1.5)]
+
+
+def test_training_lines_cross_run_label_and_paper_goal(tmp_path):
+    _write(tmp_path / "speedup_h100.csv", E2E_COLUMNS, _train_rows())
+    (tmp_path / "paper_reference.csv").write_text(
+        "table,method,adapter_rank,sparsity_pattern,task,metric,value,source\n"
+        "speedup_training,SLoPe,N/A,2:4,opt-13b,training speedup vs dense (x),1.1,test\n")
+    text, built = perf.build(tmp_path)
+    p1 = {c.key: c for c in built}["P1"].lines
+    main, freq100 = p1
+    assert main.goal == 1.1                                           # read from paper_reference.csv
+    assert main.measure.median == pytest.approx(1.25) and not main.measure.cross_run
+    assert main.verdict == perf.MET                                   # low end 248/201 = 1.234 ≥ 1.1
+    assert "every 100 steps" in freq100.subject and freq100.measure.cross_run
+    assert freq100.measure.median == pytest.approx(250 / 150)
+    assert "aaaaaaa" in freq100.measure.cites and "bbbbbbb" in freq100.measure.cites
+    assert "**cross-run**" in text and "GPU-X · aaaaaaa · 2026-01-01" in text
+    checks = perf.csv_checks(perf.load(tmp_path))
+    assert any("stores ratio 1.5" in c and "1.1900" in c for c in checks)    # stored ratio ≠ its rows
+    assert any("measured no dense model" in c and "--mask-change-freq 100" in c for c in checks)
+
+
+def test_present_csv_without_the_rows_is_not_measured(tmp_path):
+    _write(tmp_path / "speedup_h100.csv", E2E_COLUMNS, _train_rows())
+    built = {c.key: c for c in perf.build(tmp_path)[1]}
+    assert built["P2"].lines[0].verdict == perf.NOT_MEASURED          # no prefill rows
+    amp = [line for line in built["P4"].lines if "amp" in line.subject]
+    assert amp and amp[0].verdict == perf.NOT_MEASURED                  # no --precision amp rows
+    half = [line for line in built["P4"].lines if "half" in line.subject][0]
+    assert half.verdict.startswith(perf.MISSED) and half.measure.basis == "one measurement"
+
+
+def test_missing_files_make_claims_not_run_not_errors(tmp_path):
+    text, built = perf.build(tmp_path)
+    lines = [line for c in built for line in c.lines]
+    assert "## Performance claims" in text
+    assert all(line.measure is None for line in lines)
+    assert {c.key: c for c in built}["P1"].lines[0].verdict == "not run (no `speedup_h100.csv`)"
+    p7 = {c.key: c for c in built}["P7"].lines
+    assert len(p7) > 3 and all(line.verdict == "not run (no `bench_linear_h100.csv`)" for line in p7)
+    assert {c.key: c for c in built}["P5"].lines[0].verdict == "not run (no `bench_inference_h100.csv`)"
+    claims.main(["--results", str(tmp_path)])                         # the accuracy part runs beside it
+    assert "not run (no `speedup_h100.csv`)" in (tmp_path / "CLAIMS.md").read_text()
+
+
+def _optim(sha, date, dense_ms, sparse_ms):
+    run = {**RUN_A, "git_sha": sha, "date": date, "command": "bench_linear.py --preset optim"}
+    return [{"benchmark": "optim", "shape": "fc1", "dtype": "float32", "variant": "torch fused AdamW (dense fp32)",
+             "median": dense_ms, "iqr": 0.01, **run},
+            {"benchmark": "optim", "shape": "fc1", "dtype": "bfloat16", "variant": "ADAMWSparse (mask every step)",
+             "median": sparse_ms, "iqr": 0.01, **run}]
+
+
+def test_optimizer_takes_the_newest_run_and_host_time_is_lower_is_better(tmp_path):
+    host = [{"benchmark": "host", "shape": "1024x1024", "tokens": 16, "dtype": "float16", "variant": "spmm extension",
+             "median": us, "iqr": 0.2, **RUN_A, "git_sha": sha} for us, sha in ((25.0, "c1"), (28.0, "c2"))]
+    _write(tmp_path / "bench_linear_h100.csv", BENCH_COLUMNS,
+           _optim("old0000", "2026-01-01T00:00:00+00:00", 1.0, 5.0)
+           + _optim("new0000", "2026-01-03T00:00:00+00:00", 1.0, 0.8) + host)
+    p7 = {c.key: c for c in perf.build(tmp_path)[1]}["P7"]
+    every_step = [line for line in p7.lines if "mask every step" in line.subject][0]
+    assert every_step.measure.median == pytest.approx(1.25) and every_step.verdict == perf.MET
+    assert "new0000" in every_step.measure.cites and "old0000" not in every_step.measure.cites
+    assert any("old0000" in d and "new0000" in d for d in p7.details)  # the older run stays as history
+    host_line = [line for line in p7.lines if "host time" in line.subject][0]
+    assert host_line.verdict == perf.MET and host_line.measure.spread == (25.0, 28.0)  # ≤ 30 µs
+
+
+def test_tiling_gain_pools_shapes_and_runs_of_the_inference_bench(tmp_path):
+    rows = []
+    for sha, tiled in (("r1", 0.9), ("r2", 1.1)):
+        run = {**RUN_A, "git_sha": sha}
+        rows += [{"benchmark": "infer_layer", "shape": "fc1", "tokens": 8192, "dtype": "bfloat16",
+                  "variant": "slope r0 untiled", "median": 1.0, "iqr": 0.0, **run},
+                 {"benchmark": "infer_layer", "shape": "fc1", "tokens": 8192, "dtype": "bfloat16",
+                  "variant": "slope r0 tiled", "median": tiled, "iqr": 0.0, **run}]
+    _write(tmp_path / "bench_inference_h100.csv", BENCH_COLUMNS, rows)
+    line = {c.key: c for c in perf.build(tmp_path)[1]}["P5"].lines[0]
+    assert line.measure.spread == (pytest.approx(1 / 1.1), pytest.approx(1 / 0.9))
+    assert line.verdict == perf.BORDERLINE and line.measure.basis == "min–max of 2 shapes × runs"
