@@ -100,6 +100,7 @@ RESULTS_OUT = $(or $(OUT),results)
 # ATTENTION=sdpa|eager; SPEEDUP_ARGS= passes more flags (e.g. --time-budget-s 420). One model and dtype fits
 # ~8 minutes on an H100; without MODEL the whole sweep runs (7 models x 2 dtypes: hours).
 speedup:
+	$(if $(filter-out 1,$(NGPU)),$(error NGPU=$(NGPU): make speedup measures one GPU; the data-parallel training-speed benchmark is not built yet (see README, Multi-GPU)))
 	$(PYTHON) -m performance_experiments.speedup $(if $(MODEL),--models $(MODEL)) $(if $(DTYPE),--dtypes $(DTYPE)) \
 		$(if $(SEQ),--seq $(SEQ)) $(if $(ATTENTION),--attention $(ATTENTION)) --output-dir $(RESULTS_OUT) $(SPEEDUP_ARGS)
 

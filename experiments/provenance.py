@@ -22,6 +22,13 @@ def _git(*args: str) -> str:
         return ""
 
 
+def _command() -> str:
+    """This process's command line; a results folder given through $OUT (e.g. a lent machine's) reads "$OUT"."""
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    out = os.environ.get("OUT")
+    return command.replace(out, "$OUT") if out else command
+
+
 def config_hash(config) -> str:
     """Short stable hash of a (dataclass or dict) config."""
     data = config.__dict__ if hasattr(config, "__dict__") else config
@@ -46,7 +53,7 @@ def provenance(config=None) -> dict[str, str]:
     return {
         "git_sha": sha,
         "git_dirty": dirty,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": _command(),
         "config_hash": config_hash(config) if config is not None else "",
         "torch": torch.__version__,
         "cuda": torch.version.cuda or "",

@@ -106,3 +106,4 @@ def test_two_processes_match_one_resume_after_a_kill_and_on_another_count(corpus
     assert final["world_size"] == 2 and len(final["rank_rng"]) == 2
     assert any("lora_left" in k for k in final["model"])  # the adapters joined mid-run under DDP
     assert results.with_suffix(".md").read_text().count("| slope |") == len(rows)
+
