@@ -9,7 +9,8 @@ file makes its claims "not run"):
 * ``bench_inference_<gpu>.csv`` inference layers: tiling, merged adapters, Triton vs torch, CUDA graphs
 * ``paper_reference.csv``      the paper's figures (goals where the paper's number *is* the goal)
 
-How a number is made (all from CSV rows; nothing measured is written in this file):
+How a number is made (all from CSV rows; nothing measured is written in this file; the generic machinery —
+pairing, samples, measures, verdicts, citations — lives in `experiments.perf_evidence`):
 
 * A **sample** is one run's ratio of two rows, e.g. dense step time / SLoPe step time. The two rows are *paired*:
   same configuration fields, same run (commit + dirty flag + config hash + command), the nearest row in file
@@ -28,14 +29,16 @@ measured code changed between the runs (the optimizer): then the newest run deci
 """
 from __future__ import annotations
 
-import csv
 import re
 import statistics
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 from performance_experiments.summarize_linear import GOALS as LAYER_GOALS  # the layer-level goals, one place
+
+from .perf_evidence import (cite, cite_key, cites_text, Claim, describe, Line, Measure, measure, MET, newest,
+                            NOT_MEASURED, NOT_RUN, numeric, pair, ratios, read_rows, run_of, Sample, select, value,
+                            verdict)
 
 GPU = "h100"
 FILES = {"e2e": "speedup_{gpu}.csv", "linear": "bench_linear_{gpu}.csv", "inference": "bench_inference_{gpu}.csv"}
@@ -51,216 +54,8 @@ TRAIN_STEP_FALLBACK = 1.25   # paper_reference.csv speedup_training SLoPe opt-13
 NOT_GOAL = 1.0               # "not slower" / "helps at all"
 DEFAULT_LAYOUT = "layout0"   # slope/kernels/cusparselt.py DEFAULT_LAYOUT: the layout the library uses
 
-MET, MISSED, BORDERLINE = "met", "missed", "borderline (spread straddles the goal)"
-NOT_MEASURED, NOT_RUN = "not measured", "not run"
-NOTE_WORDS = {MET: "confirmed", MISSED: "refuted", BORDERLINE: "mixed (spread straddles)"}
 E2E_KEYS = ("experiment", "model", "num_blocks", "dtype", "precision", "attention", "batch", "seq", "phase", "metric")
 BENCH_KEYS = ("benchmark", "shape", "dtype", "tokens")
-
-
-# ----- rows -----------------------------------------------------------------------------------------------------
-def read_rows(path: Path) -> list[dict] | None:
-    """The CSV's rows with their file position in ``_i`` (pairing prefers the nearest row); None if absent."""
-    if not path.exists():
-        return None
-    with path.open(newline="") as f:
-        return [{**row, "_i": i} for i, row in enumerate(csv.DictReader(f))]
-
-
-def run_of(row: dict) -> tuple:
-    """What makes a run: the code (commit, dirty flag) and the invocation (config hash, command), not the clock."""
-    return row.get("git_sha", ""), row.get("git_dirty", ""), row.get("config_hash", ""), row.get("command", "")
-
-
-def cite_key(row: dict) -> tuple[str, str, str]:
-    """(device, short commit with "+dirty" for a dirty tree, day) of a row."""
-    dirty = "+dirty" if row.get("git_dirty") == "True" else ""
-    return row.get("device", "?"), row.get("git_sha", "")[:7] + dirty, row.get("date", "")[:10]
-
-
-def cites_text(keys) -> str:
-    """Citations grouped per device: "device · sha1, sha2 · day" (each sha with its day when the days differ)."""
-    by_device: dict[str, set] = {}
-    for device, sha, day in keys:
-        by_device.setdefault(device, set()).add((sha, day))
-    out = []
-    for device, pairs in sorted(by_device.items()):
-        days = {d for _, d in pairs}
-        shas = ", ".join(sorted(s for s, _ in pairs)) if len(days) == 1 else \
-            ", ".join(f"{s} ({d})" for s, d in sorted(pairs))
-        out.append(f"{device} · {shas}" + (f" · {days.pop()}" if len(days) == 1 else ""))
-    return "; ".join(out)
-
-
-def cite(row: dict) -> str:
-    return cites_text([cite_key(row)])
-
-
-def _time(row: dict) -> float:
-    try:
-        return datetime.fromisoformat(row.get("date", "")).timestamp()
-    except ValueError:
-        return 0.0
-
-
-def _num(row: dict, column: str) -> float | None:
-    try:
-        return float(row[column])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def select(rows: list[dict] | None, **equal) -> list[dict]:
-    """Rows whose fields equal the given values (a callable value is a predicate on the field)."""
-    return [r for r in rows or [] if all(v(r.get(k, "")) if callable(v) else r.get(k, "") == v
-                                          for k, v in equal.items())]
-
-
-def pair(bases: list[dict], variants: list[dict], keys: tuple[str, ...], cross_run: bool = False) -> list[tuple]:
-    """(base, variant) for every variant row: the base row with equal ``keys`` from the same run, nearest in time
-    and then in file order (preceding first); with ``cross_run``, from the nearest other run when its own has none."""
-    out = []
-    for v in variants:
-        same = [b for b in bases if all(b.get(k) == v.get(k) for k in keys)]
-        pool = [b for b in same if run_of(b) == run_of(v)] or (same if cross_run else [])
-        if pool:
-            out.append((min(pool, key=lambda b: (abs(_time(b) - _time(v)), b["_i"] > v["_i"],
-                                                 abs(b["_i"] - v["_i"]))), v))
-    return out
-
-
-# ----- samples, measures, verdicts -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Sample:
-    value: float
-    lo: float
-    hi: float
-    cites: tuple[tuple[str, str, str], ...]    # cite_key of each row behind it
-    cross_run: bool = False
-    run: tuple = ()         # the run of the variant side
-    when: str = ""          # the latest date of its rows (ISO), to find the newest run
-
-
-def ratio(top: dict, bottom: dict) -> Sample | None:
-    """top median / bottom median; spread from each side's median ± IQR/2 (memory rows: no IQR, no spread).
-    None when the bottom is not positive (e.g. a dense model's 0 bytes of buffers): no ratio to speak of."""
-    t, b = float(top["median"]), float(bottom["median"])
-    if b <= 0:
-        return None
-    ht, hb = (_num(top, "iqr") or 0.0) / 2, (_num(bottom, "iqr") or 0.0) / 2
-    hi = (t + ht) / (b - hb) if b - hb > 0 else float("inf")
-    return Sample(t / b, (t - ht) / (b + hb), hi, tuple(sorted({cite_key(top), cite_key(bottom)})),
-                  run_of(top) != run_of(bottom), run_of(bottom), max(top.get("date", ""), bottom.get("date", "")))
-
-
-def ratios(pairs: list[tuple], flip: bool = False) -> list[Sample]:
-    """base / variant for each (base, variant) pair (``flip``: variant / base), the undefined ones left out."""
-    out = [ratio(v, b) if flip else ratio(b, v) for b, v in pairs]
-    return [x for x in out if x is not None]
-
-
-def value(row: dict) -> Sample:
-    m, h = float(row["median"]), (_num(row, "iqr") or 0.0) / 2
-    return Sample(m, m - h, m + h, (cite_key(row),), run=run_of(row), when=row.get("date", ""))
-
-
-@dataclass(frozen=True)
-class Measure:
-    samples: tuple[Sample, ...]
-    over: str = "runs"      # what the samples are, for the spread's label
-
-    @property
-    def median(self) -> float:
-        return statistics.median(s.value for s in self.samples)
-
-    @property
-    def spread(self) -> tuple[float, float]:
-        if len(self.samples) > 1:
-            return min(s.value for s in self.samples), max(s.value for s in self.samples)
-        return self.samples[0].lo, self.samples[0].hi
-
-    @property
-    def basis(self) -> str:
-        if len(self.samples) > 1:
-            return f"min–max of {len(self.samples)} {self.over}"
-        s = self.samples[0]
-        return "one measurement" if s.lo == s.hi else "IQR of one run's repeats"
-
-    @property
-    def cross_run(self) -> bool:
-        return any(s.cross_run for s in self.samples)
-
-    @property
-    def cites(self) -> str:
-        return cites_text({c for s in self.samples for c in s.cites})
-
-
-def measure(samples: list[Sample], over: str = "runs") -> Measure | None:
-    return Measure(tuple(samples), over) if samples else None
-
-
-def newest(samples: list[Sample]) -> list[Sample]:
-    """The samples of the newest run (by the latest date it cites), for claims whose code changed between runs."""
-    if not samples:
-        return []
-    last = max(samples, key=lambda s: s.when).run
-    return [s for s in samples if s.run == last]
-
-
-def verdict(m: Measure | None, goal: float, higher: bool = True) -> str:
-    if m is None:
-        return NOT_MEASURED
-    lo, hi = m.spread
-    if higher:
-        return MET if lo >= goal else MISSED if hi < goal else BORDERLINE
-    return MET if hi <= goal else MISSED if lo > goal else BORDERLINE
-
-
-def shortfall(m: Measure, goal: float) -> str:
-    gap = abs(goal - m.median)
-    return f"by {gap:.3g} ({gap / goal:.0%} of the goal)"
-
-
-def fmt(x: float, unit: str = "×") -> str:
-    return f"{x:.1f}{unit}" if abs(x) >= 10 else f"{x:.3f}{unit}"
-
-
-def describe(m: Measure | None, unit: str = "×") -> str:
-    if m is None:
-        return "—"
-    lo, hi = m.spread
-    tag = ", **cross-run**" if m.cross_run else ""
-    return f"{fmt(m.median, unit)} ({fmt(lo, '')}–{fmt(hi, '')}, {m.basis}{tag})"
-
-
-@dataclass
-class Line:
-    key: str
-    subject: str
-    measure: Measure | None
-    goal: float | None
-    goal_text: str
-    higher: bool = True
-    unit: str = "×"
-    why: str = ""
-    note: bool = False          # a seed note: confirmed / refuted / mixed
-    absent: str = NOT_MEASURED  # the verdict without a measure: not measured, or not run (no CSV)
-
-    @property
-    def verdict(self) -> str:
-        if self.measure is None or self.goal is None:
-            return self.absent
-        v = verdict(self.measure, self.goal, self.higher)
-        text = NOTE_WORDS[v] if self.note else v
-        return f"{text} {shortfall(self.measure, self.goal)}" if v == MISSED and not self.note else text
-
-
-@dataclass
-class Claim:
-    key: str
-    title: str
-    lines: list[Line]
-    details: list[str] = field(default_factory=list)
 
 
 # ----- inputs -----------------------------------------------------------------------------------------------------
@@ -762,7 +557,7 @@ def csv_checks(inp: Inputs) -> list[str]:
     """Things in the inputs a reader should know before trusting a ratio: each found from the rows."""
     out = []
     for r in select(inp.e2e, status="ok", variant=lambda v: v != "dense", metric=lambda m: m in ("time", "bytes")):
-        s, stored = _speedup_vs_dense(inp, r), _num(r, "ratio_vs_dense")
+        s, stored = _speedup_vs_dense(inp, r), numeric(r, "ratio_vs_dense")
         if s and stored is not None and abs(s.value - stored) > 0.01 * stored:
             out.append(f"`{inp.names['e2e']}`: {r['variant']} / {r['phase']} stores ratio {stored} but its "
                        f"same-run dense row gives {s.value:.4f} [{cite(r)}]")
@@ -788,7 +583,7 @@ def csv_checks(inp: Inputs) -> list[str]:
                    + "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in sorted(baselines.items()))
                    + "); the claims here compare SLoPe variants within a run or use the graph rows")
     crossover = select(inp.inference, benchmark="crossover")
-    if any(_num(r, "median") == 0 and r["tokens"] not in ("", "0") for r in crossover):
+    if any(numeric(r, "median") == 0 and r["tokens"] not in ("", "0") for r in crossover):
         out.append(f"`{inp.names['inference']}`: crossover rows keep the crossover in `tokens` "
                    f"({', '.join(sorted({r['tokens'] for r in crossover}, key=int))}) while `median` is 0, which "
                    "the rows' own note reads as \"sparse never slower\"")

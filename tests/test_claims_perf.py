@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from experiments import claims, claims_perf as perf
+from experiments import claims, claims_perf as perf, perf_evidence as ev
 from experiments.results_io import PROVENANCE_COLUMNS
 
 E2E_COLUMNS = ("experiment", "model", "num_blocks", "full_blocks", "dtype", "precision", "attention", "batch", "seq",
@@ -34,42 +34,42 @@ def _e2e(variant, phase, median, iqr=0.0, run=RUN_A, experiment="train", **extra
 
 
 def _measure(*spans):
-    return perf.Measure(tuple(perf.Sample(v, lo, hi, (("GPU-X", "abc1234", "2026-01-01"),)) for v, lo, hi in spans))
+    return ev.Measure(tuple(ev.Sample(v, lo, hi, (("GPU-X", "abc1234", "2026-01-01"),)) for v, lo, hi in spans))
 
 
 # ----- the verdict rule ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("spans, goal, higher, expected", [
-    ([(1.35, 1.30, 1.40)], 1.30, True, perf.MET),              # the low end exactly at the goal: met
-    ([(1.30, 1.25, 1.35)], 1.30, True, perf.BORDERLINE),       # straddles
-    ([(1.25, 1.20, 1.30)], 1.30, True, perf.BORDERLINE),       # the high end touches the goal: not "all below"
-    ([(1.25, 1.20, 1.29)], 1.30, True, perf.MISSED),
-    ([(0.55, 0.50, 0.62)], 0.62, False, perf.MET),             # lower is better (memory, host µs)
-    ([(0.62, 0.60, 0.64)], 0.62, False, perf.BORDERLINE),
-    ([(0.70, 0.63, 0.75)], 0.62, False, perf.MISSED),
-    ([(1.1, 0, 0), (1.2, 0, 0), (1.4, 0, 0)], 1.15, True, perf.BORDERLINE),  # several runs: min–max of the values
-    ([(1.2, 0, 0), (1.3, 0, 0)], 1.15, True, perf.MET),        # runs' own IQRs do not widen a multi-run spread
+    ([(1.35, 1.30, 1.40)], 1.30, True, ev.MET),              # the low end exactly at the goal: met
+    ([(1.30, 1.25, 1.35)], 1.30, True, ev.BORDERLINE),       # straddles
+    ([(1.25, 1.20, 1.30)], 1.30, True, ev.BORDERLINE),       # the high end touches the goal: not "all below"
+    ([(1.25, 1.20, 1.29)], 1.30, True, ev.MISSED),
+    ([(0.55, 0.50, 0.62)], 0.62, False, ev.MET),             # lower is better (memory, host µs)
+    ([(0.62, 0.60, 0.64)], 0.62, False, ev.BORDERLINE),
+    ([(0.70, 0.63, 0.75)], 0.62, False, ev.MISSED),
+    ([(1.1, 0, 0), (1.2, 0, 0), (1.4, 0, 0)], 1.15, True, ev.BORDERLINE),  # several runs: min–max of the values
+    ([(1.2, 0, 0), (1.3, 0, 0)], 1.15, True, ev.MET),        # runs' own IQRs do not widen a multi-run spread
 ])
 def test_verdict_boundaries(spans, goal, higher, expected):
-    assert perf.verdict(_measure(*spans), goal, higher) == expected
+    assert ev.verdict(_measure(*spans), goal, higher) == expected
 
 
 def test_missed_says_by_how_much_and_no_measure_is_not_measured():
-    line = perf.Line("X", "s", _measure((1.0, 0.9, 1.1)), 1.25, "≥ 1.25")
+    line = ev.Line("X", "s", _measure((1.0, 0.9, 1.1)), 1.25, "≥ 1.25")
     assert line.verdict == "missed by 0.25 (20% of the goal)"
-    assert perf.Line("X", "s", None, 1.25, "≥ 1.25").verdict == perf.NOT_MEASURED
-    note = perf.Line("X", "s", _measure((0.5, 0.4, 0.6)), 1.0, "≥ 1", note=True)
+    assert ev.Line("X", "s", None, 1.25, "≥ 1.25").verdict == ev.NOT_MEASURED
+    note = ev.Line("X", "s", _measure((0.5, 0.4, 0.6)), 1.0, "≥ 1", note=True)
     assert note.verdict == "refuted"
 
 
 def test_one_run_spread_comes_from_both_sides_iqr():
     dense = {"median": "100", "iqr": "10", **RUN_A, "_i": 0}
     slope = {"median": "80", "iqr": "4", **RUN_A, "_i": 1}
-    s = perf.ratio(dense, slope)
+    s = ev.ratio(dense, slope)
     assert s.value == pytest.approx(1.25) and not s.cross_run
     assert (s.lo, s.hi) == (pytest.approx(95 / 82), pytest.approx(105 / 78))
-    m = perf.measure([s])
+    m = ev.measure([s])
     assert m.spread == (s.lo, s.hi) and m.basis == "IQR of one run's repeats"
-    assert perf.ratio(dense, {**slope, "median": "0"}) is None and perf.ratio(slope, {**dense, "median": "0"}) is None
+    assert ev.ratio(dense, {**slope, "median": "0"}) is None and ev.ratio(slope, {**dense, "median": "0"}) is None
 
 
 def test_pairing_prefers_the_same_run_and_labels_cross_run():
@@ -77,9 +77,9 @@ def test_pairing_prefers_the_same_run_and_labels_cross_run():
     dense_b = {"k": "1", **RUN_B, "_i": 5}
     slope_b = {"k": "1", **RUN_B, "_i": 6}
     slope_c = {"k": "1", **RUN_B, "config_hash": "cfgC", "_i": 9}
-    assert perf.pair([dense_a, dense_b], [slope_b], ("k",)) == [(dense_b, slope_b)]
-    assert perf.pair([dense_a], [slope_c], ("k",)) == []                      # no cross-run unless asked
-    assert perf.pair([dense_a], [slope_c], ("k",), cross_run=True) == [(dense_a, slope_c)]
+    assert ev.pair([dense_a, dense_b], [slope_b], ("k",)) == [(dense_b, slope_b)]
+    assert ev.pair([dense_a], [slope_c], ("k",)) == []                      # no cross-run unless asked
+    assert ev.pair([dense_a], [slope_c], ("k",), cross_run=True) == [(dense_a, slope_c)]
 
 
 # ----- end to end on synthetic CSVs -------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def test_training_lines_cross_run_label_and_paper_goal(tmp_path):
     main, freq100 = p1
     assert main.goal == 1.1                                           # read from paper_reference.csv
     assert main.measure.median == pytest.approx(1.25) and not main.measure.cross_run
-    assert main.verdict == perf.MET                                   # low end 248/201 = 1.234 ≥ 1.1
+    assert main.verdict == ev.MET                                   # low end 248/201 = 1.234 ≥ 1.1
     assert "every 100 steps" in freq100.subject and freq100.measure.cross_run
     assert freq100.measure.median == pytest.approx(250 / 150)
     assert "aaaaaaa" in freq100.measure.cites and "bbbbbbb" in freq100.measure.cites
@@ -117,11 +117,11 @@ def test_training_lines_cross_run_label_and_paper_goal(tmp_path):
 def test_present_csv_without_the_rows_is_not_measured(tmp_path):
     _write(tmp_path / "speedup_h100.csv", E2E_COLUMNS, _train_rows())
     built = {c.key: c for c in perf.build(tmp_path)[1]}
-    assert built["P2"].lines[0].verdict == perf.NOT_MEASURED          # no prefill rows
+    assert built["P2"].lines[0].verdict == ev.NOT_MEASURED          # no prefill rows
     amp = [line for line in built["P4"].lines if "amp" in line.subject]
-    assert amp and amp[0].verdict == perf.NOT_MEASURED                  # no --precision amp rows
+    assert amp and amp[0].verdict == ev.NOT_MEASURED                  # no --precision amp rows
     half = [line for line in built["P4"].lines if "half" in line.subject][0]
-    assert half.verdict.startswith(perf.MISSED) and half.measure.basis == "one measurement"
+    assert half.verdict.startswith(ev.MISSED) and half.measure.basis == "one measurement"
 
 
 def test_missing_files_make_claims_not_run_not_errors(tmp_path):
@@ -153,11 +153,11 @@ def test_optimizer_takes_the_newest_run_and_host_time_is_lower_is_better(tmp_pat
            + _optim("new0000", "2026-01-03T00:00:00+00:00", 1.0, 0.8) + host)
     p7 = {c.key: c for c in perf.build(tmp_path)[1]}["P7"]
     every_step = [line for line in p7.lines if "mask every step" in line.subject][0]
-    assert every_step.measure.median == pytest.approx(1.25) and every_step.verdict == perf.MET
+    assert every_step.measure.median == pytest.approx(1.25) and every_step.verdict == ev.MET
     assert "new0000" in every_step.measure.cites and "old0000" not in every_step.measure.cites
     assert any("old0000" in d and "new0000" in d for d in p7.details)  # the older run stays as history
     host_line = [line for line in p7.lines if "host time" in line.subject][0]
-    assert host_line.verdict == perf.MET and host_line.measure.spread == (25.0, 28.0)  # ≤ 30 µs
+    assert host_line.verdict == ev.MET and host_line.measure.spread == (25.0, 28.0)  # ≤ 30 µs
 
 
 def test_tiling_gain_pools_shapes_and_runs_of_the_inference_bench(tmp_path):
@@ -171,4 +171,4 @@ def test_tiling_gain_pools_shapes_and_runs_of_the_inference_bench(tmp_path):
     _write(tmp_path / "bench_inference_h100.csv", BENCH_COLUMNS, rows)
     line = {c.key: c for c in perf.build(tmp_path)[1]}["P5"].lines[0]
     assert line.measure.spread == (pytest.approx(1 / 1.1), pytest.approx(1 / 0.9))
-    assert line.verdict == perf.BORDERLINE and line.measure.basis == "min–max of 2 shapes × runs"
+    assert line.verdict == ev.BORDERLINE and line.measure.basis == "min–max of 2 shapes × runs"
