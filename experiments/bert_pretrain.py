@@ -18,23 +18,31 @@
 * Checkpoint (model, optimizers, data/mask generator, RNG, loss history) written atomically every
   ``--checkpoint-every`` steps; rerunning the same command resumes to the uninterrupted result, bit for bit.
   ``losses.csv`` (train / validation MLM loss and lr per step) is rewritten with every checkpoint.
+* Data parallel under torchrun, like `experiments.pretrain`: ``torchrun --standalone --nproc_per_node 2 -m
+  experiments.bert_pretrain ...`` computes the one-process run (every rank draws the same micro-batches and takes
+  its rows; see `train`), and checkpoints move between process counts.
 """
 from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass, replace
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 import slope
 from experiments.cli import parse_config
 from experiments.lamb import LAMB
 from experiments.mlm import IGNORE_INDEX, load_bert_tokens, mask_tokens, sample_windows
-from experiments.pretrain import _atomic_save, _write_losses, sparsity_schedule
+from experiments.pretrain import (finish_run, rank_seed, restore_rng, same_training, save_checkpoint,
+                                  sparsity_schedule)
+from slope import distributed
 
 
 @dataclass(frozen=True)
@@ -167,12 +175,29 @@ def make_optimizer(params, *, kind: str, lr: float, weight_decay: float, eps: fl
     raise SystemExit(f"--optimizer {kind!r}: choose adamw or lamb")
 
 
-def mlm_loss(model, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Masked-LM cross-entropy, the head applied to the masked positions only."""
+def mlm_loss(model, inputs: torch.Tensor, labels: torch.Tensor, masked_total: int | None = None) -> torch.Tensor:
+    """Masked-LM cross-entropy, the head applied to the masked positions only.
+
+    ``masked_total``: the masked positions of the whole batch when ``inputs`` is one rank's share of it — the sum
+    over this share divided by that total, so that the ranks' losses add up to the batch's mean.
+    """
     hidden = model.bert(input_ids=inputs, attention_mask=torch.ones_like(inputs)).last_hidden_state
     chosen = labels != IGNORE_INDEX
     logits = model.cls(hidden[chosen])  # (masked tokens, vocab)
-    return F.cross_entropy(logits.float(), labels[chosen])
+    if masked_total is None:
+        return F.cross_entropy(logits.float(), labels[chosen])
+    return F.cross_entropy(logits.float(), labels[chosen], reduction="sum") / masked_total
+
+
+class MLMLoss(nn.Module):
+    """The MLM loss as a module's forward, so that DDP wraps it (DDP synchronises only through its forward)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs, labels, masked_total=None):
+        return mlm_loss(self.model, inputs, labels, masked_total)
 
 
 class Batches:
@@ -199,32 +224,47 @@ def load_tokenizer_and_tokens(cfg: BertPretrainConfig):
     return tokenizer, {split: load_bert_tokens(cfg.corpus, split, tokenizer, name) for split in ("train", "validation")}
 
 
-def train(cfg: BertPretrainConfig) -> list[dict]:
+def train(cfg: BertPretrainConfig, ctx: distributed.DistributedContext | None = None) -> list[dict]:
+    """Pretrain (or resume) one run; under torchrun every process calls this (see `experiments.pretrain`).
+
+    Data parallel: every rank draws the same micro-batches (``--batch-size`` rows each, ``--grad-accumulation``
+    per step) and computes its share of each one's rows; the loss is the share's sum over the batch's masked
+    positions, so the ranks' gradients add up to the one-process gradient (DDP averages, hence the factor N).
+    """
     if cfg.method not in METHODS:
         raise SystemExit(f"--method {cfg.method!r}: choose one of {METHODS} (Wanda prunes a trained dense model: "
                          "experiments.finetune --prune wanda)")
     if cfg.phase2_steps >= cfg.steps:
         raise SystemExit(f"--phase2-steps {cfg.phase2_steps} must be < --steps {cfg.steps} (steps counts both phases)")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ctx = ctx or distributed.init_distributed()
+    device = ctx.device
+    for size, flag in ((cfg.batch_size, "--batch-size"),
+                       (cfg.phase2_batch_size or cfg.batch_size, "--phase2-batch-size")):
+        if size % ctx.world_size:
+            raise SystemExit(f"{flag} {size} must be a multiple of the {ctx.world_size} processes")
     amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
+    if ctx.is_main:  # token caches are written once, by rank 0
+        load_tokenizer_and_tokens(cfg)
+    distributed.barrier(ctx)
     tokenizer, tokens = load_tokenizer_and_tokens(cfg)
     out = Path(cfg.out)
     checkpoint_path = out / "checkpoint.pt"
-    state = torch.load(checkpoint_path, weights_only=False) if checkpoint_path.exists() else None
-    same = lambda config: {k: v for k, v in config.items() if k != "stop_after"}  # noqa: E731
-    if state is not None and same(state["config"]) != same(asdict(cfg)):
+    state = torch.load(checkpoint_path, weights_only=False, map_location="cpu") if checkpoint_path.exists() else None
+    if state is not None and not same_training(state["config"], cfg):
         raise SystemExit(f"{checkpoint_path} was written by another configuration; use a new --out")
     start_adapters = adapter_start(cfg)
     step = state["step"] if state else 0
     adapters_on = start_adapters is not None and step >= start_adapters
-    model = build_model(cfg, tokenizer, adapters_on).to(device)
+    model = build_model(cfg, tokenizer, adapters_on).to(device)  # same seed: the same model on every rank
+    if ctx.rank:
+        torch.manual_seed(rank_seed(cfg.seed, ctx.rank))  # its own dropout stream
     adapter_ids = {id(p) for p in slope.lora_parameters(model)}
     hyper = dict(kind=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
     optimizers = {"model": make_optimizer(((n, p) for n, p in model.named_parameters() if id(p) not in adapter_ids),
                                           **hyper)}
     if adapters_on:
         optimizers["adapters"] = make_optimizer(_adapter_params(model), **hyper)
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)  # the global data stream, identical on every rank
     scaler = slope.optim.DynamicLossScaler() if amp == "fp16" else None
     history: list[dict] = []
     if state:
@@ -232,61 +272,66 @@ def train(cfg: BertPretrainConfig) -> list[dict]:
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        restore_rng(state, cfg, ctx, step)
         history = state["history"]
         if scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+    loss_module = distributed.wrap(MLMLoss(model), ctx)
     train_batches = Batches(tokens["train"], tokenizer, cfg, generator)
     val_draw = Batches(tokens["validation"], tokenizer, cfg, torch.Generator().manual_seed(cfg.seed + 2))
-    val_batches = [tuple(t.to(device) for t in val_draw(cfg.seq_len, cfg.batch_size)) for _ in range(cfg.eval_batches)]
+    val_batches = [val_draw(cfg.seq_len, cfg.batch_size) for _ in range(cfg.eval_batches)]
     autocast = dict(device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16,
                     enabled=amp != "none")
 
-    def save() -> None:
-        _atomic_save({"config": asdict(cfg), "step": step, "model": model.state_dict(),
-                      "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-                      "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                      "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                      "history": history, "scaler": scaler.state_dict() if scaler else None}, checkpoint_path)
-        _write_losses(out / "losses.csv", history)
-
     end = cfg.steps if not cfg.stop_after else min(cfg.steps, step + cfg.stop_after)
     progress = tqdm(range(step, end), initial=step, total=cfg.steps, desc=f"bert {cfg.method}", file=sys.stderr,
-                    disable=None)
+                    disable=None if ctx.is_main else True)
+    step_seconds: list[float] = []
+    tokens_per_step = 0
     for step in progress:
+        started = time.perf_counter()
         if step == start_adapters and "adapters" not in optimizers:
             slope.add_lora(model, cfg.adapter_rank)
             optimizers["adapters"] = make_optimizer(_adapter_params(model), **hyper)
+            loss_module = distributed.wrap(MLMLoss(model), ctx)  # DDP's parameter set is fixed: wrap again
         lr = learning_rate(step, cfg)
         for opt in optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = lr
         _, _, seq_len, batch_size, _, _ = phase(step, cfg)
-        total = 0.0
-        for _ in range(cfg.grad_accumulation):
-            inputs, labels = (t.to(device) for t in train_batches(seq_len, batch_size))
-            with torch.autocast(**autocast):
-                loss = mlm_loss(model, inputs, labels) / cfg.grad_accumulation
-            (scaler.scale(loss) if scaler else loss).backward()
-            total += loss.item()
+        tokens_per_step = seq_len * batch_size * cfg.grad_accumulation
+        total = torch.zeros((), device=device)
+        for index in range(cfg.grad_accumulation):
+            inputs, labels = train_batches(seq_len, batch_size)  # the whole micro-batch, on every rank
+            # one process: the batch mean, as before; N processes: this rank's share of the batch's sum
+            masked_total = int((labels != IGNORE_INDEX).sum()) / ctx.world_size if ctx.distributed else None
+            inputs, labels = (distributed.rank_rows(t, ctx).to(device) for t in (inputs, labels))
+            last = index == cfg.grad_accumulation - 1
+            with nullcontext() if last or not ctx.distributed else loss_module.no_sync():
+                with torch.autocast(**autocast):
+                    loss = loss_module(inputs, labels, masked_total) / cfg.grad_accumulation
+                (scaler.scale(loss) if scaler else loss).backward()
+            total += loss.detach()
         if scaler:
             scaler.step(list(optimizers.values()), max_grad_norm=cfg.clip)
-        else:
+        else:  # gradients are averaged over ranks already: this is the global norm
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             for opt in optimizers.values():
                 opt.step()
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
-        row = {"step": step + 1, "train_loss": total, "val_loss": "", "lr": lr}
+        # each rank's share was scaled by N for DDP's averaging: their mean is the batch mean
+        train_loss = distributed.all_reduce_mean(total, ctx).item()
+        row = {"step": step + 1, "train_loss": train_loss, "val_loss": "", "lr": lr}
+        step_seconds.append(time.perf_counter() - started)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            row["val_loss"] = evaluate(model, val_batches, autocast)
+            row["val_loss"] = evaluate(model, val_batches, autocast, ctx)
         history.append(row)
-        progress.set_postfix(loss=f"{total:.3f}")
+        progress.set_postfix(loss=f"{train_loss:.3f}")
         step += 1
         if step % cfg.checkpoint_every == 0 or step == end:
-            save()
+            save_checkpoint(out, ctx, cfg, step, model, optimizers, generator, history, scaler)
+    finish_run(out, ctx, model, tokens_per_step, step_seconds)
     return history
 
 
@@ -296,10 +341,19 @@ def _adapter_params(model):
 
 
 @torch.no_grad()
-def evaluate(model, batches, autocast) -> float:
+def evaluate(model, batches, autocast, ctx=None) -> float:
+    """Mean validation MLM loss over whole batches (each rank scores its rows; shares summed over ranks)."""
+    ctx = ctx or distributed.DistributedContext()
+    device = next(model.parameters()).device
     model.eval()
     with torch.autocast(**autocast):
-        loss = sum(mlm_loss(model, inputs, labels).item() for inputs, labels in batches) / len(batches)
+        if not ctx.distributed:
+            loss = sum(mlm_loss(model, i.to(device), l.to(device)).item() for i, l in batches) / len(batches)
+        else:
+            # this rank's rows' sum over each whole batch's masked positions: the ranks' shares add up to the mean
+            shares = [mlm_loss(model, *(distributed.rank_rows(t, ctx).to(device) for t in (i, l)),
+                               int((l != IGNORE_INDEX).sum())) for i, l in batches]
+            loss = (distributed.all_reduce_mean(torch.stack(shares).double().mean(), ctx) * ctx.world_size).item()
     model.train()
     return loss
 

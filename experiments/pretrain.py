@@ -163,12 +163,13 @@ def rank_seed(seed: int, rank: int, step: int = 0) -> int:
     return (seed * 1_000_003 + rank * 7919 + step) % 2**63
 
 
-def _rng_state(ctx) -> dict:
+def rng_state(ctx) -> dict:
+    """This process's torch (and CUDA) RNG state, for a checkpoint's per-rank list."""
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None}
 
 
-def _restore_rng(state: dict, cfg: PretrainConfig, ctx, step: int) -> None:
+def restore_rng(state: dict, cfg, ctx, step: int) -> None:
     """Each rank's RNG as saved; resumed on another process count, ranks without a saved stream get a fresh one."""
     per_rank = state.get("rank_rng")
     if per_rank is None:  # written by a single process before the data-parallel runner
@@ -228,7 +229,7 @@ def train(cfg: PretrainConfig, ctx: distributed.DistributedContext | None = None
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         generator.set_state(state["generator"])
-        _restore_rng(state, cfg, ctx, step)
+        restore_rng(state, cfg, ctx, step)
         history = state["history"]
         if scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -237,17 +238,6 @@ def train(cfg: PretrainConfig, ctx: distributed.DistributedContext | None = None
     val_batches = [batch(val_tokens, cfg, val_generator) for _ in range(cfg.eval_batches)]
     autocast = dict(device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16,
                     enabled=amp != "none")
-
-    def save() -> None:
-        rank_rng = distributed.all_gather_objects(_rng_state(ctx), ctx)  # every rank takes part
-        if ctx.is_main:
-            _atomic_save({"config": asdict(cfg), "step": step, "model": module.state_dict(),
-                          "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-                          "generator": generator.get_state(), "torch_rng": rank_rng[0]["torch"],
-                          "rank_rng": rank_rng, "world_size": ctx.world_size, "history": history,
-                          "scaler": scaler.state_dict() if scaler else None}, checkpoint_path)
-            _write_losses(out / "losses.csv", history)
-        distributed.barrier(ctx)
 
     end = cfg.steps if not cfg.stop_after else min(cfg.steps, step + cfg.stop_after)
     progress = tqdm(range(step, end), initial=step, total=cfg.steps, desc=f"{cfg.method}", file=sys.stderr,
@@ -290,25 +280,47 @@ def train(cfg: PretrainConfig, ctx: distributed.DistributedContext | None = None
         progress.set_postfix(loss=f"{row['train_loss']:.3f}")
         step += 1
         if step % cfg.checkpoint_every == 0 or step == end:
-            save()
+            save_checkpoint(out, ctx, cfg, step, module, optimizers, generator, history, scaler)
+    finish_run(out, ctx, module, cfg.batch_size * cfg.seq_len, step_seconds)
+    return history
+
+
+def save_checkpoint(out: Path, ctx, cfg, step: int, model, optimizers: dict, generator, history: list[dict],
+                    scaler) -> None:
+    """``out/checkpoint.pt`` (atomic) and ``out/losses.csv`` from rank 0, with every rank's RNG state.
+
+    Every rank must call it (the RNG states are gathered); ``model`` is the module inside DDP.
+    """
+    rank_rng = distributed.all_gather_objects(rng_state(ctx), ctx)
+    if ctx.is_main:
+        _atomic_save({"config": asdict(cfg), "step": step, "model": model.state_dict(),
+                      "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+                      "generator": generator.get_state(), "torch_rng": rank_rng[0]["torch"],
+                      "rank_rng": rank_rng, "world_size": ctx.world_size, "history": history,
+                      "scaler": scaler.state_dict() if scaler else None}, out / "checkpoint.pt")
+        _write_losses(out / "losses.csv", history)
+    distributed.barrier(ctx)
+
+
+def finish_run(out: Path, ctx, model, tokens_per_step: int, step_seconds: list[float]) -> None:
+    """End of a (data-parallel) run: replicas must be equal on every rank; rank 0 writes ``throughput.json``."""
     if ctx.distributed:
-        mismatched = distributed.replica_mismatches(module, ctx)
+        mismatched = distributed.replica_mismatches(model, ctx)
         if mismatched:
             raise RuntimeError(f"replicas diverged across ranks in {mismatched[:5]} (of {len(mismatched)}); "
                                "a bug: report it with the command line")
     if ctx.is_main and step_seconds:
-        _write_throughput(out / "throughput.json", cfg, ctx, step_seconds)
-    return history
+        write_throughput(out / "throughput.json", tokens_per_step, ctx, step_seconds)
 
 
-def _write_throughput(path: Path, cfg: PretrainConfig, ctx, step_seconds: list[float]) -> None:
+def write_throughput(path: Path, tokens_per_step: int, ctx, step_seconds: list[float]) -> None:
     """Median step time of this process's steps (the first 5 warm up and are left out when there are more)."""
     timed = step_seconds[5:] if len(step_seconds) > 10 else step_seconds
     median = statistics.median(timed)
     with atomic_open(path) as f:
         json.dump({"world_size": ctx.world_size, "steps_timed": len(timed), "median_step_s": median,
-                   "iqr_step_s": _iqr(timed), "tokens_per_step": cfg.batch_size * cfg.seq_len,
-                   "tokens_per_s": cfg.batch_size * cfg.seq_len / median, "device": str(ctx.device)}, f, indent=2)
+                   "iqr_step_s": _iqr(timed), "tokens_per_step": tokens_per_step,
+                   "tokens_per_s": tokens_per_step / median, "device": str(ctx.device)}, f, indent=2)
 
 
 def _iqr(values: list[float]) -> float:

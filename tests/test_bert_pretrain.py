@@ -123,3 +123,31 @@ def test_wanda_prunes_the_dense_model_and_the_mask_survives_finetuning(data, pre
         assert (layer.n, layer.m) == (n, m) and slope.is_nm_sparse(layer.weight.detach(), n, m)
     with pytest.raises(SystemExit, match="prunes a dense model"):
         finetune.finetune(replace(cfg, pretrained=str(pretrained / "slope")))
+
+
+def test_two_processes_pretrain_like_one_and_resume_on_one(data, tmp_path):
+    """torchrun with 2 gloo processes: per-step MLM loss as one process (dropout off), masks bit for bit; a
+    2-process checkpoint resumes on 1 process to the same end."""
+    import subprocess
+    import sys
+
+    corpus, _ = data
+    args = _args(corpus, tmp_path / "one", dropout=0.0, **{"grad-accumulation": 2})
+    one = bert_pretrain.main(args)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+              "experiments.bert_pretrain"]
+    subprocess.run([*launch, *_args(corpus, tmp_path / "two", dropout=0.0, **{"grad-accumulation": 2})], check=True)
+    two = torch.load(tmp_path / "two/checkpoint.pt", weights_only=False)
+    assert two["world_size"] == 2 and len(two["history"]) == len(one)
+    for a, b in zip(two["history"], one):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == b["val_loss"] == "" or a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    single = torch.load(tmp_path / "one/checkpoint.pt", weights_only=False)["model"]
+    masks = [k for k, v in single.items() if v.dtype == torch.bool]
+    assert masks and all(torch.equal(single[k], two["model"][k]) for k in masks)
+    # stopped after 5 steps on 2 processes, finished on 1
+    subprocess.run([*launch, *_args(corpus, tmp_path / "moved", dropout=0.0, **{"grad-accumulation": 2,
+                                                                                "stop-after": 5})], check=True)
+    resumed = bert_pretrain.main(_args(corpus, tmp_path / "moved", dropout=0.0, **{"grad-accumulation": 2}))
+    for a, b in zip(resumed, one):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
