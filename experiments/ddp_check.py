@@ -74,7 +74,8 @@ def _run_killed(cfg, nproc: int, kill_after_step: int) -> int:
         if saved > kill_after_step:
             os.killpg(process.pid, signal.SIGKILL)  # torchrun and every worker: no clean-up runs
             process.wait()
-            return saved
+            # a later checkpoint may have landed between the look and the kill: report the one left behind
+            return torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=False, map_location="cpu")["step"]
         time.sleep(0.02)
     raise RuntimeError(f"{cfg.out}: the run ended (exit {process.returncode}) before a checkpoint past step "
                        f"{kill_after_step} was seen; lower --checkpoint-every or raise --steps. "
