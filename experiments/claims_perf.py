@@ -188,7 +188,11 @@ def claim_training(inp: Inputs) -> Claim:
                           f"≥ {goal:g} (paper, A100); ideal: linears 1.5×"
                           + (f", this step (Amdahl) {step['ideal']}×" if step["ideal"] else ""),
                           why=_training_why(inp, step)))
-    details += _phase_table(inp, steps)
+    configs: dict[tuple, list[dict]] = {}  # one phase table per configuration: each has its own dense column
+    for step in steps:
+        configs.setdefault(tuple(step[k] for k in ("model", "num_blocks", "dtype", "precision")), []).append(step)
+    for group in configs.values():
+        details += _phase_table(inp, group)
     return Claim("P1", title, lines, details)
 
 
@@ -220,12 +224,17 @@ def _training_why(inp: Inputs, step: dict) -> str:
 
 
 def _phase_table(inp: Inputs, steps: list[dict]) -> list[str]:
-    """Per-phase medians of the dense run and every SLoPe train run, with each ratio (same run where possible)."""
-    dense_phases = dict.fromkeys(r["phase"] for r in select(inp.e2e, experiment="train", variant="dense"))
+    """Per-phase medians of dense and the SLoPe train runs of ONE configuration (model, blocks, dtype, precision),
+    with each ratio (same run where possible)."""
+    first = steps[0]
+    config = {k: first[k] for k in ("model", "num_blocks", "dtype", "precision")}
+    dense_rows = select(inp.e2e, experiment="train", variant="dense", **config)
+    dense_phases = dict.fromkeys(r["phase"] for r in dense_rows)
     heads = [f"{s['variant']} @ {s['git_sha'][:7]}" for s in steps]
-    out = ["Per phase (ms, medians; ratio = dense / SLoPe with its IQR-derived spread; † = cross-run: the dense "
-           "row is from another run). Dense: " + cites_text({cite_key(r) for r in select(
-               inp.e2e, experiment="train", variant="dense")}) + ".", "",
+    out = [f"Per phase, {first['model']} ({first['num_blocks']} of {first['full_blocks']} blocks, {first['dtype']}, "
+           f"`--precision {first['precision']}`) (ms, medians; ratio = dense / SLoPe with its IQR-derived spread; "
+           "† = cross-run: the dense row is from another run). Dense: "
+           + cites_text({cite_key(r) for r in dense_rows}) + ".", "",
            "| phase | dense | " + " | ".join(f"{h} | ratio" for h in heads) + " | ideal |",
            "|---|---|" + "---|---|" * len(steps) + "---|"]
     for phase in dense_phases:
@@ -313,7 +322,7 @@ def claim_memory(inp: Inputs) -> Claim:
         goal, goal_text = (INFER_MEMORY_GOAL, f"≤ {INFER_MEMORY_GOAL} (issue); storage ceiling "
                            f"{INFER_MEMORY_CEILING}; {_paper_text(paper)}") if rank == "0" else \
             (paper, f"≤ {_paper_text(paper)}")
-        lines.append(Line("P4", f"inference static, {r['variant']}{'' if rank == '0' else ' r=' + rank}",
+        lines.append(Line("P4", f"inference static ({r['dtype']}), {r['variant']}{'' if rank == '0' else ' r=' + rank}",
                           _vs_dense(inp, r), goal, goal_text, higher=False,
                           why=f"analytic {r['ideal'] or '—'} ({r['ideal_basis']})"))
         anchors.setdefault((r["variant"], r["adapter_rank"], run_of(r)), r)
@@ -347,7 +356,7 @@ def _memory_table(inp: Inputs, anchors: list[dict]) -> list[str]:
                 continue
             s = _speedup_vs_dense(inp, r)
             dense = pair(select(inp.e2e, variant="dense"), [r], E2E_KEYS)
-            out.append(f"| {r['variant']} {r['adapter_rank']} | {r['phase']} | {_gb(dense[0][0] if dense else None)} "
+            out.append(f"| {r['variant']} {r['adapter_rank']} ({r['dtype']}, {r['precision']}) | {r['phase']} | {_gb(dense[0][0] if dense else None)} "
                        f"| {_gb(r)} | {'—' if s is None else f'{s.value:.3f}'} | {r['ideal'] or '—'} "
                        f"| {r['paper'] or '—'} | {cite(r)} |")
     return out + [""]

@@ -66,7 +66,9 @@ def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
                         if expected != "" else "none (simulated sparsity keeps dense weights)",
                         paper="" if is_dense else paper_value(run.paper, "memory_inference", "SLoPe", run.spec.name,
                                                               method_rank), note=note))
-    if "prefill" in cfg.sections and not run.over_budget():
+    if "prefill" in cfg.sections and run.over_budget():
+        rows.append(_skipped_row(run, common, experiment="prefill", batch=cfg.prefill_batch))
+    elif "prefill" in cfg.sections:
         tokens = cfg.prefill_batch * cfg.seq
         fn = e2e.prefill_fn(model, run.prefill_ids)
         reset_peak(device)
@@ -96,7 +98,10 @@ def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
         rows += _decode_rows(run, model, common, ref, is_dense, note)
         fallback_layers = [layer for layer in slope.sparse_layers(model).values()
                            if hasattr(layer, "set_dense_fallback")]
-        if cfg.decode_fallback not in ("", "0") and rank == "0" and fallback_layers and not run.over_budget():
+        if cfg.decode_fallback not in ("", "0") and rank == "0" and fallback_layers and run.over_budget():
+            rows.append(_skipped_row(run, dict(common, variant=f"{variant.name} + dense fallback"),
+                                     experiment="decode"))
+        elif cfg.decode_fallback not in ("", "0") and rank == "0" and fallback_layers:
             # the library's answer for few tokens: a dense copy of W_R used at or below a token threshold
             threshold = cfg.decode_fallback if cfg.decode_fallback == "auto" else int(cfg.decode_fallback)
             for layer in fallback_layers:
@@ -115,12 +120,17 @@ def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
     return rows
 
 
+def _skipped_row(run, common: dict, **fields) -> dict:
+    return run.row(common, status="skipped (time budget)", **fields)
+
+
 def _decode_rows(run, model, common: dict, ref: dict, is_dense: bool, note: str) -> list[dict]:
     """One-token decode against a KV cache at each batch size: time and throughput rows."""
     cfg, rows = run.cfg, []
     for batch in map(int, cfg.decode_batches):
-        if run.over_budget():
-            break
+        if run.over_budget():  # the remaining batches get a row saying so: a cut-off never reads as absent
+            rows.append(_skipped_row(run, common, experiment="decode", batch=batch, tokens=batch))
+            continue
         fn, cache = e2e.decode_fn(model, batch, cfg.decode_context, run.spec.vocab, run.device)
         stats = time_fn(fn, run.device, warmup=cfg.warmup, repeats=cfg.repeats)
         if is_dense:

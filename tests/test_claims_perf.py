@@ -114,6 +114,20 @@ def test_training_lines_cross_run_label_and_paper_goal(tmp_path):
     assert any("measured no dense model" in c and "--mask-change-freq 100" in c for c in checks)
 
 
+def test_each_configuration_gets_its_own_phase_table_and_dense_column(tmp_path):
+    run_c = dict(RUN_A, git_sha="ccccccc333", config_hash="cfgC")
+    fp16 = [_e2e(v, phase, ms, run=run_c, dtype="float16") for v, phase, ms in (
+        ("dense", "step", 400), ("dense", "forward", 111), ("slope", "step", 500), ("slope", "forward", 99))]
+    _write(tmp_path / "speedup_h100.csv", E2E_COLUMNS, _train_rows() + fp16)
+    text, built = perf.build(tmp_path)
+    tables = [line for line in text.splitlines() if line.startswith("Per phase")]
+    assert len(tables) == 2 and "bfloat16" in tables[0] and "float16, " in tables[1]
+    assert "ccccccc" in tables[1] and "ccccccc" not in tables[0]
+    fp16_table = text.split(tables[1], 1)[1]
+    assert "| step | 400.00 |" in fp16_table and "| forward | 111.00 |" in fp16_table  # its own dense, not bf16's
+    assert "250.00" not in fp16_table.split("\n\n", 2)[1]
+
+
 def test_present_csv_without_the_rows_is_not_measured(tmp_path):
     _write(tmp_path / "speedup_h100.csv", E2E_COLUMNS, _train_rows())
     built = {c.key: c for c in perf.build(tmp_path)[1]}

@@ -109,6 +109,24 @@ def test_time_budget_skips_later_sections(tmp_path):
     assert rows and {r["status"] for r in rows} == {"skipped (time budget)"}
 
 
+def test_budget_spent_inside_decode_leaves_skipped_rows(tmp_path, monkeypatch):
+    """The budget runs out after the first decode batch: the later batch reads 'skipped', never absent."""
+    real_decode_fn, spent = e2e.decode_fn, []
+
+    def decode_then_spend(*args, **kwargs):
+        spent.append(True)
+        return real_decode_fn(*args, **kwargs)
+
+    monkeypatch.setattr(e2e, "decode_fn", decode_then_spend)
+    monkeypatch.setattr(speedup.Run, "over_budget", lambda self: bool(spent))
+    out = tmp_path / "s.csv"
+    speedup.main(TOY_ARGS + ["--variants", "dense", "--sections", "decode", "--models", "opt-toy",
+                             "--output", str(out)])
+    decode = {(r["batch"], r["status"]) for r in _read(out) if r["experiment"] == "decode"}
+    assert ("1", "ok") in decode and ("2", "skipped (time budget)") in decode
+    assert ("2", "ok") not in decode
+
+
 def test_paper_reference_has_the_performance_tables():
     paper = load_paper()
     assert paper_value(paper, "speedup_training", "SLoPe", "opt-13b") == "1.25"
