@@ -99,10 +99,17 @@ RESULTS_OUT = $(or $(OUT),results)
 # End-to-end speed and memory, dense vs SLoPe vs FST (simulated): MODEL=opt-13b DTYPE=bfloat16 SEQ=2048
 # ATTENTION=sdpa|eager; SPEEDUP_ARGS= passes more flags (e.g. --time-budget-s 420). One model and dtype fits
 # ~8 minutes on an H100; without MODEL the whole sweep runs (7 models x 2 dtypes: hours).
+# NGPU=2: the training step data parallel over 2 GPUs of this node (torchrun; dense, SLoPe, FST; one GPU vs N in
+# the same processes) -> speedup_ddp_<gpu>.csv; the inference and memory sections are single-GPU only.
+SPEEDUP_FLAGS = $(if $(MODEL),--models $(MODEL)) $(if $(DTYPE),--dtypes $(DTYPE)) $(if $(SEQ),--seq $(SEQ)) \
+	$(if $(ATTENTION),--attention $(ATTENTION)) --output-dir $(RESULTS_OUT) $(SPEEDUP_ARGS)
 speedup:
-	$(if $(filter-out 1,$(NGPU)),$(error NGPU=$(NGPU): make speedup measures one GPU; the data-parallel training-speed benchmark is not built yet (see README, Multi-GPU)))
-	$(PYTHON) -m performance_experiments.speedup $(if $(MODEL),--models $(MODEL)) $(if $(DTYPE),--dtypes $(DTYPE)) \
-		$(if $(SEQ),--seq $(SEQ)) $(if $(ATTENTION),--attention $(ATTENTION)) --output-dir $(RESULTS_OUT) $(SPEEDUP_ARGS)
+ifneq ($(filter-out 1,$(or $(NGPU),1)),)
+	$(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NGPU) -m performance_experiments.speedup_ddp \
+		$(SPEEDUP_FLAGS)
+else
+	$(PYTHON) -m performance_experiments.speedup $(SPEEDUP_FLAGS)
+endif
 
 # Model-level ablations on the GPU (tiling, extension vs torch op, CUTLASS, CUDA graphs, Triton addmm, dense
 # fallback, attention): ABLATIONS=tiling,implementation MODEL=opt-13b DTYPE=bfloat16.

@@ -142,3 +142,35 @@ def test_cli_errors_name_the_fix():
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="cpu-toy"):
             speedup.main(["--preset", "quick"])
+
+
+def test_data_parallel_step_benchmark_on_two_cpu_processes(tmp_path):
+    """`make speedup NGPU=2`'s module on 2 gloo processes (simulated sparsity): one GPU vs DDP rows, replicas equal."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp.csv"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "performance_experiments.speedup_ddp", *TOY_ARGS, "--variants", "dense,slope",
+               "--output", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _read(out)
+    assert rows and {r["status"] for r in rows} == {"ok"}       # "error: replicas differ" would show here
+    by = {(r["variant"], r["phase"]): r for r in rows}
+    for variant in ("dense", "slope (simulated)"):
+        one, two = by[(variant, "step (1 GPU)")], by[(variant, "step (2 GPUs, DDP)")]
+        assert one["world_size"] == "1" and two["world_size"] == "2"
+        efficiency = float(by[(variant, "weak-scaling efficiency")]["median"])
+        assert efficiency == pytest.approx(float(one["median"]) / float(two["median"]), rel=1e-3)
+        throughput = float(by[(variant, "throughput (2 GPUs, DDP)")]["median"])
+        assert throughput == pytest.approx(2 * int(two["tokens"]) / float(two["median"]) * 1e3, rel=1e-3)
+    assert by[("dense", "step (2 GPUs, DDP)")]["ratio_vs_dense"] == "1.0"
+    assert float(by[("slope (simulated)", "step (2 GPUs, DDP)")]["ratio_vs_dense"]) > 0
+
+
+def test_data_parallel_step_benchmark_refuses_one_process():
+    from performance_experiments import speedup_ddp
+
+    with pytest.raises(SystemExit, match="torchrun"):
+        speedup_ddp.main(TOY_ARGS)
