@@ -579,6 +579,7 @@ def csv_checks(inp: Inputs) -> list[str]:
         if select([x for x in inp.e2e if run_of(x) == run_of(r)], phase=lambda p: "(in situ)" in p):
             out.append(f"`{inp.names['e2e']}`: \"{r['variant']}\" says \"{r['ideal_basis']}\" but the same run has "
                        f"in-situ phase rows [{cite(r)}]")
+    out += _unstable_baselines(inp)
     for source in ("e2e", "linear", "inference"):
         dirty = sorted({r["git_sha"][:7] for r in getattr(inp, source) or [] if r.get("git_dirty") == "True"})
         if dirty:
@@ -596,6 +597,27 @@ def csv_checks(inp: Inputs) -> list[str]:
         out.append(f"`{inp.names['inference']}`: crossover rows keep the crossover in `tokens` "
                    f"({', '.join(sorted({r['tokens'] for r in crossover}, key=int))}) while `median` is 0, which "
                    "the rows' own note reads as \"sparse never slower\"")
+    return out
+
+
+def _unstable_baselines(inp: Inputs, tolerance: float = 0.25) -> list[str]:
+    """Dense timings of one configuration that moved by more than ``tolerance`` between runs: the ratios of those
+    runs then disagree for a reason that is not SLoPe (host load, clocks, warm-up)."""
+    by_config: dict[tuple, list[dict]] = {}
+    for r in select(inp.e2e, variant="dense", status="ok", metric="time"):
+        by_config.setdefault(tuple(r.get(k, "") for k in E2E_KEYS), []).append(r)
+    out = []
+    for config, rows in by_config.items():
+        values = [(numeric(r, "median"), r) for r in rows if numeric(r, "median")]
+        if len({run_of(r) for _, r in values}) < 2:
+            continue
+        (low, low_row), (high, high_row) = min(values, key=lambda v: v[0]), max(values, key=lambda v: v[0])
+        if high > (1 + tolerance) * low:
+            out.append(f"`{inp.names['e2e']}`: dense {config[E2E_KEYS.index('experiment')]} / "
+                       f"{config[E2E_KEYS.index('phase')]} (batch {config[E2E_KEYS.index('batch')]}, "
+                       f"{config[E2E_KEYS.index('dtype')]}) took {low:g} ms [{cite(low_row)}] and {high:g} ms "
+                       f"[{cite(high_row)}] in different runs ({high / low:.2f}×): the runs' ratios for it disagree "
+                       "for a reason outside SLoPe")
     return out
 
 

@@ -128,6 +128,15 @@ def test_each_configuration_gets_its_own_phase_table_and_dense_column(tmp_path):
     assert "250.00" not in fp16_table.split("\n\n", 2)[1]
 
 
+def test_a_dense_baseline_that_moved_between_runs_is_flagged(tmp_path):
+    run_c = dict(RUN_A, git_sha="ccccccc333", config_hash="cfgC", date="2026-01-03T10:00:00+00:00")
+    rows = _train_rows() + [_e2e("dense", "step", 400, run=run_c), _e2e("dense", "optimizer", 21, run=run_c)]
+    _write(tmp_path / "speedup_h100.csv", E2E_COLUMNS, rows)
+    checks = perf.csv_checks(perf.load(tmp_path))
+    moved = [c for c in checks if "in different runs" in c]
+    assert len(moved) == 1 and "250 ms" in moved[0] and "400 ms" in moved[0] and "1.60×" in moved[0]  # 21 vs 20: ok
+
+
 def test_present_csv_without_the_rows_is_not_measured(tmp_path):
     _write(tmp_path / "speedup_h100.csv", E2E_COLUMNS, _train_rows())
     built = {c.key: c for c in perf.build(tmp_path)[1]}
