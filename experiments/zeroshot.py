@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import traceback
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 TASKS = ("slope_continuation", "slope_lastword", "slope_definitions", "slope_perplexity")
@@ -46,7 +47,16 @@ def evaluate(model, tokenizer, tasks=TASKS, evalsets: str = "data/evalsets", lim
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
     include = os.path.abspath(evalsets) if not include_defaults or os.path.isdir(evalsets) else None
     manager = TaskManager(include_path=include, include_defaults=include_defaults)
-    results = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=False)
+    try:
+        results = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=False)
+    except AssertionError as error:
+        # lm-eval's bare `assert len(continuation_enc) <= self.max_length`: say what it means and what to do
+        if "continuation" not in "".join(traceback.format_exception(error)[-3:]):
+            raise
+        raise ValueError(f"lm-eval: a task's answer (continuation) is longer than the model's context of "
+                         f"{lm.max_length} tokens (n_positions / max_position_embeddings of the model): score it with "
+                         "a model of more positions (pretraining --seq-len; the generated tasks' longest continuation "
+                         "is ~151 tokens with the 4k BPE) or leave that task out (--tasks)") from error
     return {task: {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             for task, metrics in results["results"].items()}
 
