@@ -25,7 +25,6 @@ memory accounting) have no data-parallel meaning, and a rank must never write th
 from __future__ import annotations
 
 import dataclasses
-import gc
 import sys
 import time
 
@@ -63,12 +62,6 @@ def _build(run: Run, kind: str, device) -> e2e.Variant:
     return variant
 
 
-def _free(variant) -> None:
-    del variant
-    gc.collect()
-    e2e.free_memory()
-
-
 def variant_rows(run: Run, kind: str, ctx: dist_utils.DistributedContext, reference: dict) -> list[dict]:
     """Both measurements of one variant; rows on rank 0 (other ranks return [])."""
     n, device = ctx.world_size, ctx.device
@@ -78,7 +71,8 @@ def variant_rows(run: Run, kind: str, ctx: dist_utils.DistributedContext, refere
     if ctx.is_main:  # 1. one GPU, no DDP: the others wait at the barrier
         variant = _build(run, kind, device)
         single, _ = _time_steps(run, variant, rank_ids, device)
-        _free(variant)
+        del variant
+        e2e.free_memory()  # the next replica is built at full size
     dist_utils.barrier(ctx)
     variant = _build(run, kind, device)  # 2. a fresh replica on every rank, averaged by DDP
     inner = variant.model
@@ -87,8 +81,8 @@ def variant_rows(run: Run, kind: str, ctx: dist_utils.DistributedContext, refere
     mismatches = dist_utils.replica_mismatches(variant.model, ctx)
     step_medians = dist_utils.all_gather_objects(multi["step"], ctx)
     name, note = variant.name, variant.note
-    variant.model = inner
-    _free(variant)
+    del variant, inner  # the DDP wrapper, its buckets and the replica go with them
+    e2e.free_memory()
     if not ctx.is_main:
         return []
     slowest = max(step_medians, key=lambda s: s["median_ms"])
