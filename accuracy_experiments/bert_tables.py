@@ -29,7 +29,7 @@ from pathlib import Path
 
 from experiments import bert_pretrain, finetune
 from experiments.provenance import REPO_ROOT, config_hash
-from experiments.results_io import write_rows
+from experiments.results_io import provenance_summary, write_rows
 
 COLUMNS = ("experiment", "scale", "row", "method", "adapter_rank", "sparsity", "seed", "steps", "task", "metric",
            "value", "final_val_loss")
@@ -161,7 +161,7 @@ def write_table(results: Path, table: str) -> Path:
     first = rows[0]
     lines = [f"# {spec_table['title']}, {first['scale']} scale (generated stand-in tasks; mean ± std over seeds)", "",
              f"From `{results.name}`: {len(seeds)} seed(s) ({', '.join(seeds)}), {first['steps']} pretraining steps, "
-             f"device {first['device']}, commit {first['git_sha'][:7]}, {first['date'][:10]}. Values are fractions "
+             f"{provenance_summary(rows)}. Values are fractions "
              "(MCC in [-1, 1]); `avg` is the mean of the row's task metrics per seed; `val loss` is the final "
              "validation MLM loss of the pretraining (Wanda rows: of the dense model before pruning).", "",
              f"Chance: {CHANCE}.", ""]

@@ -27,7 +27,7 @@ import torch
 
 from experiments import pretrain
 from experiments.provenance import REPO_ROOT, config_hash, provenance
-from experiments.results_io import write_rows
+from experiments.results_io import provenance_summary, write_rows
 from experiments.shards import export_shards, has_shards, import_shards, shard_name
 
 # The paper's rows. The original README lists a 0.05% adapter; the issue asks for 0.5% (kept here).
@@ -132,8 +132,8 @@ def write_table(results: Path) -> Path:
     columns = sorted({key[1] for key in values})
     order = [row for row in ROWS if any(key[0] == row for key in values)]
     lines = [f"# GPT-2 zero-shot, {rows[0]['scale']} scale (generated stand-in tasks; mean ± std over seeds)", "",
-             f"From `{results.name}`: {len({r['seed'] for r in rows})} seed(s), {rows[0]['steps']} steps, device "
-             f"{rows[0]['device']}, commit {rows[0]['git_sha'][:7]}, {rows[0]['date'][:10]}.", "",
+             f"From `{results.name}`: {len({r['seed'] for r in rows})} seed(s), {rows[0]['steps']} steps, "
+             f"{provenance_summary(rows)}.", "",
              "| row | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for row in order:
         cells = []

@@ -36,7 +36,7 @@ import torch
 
 from experiments import pretrain
 from experiments.provenance import provenance
-from experiments.results_io import write_rows
+from experiments.results_io import provenance_summary, write_rows
 
 COLUMNS = ("experiment", "scale", "method", "check", "world_size", "metric", "value", "goal", "verdict", "steps",
            "global_batch", "note")
@@ -187,8 +187,7 @@ def write_summary(results: Path) -> Path:
         rows = list(csv.DictReader(f))
     first = rows[0]
     lines = [f"# Data-parallel pretraining checks, {first['scale']} preset", "",
-             f"From `{results.name}`: device {first['device']}, commit {first['git_sha'][:7]}"
-             f"{' (dirty)' if first['git_dirty'] == 'True' else ''}, {first['date'][:10]}, {first['steps']} steps.", "",
+             f"From `{results.name}`: {provenance_summary(rows)}, {first['steps']} steps.", "",
              "| method | check | processes | metric | value | goal | verdict | note |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['check']} | {r['world_size']} | {r['metric']} | {r['value']} | {r['goal']} | "
               f"{r['verdict']} | {r['note']} |" for r in rows]

@@ -43,3 +43,13 @@ def write_rows(path: str | Path, rows: list[dict], *, columns: tuple[str, ...], 
         writer.writerows(old)
         writer.writerows({**row, **stamp} for row in rows)
     return path
+
+
+def provenance_summary(rows: list[dict]) -> str:
+    """"device D, commit a, b (dirty), 2026-11-22 – 2026-11-23" over ALL rows (a table grown over several runs
+    cites every commit and machine it rests on, not just its first row's)."""
+    devices = sorted({r["device"] for r in rows})
+    commits = sorted({r["git_sha"][:7] + (" (dirty)" if r.get("git_dirty") == "True" else "") for r in rows})
+    dates = sorted({r["date"][:10] for r in rows})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} – {dates[-1]}"
+    return f"device {', '.join(devices)}, commit {', '.join(commits)}, {when}"
