@@ -40,19 +40,31 @@ ROWS = {
     "srste-r0.5%": {"method": "srste", "adapter_rank": "0.5%"},
     "srste-r2.1%": {"method": "srste", "adapter_rank": "2.1%"},
 }
-COLUMNS = ("experiment", "scale", "row", "method", "adapter_rank", "seed", "steps", "task", "metric", "value",
-           "final_val_loss")
+COLUMNS = ("experiment", "scale", "row", "method", "adapter_rank", "seed", "steps", "eval_limit", "task", "metric",
+           "value", "final_val_loss")
 # items per task scored at each scale (lm-eval `limit`); None = all. `small` scores 300 of each generated task's
 # >= 1,000 items: the committed small table was scored so (~2.5 min per model on 2 CPU cores), and rows added to it
 # must be scored the same way.
 EVAL_LIMIT = {"tiny": 50, "small": 300, "paper": None}
 
 
-def _done(path: Path) -> set[tuple[str, str]]:
+def _done(path: Path, eval_limit: int | None, scoring: bool = True) -> set[tuple[str, str]]:
+    """(row, seed) already scored in ``path``; when ``scoring``, refuses a table scored on another number of items
+    per task (rows of one table must be comparable)."""
     if not path.exists():
         return set()
     with path.open(newline="") as f:
-        return {(r["row"], r["seed"]) for r in csv.DictReader(f)}
+        rows = list(csv.DictReader(f))
+    limits = {r.get("eval_limit", "?") for r in rows} - {_limit_text(eval_limit)}
+    if limits and scoring:
+        raise SystemExit(f"{path}: its rows were scored on {sorted(limits)} items per task, this run would score "
+                         f"{_limit_text(eval_limit)}; pass --eval-limit to match, or --results / --results-dir for "
+                         "a new table")
+    return {(r["row"], r["seed"]) for r in rows}
+
+
+def _limit_text(limit: int | None) -> str:
+    return "all" if limit is None else str(limit)
 
 
 def run_config(scale: str, row: str, seed: int, runs: Path, overrides: dict | None = None):
@@ -66,7 +78,8 @@ def run_config(scale: str, row: str, seed: int, runs: Path, overrides: dict | No
 def run(scale: str, seeds: list[int], rows: list[str], *, results: Path, runs: Path, evalsets: str,
         overrides: dict | None = None, stage: str = "all", export: Path | None = None,
         import_dir: Path | None = None, eval_limit: int | None = None, nproc: int = 1) -> Path:
-    done = _done(results)
+    limit = EVAL_LIMIT[scale] if eval_limit is None else eval_limit
+    done = _done(results, limit, scoring=stage in ("all", "eval"))
     for row in rows:
         for seed in seeds:
             if (row, str(seed)) in done:
@@ -81,7 +94,7 @@ def run(scale: str, seeds: list[int], rows: list[str], *, results: Path, runs: P
                                                               "provenance": provenance(cfg)})
             if stage in ("all", "eval"):
                 _evaluate_run(cfg, row, seed, name, results=results, evalsets=evalsets, import_dir=import_dir,
-                              limit=EVAL_LIMIT[scale] if eval_limit is None else eval_limit)
+                              limit=limit)
     if results.exists():
         write_table(results)
     return results
@@ -114,7 +127,8 @@ def _evaluate_run(cfg, row: str, seed: int, name: str, *, results: Path, evalset
                       device="cuda" if torch.cuda.is_available() else "cpu", include_defaults=include_defaults)
     val_loss = next((h["val_loss"] for h in reversed(history) if h["val_loss"] != ""), "")
     out = [{"experiment": "gpt2_zeroshot", "scale": cfg.preset, "row": row, "method": ROWS[row]["method"],
-            "adapter_rank": ROWS[row]["adapter_rank"], "seed": seed, "steps": cfg.steps, "task": task,
+            "adapter_rank": ROWS[row]["adapter_rank"], "seed": seed, "steps": cfg.steps,
+            "eval_limit": _limit_text(limit), "task": task,
             "metric": metric.split(",")[0], "value": value, "final_val_loss": val_loss}
            for task, metrics in scores.items() for metric, value in metrics.items()
            if not metric.endswith("_stderr,none") and metric != "sample_len"]
@@ -135,6 +149,7 @@ def write_table(results: Path) -> Path:
     order = [row for row in ROWS if any(key[0] == row for key in values)]
     lines = [f"# GPT-2 zero-shot, {rows[0]['scale']} scale (generated stand-in tasks; mean ± std over seeds)", "",
              f"From `{results.name}`: {len({r['seed'] for r in rows})} seed(s), {rows[0]['steps']} steps, "
+             f"{', '.join(sorted({r['eval_limit'] for r in rows}))} items per task scored, "
              f"{provenance_summary(rows)}.", "",
              "| row | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for row in order:

@@ -50,6 +50,11 @@ def test_train_here_score_there_through_shards(tmp_path):
                       import_dir=tmp_path / "shards", eval_limit=5, **kwargs)
     rows = list(csv.DictReader(results.open()))
     assert rows and all("(pretraining)" in r["device"] and r["final_val_loss"] for r in rows)
+    assert {r["eval_limit"] for r in rows} == {"5"} and "5 items per task" in results.with_suffix(".md").read_text()
+    # another row scored on another number of items would not be comparable: refused, naming both
+    with pytest.raises(SystemExit, match=r"scored on \['5'\] items per task, this run would score 50"):
+        gpt2_zeroshot.run("tiny", [0], ["dense"], runs=tmp_path / "cpu_runs", stage="eval",
+                          import_dir=tmp_path / "shards", **kwargs)
 
 
 def test_paper_scale_is_scored_on_the_papers_lm_eval_tasks(tmp_path, monkeypatch):
