@@ -607,17 +607,15 @@ def _unstable_baselines(inp: Inputs, tolerance: float = 0.25) -> list[str]:
     for r in select(inp.e2e, variant="dense", status="ok", metric="time"):
         by_config.setdefault(tuple(r.get(k, "") for k in E2E_KEYS), []).append(r)
     out = []
-    for config, rows in by_config.items():
+    for rows in by_config.values():
         values = [(numeric(r, "median"), r) for r in rows if numeric(r, "median")]
         if len({run_of(r) for _, r in values}) < 2:
             continue
-        (low, low_row), (high, high_row) = min(values, key=lambda v: v[0]), max(values, key=lambda v: v[0])
+        (low, r), (high, high_row) = min(values, key=lambda v: v[0]), max(values, key=lambda v: v[0])
         if high > (1 + tolerance) * low:
-            out.append(f"`{inp.names['e2e']}`: dense {config[E2E_KEYS.index('experiment')]} / "
-                       f"{config[E2E_KEYS.index('phase')]} (batch {config[E2E_KEYS.index('batch')]}, "
-                       f"{config[E2E_KEYS.index('dtype')]}) took {low:g} ms [{cite(low_row)}] and {high:g} ms "
-                       f"[{cite(high_row)}] in different runs ({high / low:.2f}×): the runs' ratios for it disagree "
-                       "for a reason outside SLoPe")
+            out.append(f"`{inp.names['e2e']}`: dense {r['experiment']} / {r['phase']} (batch {r['batch']}, "
+                       f"{r['dtype']}) took {low:g} ms [{cite(r)}] and {high:g} ms [{cite(high_row)}] in different "
+                       f"runs ({high / low:.2f}×): the runs' ratios for it disagree for a reason outside SLoPe")
     return out
 
 

@@ -242,8 +242,8 @@ def _summary(rows: list[dict]) -> None:
                   f"x{r['ratio_vs_dense']} (ideal {r['ideal']}, paper {r['paper'] or '-'})")
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    cfg = parse_config(PRESETS, __doc__.splitlines()[0], argv)
+def checked_config(cfg: SpeedupConfig) -> SpeedupConfig:
+    """Refuse what cannot run, with the fix; on the CPU, SLoPe is simulated (compress=True needs a GPU)."""
     unknown = [s for s in cfg.sections if s not in SECTIONS]
     if unknown:
         raise SystemExit(f"--sections: {unknown} unknown; choose from {SECTIONS}")
@@ -256,6 +256,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cfg = dataclasses.replace(cfg, simulate=True)  # compress=True needs a GPU
     for name in cfg.models:
         get_spec(name)  # fail on a typo before any GPU work
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    cfg = checked_config(parse_config(PRESETS, __doc__.splitlines()[0], argv))
     out = output_path(cfg)
     print(f"speedup: writing {out}", file=sys.stderr)
     paper, started, rows = load_paper(), time.monotonic(), []

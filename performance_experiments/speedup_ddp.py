@@ -35,7 +35,8 @@ from experiments.results_io import write_rows
 from slope import distributed as dist_utils
 
 from . import e2e
-from .speedup import COLUMNS, PRESETS, Run, output_path
+from .speedup import COLUMNS, PRESETS, Run, checked_config, output_path
+from .speedup_train import build_train_variant
 from .timing import PhaseTimer, round_or_blank, stat_fields
 from .reference import load_paper
 
@@ -53,15 +54,6 @@ def _time_steps(run: Run, variant: e2e.Variant, input_ids: torch.Tensor, device)
     return timer.stats(skip=run.cfg.warmup), finite
 
 
-def _build(run: Run, kind: str, device) -> e2e.Variant:
-    cfg = run.cfg
-    variant = e2e.build_variant(kind, run.make_model, device=device, dtype=run.dtype, precision=cfg.precision,
-                                simulate=cfg.simulate, mask_change_freq=cfg.mask_change_freq)
-    if kind == "slope" and cfg.mask_change_freq != 1:
-        variant.name += f" (W_RC mask every {cfg.mask_change_freq} steps)"
-    return variant
-
-
 def variant_rows(run: Run, kind: str, ctx: dist_utils.DistributedContext, reference: dict) -> list[dict]:
     """Both measurements of one variant; rows on rank 0 (other ranks return [])."""
     n, device = ctx.world_size, ctx.device
@@ -69,12 +61,12 @@ def variant_rows(run: Run, kind: str, ctx: dist_utils.DistributedContext, refere
                              generator=torch.Generator().manual_seed(1000 + ctx.rank)).to(device)
     single = None
     if ctx.is_main:  # 1. one GPU, no DDP: the others wait at the barrier
-        variant = _build(run, kind, device)
+        variant = build_train_variant(run, kind, device)
         single, _ = _time_steps(run, variant, rank_ids, device)
         del variant
         e2e.free_memory()  # the next replica is built at full size
     dist_utils.barrier(ctx)
-    variant = _build(run, kind, device)  # 2. a fresh replica on every rank, averaged by DDP
+    variant = build_train_variant(run, kind, device)  # 2. a fresh replica on every rank, averaged by DDP
     inner = variant.model
     variant.model = dist_utils.wrap(inner, ctx)
     multi, finite = _time_steps(run, variant, rank_ids, device)
@@ -127,13 +119,11 @@ def variant_rows(run: Run, kind: str, ctx: dist_utils.DistributedContext, refere
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    cfg = parse_config(PRESETS, __doc__.splitlines()[0], argv)
+    cfg = checked_config(parse_config(PRESETS, __doc__.splitlines()[0], argv))
     ctx = dist_utils.init_distributed("cuda" if torch.device(cfg.device).type == "cuda" else "cpu")
     if not ctx.distributed:
         raise SystemExit("speedup_ddp measures data-parallel training: launch it with torchrun "
                          "(`make speedup MODEL=opt-13b NGPU=2`); one GPU is `make speedup`")
-    if ctx.device.type == "cpu" and not cfg.simulate:
-        cfg = dataclasses.replace(cfg, simulate=True)  # compress=True needs a GPU
     if ctx.device.type == "cpu":
         torch.set_num_threads(1)  # toy runs: several ranks share the cores (see speedup.main)
     # DDP keeps a bucket copy of every gradient: leave room for it when choosing how many blocks fit

@@ -53,12 +53,19 @@ def isolated_phases(run, model) -> dict[str, float]:
     return dict(totals)
 
 
-def train_section(run, kind: str) -> tuple[list[dict], e2e.Variant | None]:
-    cfg, device = run.cfg, run.device
-    variant = e2e.build_variant(kind, run.make_model, device=device, dtype=run.dtype, precision=cfg.precision,
-                                simulate=cfg.simulate, mask_change_freq=cfg.mask_change_freq)
+def build_train_variant(run, kind: str, device=None) -> e2e.Variant:
+    """``kind`` with its optimizers, as the run's config says; the name records a non-default W_RC mask frequency."""
+    cfg = run.cfg
+    variant = e2e.build_variant(kind, run.make_model, device=device or run.device, dtype=run.dtype,
+                                precision=cfg.precision, simulate=cfg.simulate, mask_change_freq=cfg.mask_change_freq)
     if kind == "slope" and cfg.mask_change_freq != 1:
         variant.name += f" (W_RC mask every {cfg.mask_change_freq} steps)"
+    return variant
+
+
+def train_section(run, kind: str) -> tuple[list[dict], e2e.Variant | None]:
+    cfg, device = run.cfg, run.device
+    variant = build_train_variant(run, kind)
     base = dict(experiment="train", batch=cfg.batch, tokens=run.tokens, variant=variant.name, adapter_rank="0")
     timer = PhaseTimer(device)
     losses = []
