@@ -8,7 +8,9 @@ long-form CSV row per (task, metric) to ``results/bert_<table>_<scale>.csv`` wit
 Runs are cached under ``--runs`` by what they compute, not by table: one pretraining per distinct
 (method, sparsity, adapter rank, seed) — GLUE and SQuAD share theirs, ``2:4-2:4`` is the same run as ``2:4``,
 and every Wanda row prunes the dense row's model — and one fine-tuning per (pretraining, task, pruning), whose
-``metrics.json`` a later table reuses. Each pretraining's loss curve is copied to
+``metrics.json`` a later table reuses. A SLoPe row with adapters starts from the branch state (before the
+adapters, step ~99%) of a run of the same seed that differs only in the rank, when one got there: the same
+computation, without repeating 99% of the pretraining (`bert_pretrain.start_from_branch`). Each pretraining's loss curve is copied to
 ``results/bert_losses/<scale>/`` beside the scores.
 
 The markdown table (mean ± std over seeds) sits beside the CSV, next to the paper's numbers from
@@ -81,6 +83,22 @@ def finetune_config(scale: str, spec: dict, task: str, seed: int, pretrained: Pa
                    out=str(pretrained / "finetune" / name), **prune, **(overrides or {}))
 
 
+def start_from_sibling(scale: str, spec: dict, seed: int, runs: Path, overrides: dict | None, cfg) -> str:
+    """Start ``cfg``'s run from the branch of a run differing only in the adapter rank (rank 0 first); returns
+    that run's folder, or "" when there is none yet (or ``cfg`` has no adapters, or a checkpoint of its own)."""
+    if bert_pretrain.adapter_start(cfg) is None:
+        return ""
+    ranks = dict.fromkeys(["0"] + [row["adapter_rank"] for table in TABLES.values() for row in table["rows"].values()])
+    for rank in ranks:
+        if rank != spec["adapter_rank"]:
+            source, _ = pretrain_config(scale, {**spec, "adapter_rank": rank}, seed, runs, overrides)
+            if bert_pretrain.start_from_branch(cfg, source.out):
+                print(f"{cfg.out}: starting from the branch of {source.out} (step "
+                      f"{bert_pretrain.branch_step(cfg)} of {cfg.steps}, before any adapters)", file=sys.stderr)
+                return source.out
+    return ""
+
+
 def _done(path: Path) -> set[tuple[str, str]]:
     if not path.exists():
         return set()
@@ -92,7 +110,8 @@ def _done(path: Path) -> set[tuple[str, str]]:
 def _exclusive(results: Path, runs: Path):
     """One writer per results CSV: a second process waits here, then skips the (row, seed) pairs the first wrote."""
     runs.mkdir(parents=True, exist_ok=True)  # the lock lives with the (git-ignored) run cache, not in results/
-    with open(runs / f".{results.name}.lock", "w") as lock:
+    # named by the CSV's full path: runs writing different CSVs of the same name may share a cache side by side
+    with open(runs / f".{results.name}.{config_hash(str(results.resolve()))[:8]}.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -118,12 +137,13 @@ def _run(table, scale, seeds, rows, *, results, runs, data, curves, pretrain_ove
             if (row, str(seed)) in done:
                 continue
             pre_cfg, key = pretrain_config(scale, spec, seed, runs, pretrain_overrides)
+            branched_from = start_from_sibling(scale, spec, seed, runs, pretrain_overrides, pre_cfg)
             history = bert_pretrain.train(pre_cfg)
             if curves is not None:
                 curves.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(Path(pre_cfg.out) / "losses.csv", curves / f"{key}_seed{seed}.csv")
             val_loss = bert_pretrain.final_val_loss(history)
-            out, configs = [], {"pretrain": asdict(pre_cfg)}
+            out, configs = [], {"pretrain": asdict(pre_cfg), "branched_from": branched_from}
             for task in spec_table["tasks"]:
                 ft_cfg = finetune_config(scale, spec, task, seed, Path(pre_cfg.out), data, finetune_overrides)
                 configs[task] = asdict(ft_cfg)

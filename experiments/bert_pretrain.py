@@ -18,6 +18,9 @@
 * Checkpoint (model, optimizers, data/mask generator, RNG, loss history) written atomically every
   ``--checkpoint-every`` steps; rerunning the same command resumes to the uninterrupted result, bit for bit.
   ``losses.csv`` (train / validation MLM loss and lr per step) is rewritten with every checkpoint.
+* Branches: a sparse run also saves ``branch.pt``, its state at `branch_step` (where adapters of any rank start).
+  Runs that differ only in the adapter rank compute the same thing up to there, so `start_from_branch` starts
+  one from another's branch instead of repeating ~99% of the pretraining (the BERT tables' rank rows do).
 * Data parallel under torchrun, like `experiments.pretrain`: ``torchrun --standalone --nproc_per_node 2 -m
   experiments.bert_pretrain ...`` computes the one-process run (every rank draws the same micro-batches and takes
   its rows; see `train`), and checkpoints move between process counts.
@@ -28,7 +31,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -40,7 +43,7 @@ import slope
 from experiments.cli import parse_config
 from experiments.lamb import LAMB
 from experiments.mlm import IGNORE_INDEX, load_bert_tokens, mask_tokens, sample_windows
-from experiments.pretrain import (finish_run, rank_seed, restore_rng, same_training, save_checkpoint,
+from experiments.pretrain import (atomic_save, finish_run, rank_seed, restore_rng, same_training, save_checkpoint,
                                   sparsity_schedule)
 from slope import distributed
 
@@ -103,6 +106,7 @@ PRESETS = {
                      eval_batches=64, checkpoint_every=200),
 }
 METHODS = ("dense", "slope", "srste")
+BRANCH = "branch.pt"
 
 
 def canonical_sparsity(spec: str) -> str:
@@ -141,10 +145,32 @@ def build_model(cfg: BertPretrainConfig, tokenizer, adapters: bool):
     return apply_method(BertForMaskedLM(bert_config(cfg, tokenizer)), cfg, adapters)
 
 
+def branch_step(cfg: BertPretrainConfig) -> int | None:
+    """Where a sparse run's adapters of any rank start: runs differing only in the rank agree up to this step."""
+    return None if cfg.method == "dense" else cfg.steps - max(1, math.ceil(cfg.adapter_fraction * cfg.steps))
+
+
 def adapter_start(cfg: BertPretrainConfig) -> int | None:
-    if cfg.method == "dense" or slope.resolve_rank(cfg.adapter_rank, cfg.hidden) == 0:
-        return None
-    return cfg.steps - max(1, math.ceil(cfg.adapter_fraction * cfg.steps))
+    return None if slope.resolve_rank(cfg.adapter_rank, cfg.hidden) == 0 else branch_step(cfg)
+
+
+def start_from_branch(cfg: BertPretrainConfig, source: str | Path) -> bool:
+    """Give ``cfg``'s run the branch state of the run in ``source`` as its checkpoint, when the two differ in the
+    adapter rank only (else ValueError); `train` then resumes there, exactly as if it had run the steps itself.
+
+    Returns False, changing nothing, when ``cfg``'s run has a checkpoint of its own or ``source`` has no branch yet.
+    """
+    target, branch = Path(cfg.out) / "checkpoint.pt", Path(source) / BRANCH
+    if target.exists() or not branch.exists():
+        return False
+    state = torch.load(branch, weights_only=False, map_location="cpu")
+    if not same_training({**state["config"], "adapter_rank": cfg.adapter_rank}, cfg):
+        raise ValueError(f"{branch} is the branch of a run that differs from {cfg.out} in more than the adapter "
+                         "rank; start that run from scratch")
+    state["config"] = asdict(cfg)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(state, target)
+    return True
 
 
 def phase(step: int, cfg: BertPretrainConfig) -> tuple[int, int, int, float, float, int]:
@@ -254,7 +280,9 @@ def train(cfg: BertPretrainConfig, ctx: distributed.DistributedContext | None = 
         raise SystemExit(f"{checkpoint_path} was written by another configuration; use a new --out")
     start_adapters = adapter_start(cfg)
     step = state["step"] if state else 0
-    adapters_on = start_adapters is not None and step >= start_adapters
+    # adapters come from the checkpoint, not from its step: one taken at the adapter step itself holds none yet
+    # (the loop adds them, with the RNG state the uninterrupted run had there)
+    adapters_on = state is not None and "adapters" in state["optimizers"]
     model = build_model(cfg, tokenizer, adapters_on).to(device)  # same seed: the same model on every rank
     if ctx.rank:
         torch.manual_seed(rank_seed(cfg.seed, ctx.rank))  # its own dropout stream
@@ -331,6 +359,8 @@ def train(cfg: BertPretrainConfig, ctx: distributed.DistributedContext | None = 
         step += 1
         if step % cfg.checkpoint_every == 0 or step == end:
             save_checkpoint(out, ctx, cfg, step, model, optimizers, generator, history, scaler)
+        if step == branch_step(cfg) and "adapters" not in optimizers:  # before this run's adapters, if any
+            save_checkpoint(out, ctx, cfg, step, model, optimizers, generator, history, scaler, name=BRANCH)
     finish_run(out, ctx, model, tokens_per_step, step_seconds)
     return history
 

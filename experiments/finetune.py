@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -172,6 +173,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
             return done
     from slope import wanda_prune
 
+    started = time.perf_counter()
     task = TASKS[cfg.task]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
@@ -212,6 +214,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     warmup = max(1, round(cfg.warmup_fraction * cfg.steps))
     losses = []
     model.train()
+    seconds = {"setup": time.perf_counter() - started}  # load, encode, prune: where a slow fine-tuning spends time
     for step in tqdm(range(cfg.steps), desc=f"finetune {cfg.task}", file=sys.stderr, disable=None):
         lr = cfg.lr * ((step + 1) / warmup if step < warmup else max(0.0, (cfg.steps - step) / (cfg.steps - warmup)))
         for group in optimizer.param_groups:
@@ -224,9 +227,12 @@ def finetune(cfg: FinetuneConfig) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+    seconds["train"] = time.perf_counter() - started - seconds["setup"]
     metrics = evaluate(cfg, model, tokenizer, val_items, autocast, device)
+    seconds["evaluate"] = time.perf_counter() - started - seconds["setup"] - seconds["train"]
     result = {"config": asdict(cfg), "metrics": metrics, "final_val_loss": final_val_loss(history),
-              "pretrain_steps": pre_cfg.steps, "train_losses": losses, "validation_items": len(val_items)}
+              "pretrain_steps": pre_cfg.steps, "train_losses": losses, "validation_items": len(val_items),
+              "seconds": seconds}
     if target:
         with atomic_open(target) as f:
             json.dump(result, f, indent=1)

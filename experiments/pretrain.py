@@ -93,7 +93,7 @@ def load_tokens(cfg: PretrainConfig, split: str, tokenizer) -> torch.Tensor:
     return corpus_token_ids(cfg.corpus, split, tokenizer, Path(cfg.tokenizer).name, tokenizer.eos_token_id)
 
 
-def _atomic_save(obj, path: Path) -> None:
+def atomic_save(obj, path: Path) -> None:
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
 
@@ -213,7 +213,9 @@ def train(cfg: PretrainConfig, ctx: distributed.DistributedContext | None = None
         raise SystemExit(f"{checkpoint_path} was written by another configuration; use a new --out")
     start_adapters = adapter_start(cfg)
     step = state["step"] if state else 0
-    adapters_on = start_adapters is not None and step >= start_adapters
+    # adapters come from the checkpoint, not from its step: one taken at the adapter step itself holds none yet
+    # (the loop adds them, with the RNG state the uninterrupted run had there)
+    adapters_on = state is not None and "adapters" in state["optimizers"]
     module = build_model(cfg, tokenizer, adapters_on).to(device)  # same seed: the same initial model on every rank
     if ctx.rank:
         torch.manual_seed(rank_seed(cfg.seed, ctx.rank))
@@ -286,18 +288,18 @@ def train(cfg: PretrainConfig, ctx: distributed.DistributedContext | None = None
 
 
 def save_checkpoint(out: Path, ctx, cfg, step: int, model, optimizers: dict, generator, history: list[dict],
-                    scaler) -> None:
-    """``out/checkpoint.pt`` (atomic) and ``out/losses.csv`` from rank 0, with every rank's RNG state.
+                    scaler, name: str = "checkpoint.pt") -> None:
+    """``out/<name>`` (atomic) and ``out/losses.csv`` from rank 0, with every rank's RNG state.
 
     Every rank must call it (the RNG states are gathered); ``model`` is the module inside DDP.
     """
     rank_rng = distributed.all_gather_objects(rng_state(ctx), ctx)
     if ctx.is_main:
-        _atomic_save({"config": asdict(cfg), "step": step, "model": model.state_dict(),
+        atomic_save({"config": asdict(cfg), "step": step, "model": model.state_dict(),
                       "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
                       "generator": generator.get_state(), "torch_rng": rank_rng[0]["torch"],
                       "rank_rng": rank_rng, "world_size": ctx.world_size, "history": history,
-                      "scaler": scaler.state_dict() if scaler else None}, out / "checkpoint.pt")
+                      "scaler": scaler.state_dict() if scaler else None}, out / name)
         _write_losses(out / "losses.csv", history)
     distributed.barrier(ctx)
 

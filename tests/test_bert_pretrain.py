@@ -49,11 +49,12 @@ def _args(corpus, out, **overrides):
     return [arg for key, value in options.items() for arg in (f"--{key}", str(value))]
 
 
-def test_interrupted_pretraining_resumes_to_the_uninterrupted_result(data, tmp_path):
+@pytest.mark.parametrize("stop", [5, 6], ids=["mid-run", "at-the-adapter-step"])
+def test_interrupted_pretraining_resumes_to_the_uninterrupted_result(data, tmp_path, stop):
     corpus, _ = data
     whole = bert_pretrain.main(_args(corpus, tmp_path / "whole", optimizer="lamb"))
-    first = bert_pretrain.main(_args(corpus, tmp_path / "split", optimizer="lamb", **{"stop-after": 5}))
-    assert len(first) == 5
+    first = bert_pretrain.main(_args(corpus, tmp_path / "split", optimizer="lamb", **{"stop-after": stop}))
+    assert len(first) == stop  # step 6 of 8 is where the adapters start: that checkpoint holds none yet
     resumed = bert_pretrain.main(_args(corpus, tmp_path / "split", optimizer="lamb"))
     assert resumed == whole  # every loss of every step, bit for bit (masks and batches come from the checkpoint)
     a = torch.load(tmp_path / "whole/checkpoint.pt", weights_only=False)["model"]
@@ -64,6 +65,25 @@ def test_interrupted_pretraining_resumes_to_the_uninterrupted_result(data, tmp_p
     assert len(rows) == 8 and rows[3]["val_loss"] and rows[7]["val_loss"]
     with pytest.raises(SystemExit, match="another configuration"):
         bert_pretrain.main(_args(corpus, tmp_path / "split", optimizer="adamw"))
+
+
+def test_a_rank_run_started_from_a_rank0_branch_equals_one_run_from_scratch(data, tmp_path):
+    corpus, _ = data
+    rank0 = bert_pretrain.main(_args(corpus, tmp_path / "r0", **{"adapter-rank": "0"}))
+    branch = torch.load(tmp_path / "r0" / bert_pretrain.BRANCH, weights_only=False)
+    assert branch["step"] == 6 and "adapters" not in branch["optimizers"]  # before where rank-r adapters start
+    scratch = bert_pretrain.main(_args(corpus, tmp_path / "scratch"))
+    cfg = bert_pretrain.parse_config(bert_pretrain.PRESETS, "", _args(corpus, tmp_path / "branched"))
+    assert bert_pretrain.start_from_branch(cfg, tmp_path / "r0")
+    assert bert_pretrain.start_from_branch(cfg, tmp_path / "r0") is False  # has its own checkpoint now
+    branched = bert_pretrain.train(cfg)
+    assert branched == scratch and branched[:6] == rank0[:6] and branched[6:] != rank0[6:]
+    a = torch.load(tmp_path / "scratch/checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "branched/checkpoint.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and any("lora_left" in k for k in a)
+    other = bert_pretrain.parse_config(bert_pretrain.PRESETS, "", _args(corpus, tmp_path / "other", lr=1e-3))
+    with pytest.raises(ValueError, match="more than the adapter rank"):
+        bert_pretrain.start_from_branch(other, tmp_path / "r0")
 
 
 def _sparse_masks(model):

@@ -45,3 +45,16 @@ def test_tables_share_pretraining_write_the_schema_and_resume(tmp_path):
     bert_tables.run("bert_mixed", "tiny", [0], ["slope-2:4-2:4", "wanda-2:8-2:4"], results=mixed, **kwargs)
     assert len(list(csv.DictReader(mixed.open()))) == len(rows)  # resumed: nothing new to do
     assert "| wanda-2:8-2:4 |" in mixed.with_suffix(".md").read_text()
+
+
+def test_rank_rows_start_from_the_rank0_runs_branch(tmp_path, capsys):
+    corpus, tasks = toy_bert_data(tmp_path)
+    pretrain = {**PRETRAIN, "corpus": str(corpus), "tokenizer": str(corpus / "tokenizers/bert-wordpiece")}
+    bert_tables.run("bert_glue", "tiny", [0], ["slope-r0", "slope-r1.56%"], results=tmp_path / "glue.csv",
+                    runs=tmp_path / "runs", data=str(tasks), pretrain_overrides=pretrain,
+                    finetune_overrides={**TOY_FINETUNE, "steps": 1})
+    rank0, ranked = (next((tmp_path / "runs/tiny").glob(f"slope-2:4-{key}-*")) / "seed0" for key in ("r0", "r1.56pct"))
+    assert "starting from the branch of" in capsys.readouterr().err
+    curves = [list(csv.DictReader((run / "losses.csv").open())) for run in (rank0, ranked)]
+    assert curves[0][:3] == curves[1][:3] and curves[0][3] != curves[1][3]  # adapters from step 3 of 4 on
+    assert {r["row"] for r in csv.DictReader((tmp_path / "glue.csv").open())} == {"slope-r0", "slope-r1.56%"}

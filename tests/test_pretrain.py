@@ -34,10 +34,11 @@ def _args(corpus, out, **overrides):
     return [arg for key, value in options.items() for arg in (f"--{key}", str(value))]
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_result(corpus, tmp_path):
+@pytest.mark.parametrize("stop", [5, 6], ids=["mid-run", "at-the-adapter-step"])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(corpus, tmp_path, stop):
     whole = pretrain.main(_args(corpus, tmp_path / "whole"))
-    first = pretrain.main(_args(corpus, tmp_path / "split", **{"stop-after": 5}))
-    assert len(first) == 5
+    first = pretrain.main(_args(corpus, tmp_path / "split", **{"stop-after": stop}))
+    assert len(first) == stop  # step 6 of 8 is where the adapters start: that checkpoint holds none yet
     resumed = pretrain.main(_args(corpus, tmp_path / "split"))
     assert resumed == whole  # every loss of every step, bit for bit
     a = torch.load(tmp_path / "whole/checkpoint.pt", weights_only=False)["model"]
