@@ -132,14 +132,6 @@ def aggregate(verdicts: list[str]) -> str:
 
 
 # ----- inputs ---------------------------------------------------------------------------------------------------
-def find_csv(results: Path, experiment: str, scale: str | None = None) -> Path | None:
-    for candidate in ([scale] if scale else SCALES):
-        path = results / f"{experiment}_{candidate}.csv"
-        if path.exists():
-            return path
-    return None
-
-
 def load(path: Path) -> tuple[dict, dict]:
     """{(row, task, metric): [value per seed]} and a provenance summary of the file."""
     values, info = defaultdict(list), defaultdict(set)
@@ -233,19 +225,23 @@ def build(results: Path, scale: str | None = None, reference: Path | None = None
     """The CLAIMS.md text and one summary dict per claim."""
     reference = reference or results / "paper_reference.csv"
     paper = list(csv.DictReader(reference.open(newline=""))) if reference.exists() else []
-    loaded = {}
-    for experiment in EXPERIMENTS:
-        path = find_csv(results, experiment, scale)
-        loaded[experiment] = (path, *load(path)) if path else None
+    loaded = {(experiment, s): (path, *load(path)) for experiment in EXPERIMENTS for s in SCALES
+              if (path := results / f"{experiment}_{s}.csv").exists() and (scale is None or s == scale)}
     summary, details = [], []
     for claim in CLAIMS:
-        source = loaded[claim.experiment]
+        # the largest scale whose table has this claim's rows (a partly run larger table does not hide a smaller one)
+        present = [loaded[(claim.experiment, s)] for s in SCALES if (claim.experiment, s) in loaded]
+        source = next((src for src in present if _cells(claim, src[1])), present[0] if present else None)
         cells = _cells(claim, source[1]) if source else []
+        if source and present[0] is not source:
+            skipped = f"{present[0][0].name} lacks this claim's rows so far; "
+        else:
+            skipped = ""
         verdict = aggregate([c["verdict"] for c in cells])
         counts = f"{sum(c['verdict'] == HOLDS for c in cells)}/{sum(c['verdict'] == FAILS for c in cells)}/" \
                  f"{sum(c['verdict'] in (UNSURE, ONE_SEED) for c in cells)}"
         paper_verdict, paper_quote = paper_summary(claim, paper)
-        rests_on = describe(source[0], source[2]) if source else \
+        rests_on = skipped + describe(source[0], source[2]) if source else \
             f"no `results/{claim.experiment}_<scale>.csv` (run `make {claim.experiment.replace('_', '-')}`)"
         summary.append({"claim": claim.key, "text": claim.text, "experiment": claim.experiment, "verdict": verdict,
                         "counts": counts, "scale": ", ".join(sorted(source[2]["scale"])) if source else "",

@@ -278,9 +278,10 @@ def claim_decode(inp: Inputs) -> Claim:
                   variant=lambda v: v in ("slope", "slope + dense fallback"))
     if not rows:
         return Claim("P3", title, [Line("P3", "decode", None, DECODE_GOAL, "≥ 1.0", absent=inp.absent("e2e"))])
-    rows.sort(key=lambda r: (r["variant"], int(r["batch"] or 0)))
-    lines = [Line("P3", f"decode b={r['batch']}, {'eager' if r['variant'] == 'slope' else 'dense fallback'} "
-                        f"({r['dtype']})", _vs_dense(inp, r), DECODE_GOAL,
+    rows.sort(key=lambda r: (r["variant"], r["model"], int(r["batch"] or 0)))
+    lines = [Line("P3", f"{r['model']} decode b={r['batch']}, "
+                        f"{'eager' if r['variant'] == 'slope' else 'dense fallback'} ({r['dtype']})",
+                  _vs_dense(inp, r), DECODE_GOAL,
                   f"≥ {DECODE_GOAL} (issue); Amdahl ideal {r['ideal'] or '—'}×") for r in rows]
     details = []
     small = layer_infer(inp, rows[0]["dtype"], 16)
@@ -306,7 +307,7 @@ def claim_memory(inp: Inputs) -> Claim:
                                   variant=lambda v: v.startswith("slope")) if _vs_dense(inp, r)]
         for r in rows:
             paper = paper_figure(inp, "memory_training", "N/A", r["model"])
-            lines.append(Line("P4", f"training static state ({r['dtype']}, `--precision {precision}`)",
+            lines.append(Line("P4", f"{r['model']} training static state ({r['dtype']}, `--precision {precision}`)",
                               _vs_dense(inp, r), TRAIN_MEMORY_GOAL, f"≤ {TRAIN_MEMORY_GOAL} (issue); "
                               f"{_paper_text(paper)}; analytic {r['ideal'] or '—'}", higher=False,
                               why=_memory_parts(inp, r)))
@@ -322,7 +323,8 @@ def claim_memory(inp: Inputs) -> Claim:
         goal, goal_text = (INFER_MEMORY_GOAL, f"≤ {INFER_MEMORY_GOAL} (issue); storage ceiling "
                            f"{INFER_MEMORY_CEILING}; {_paper_text(paper)}") if rank == "0" else \
             (paper, f"≤ {_paper_text(paper)}")
-        lines.append(Line("P4", f"inference static ({r['dtype']}), {r['variant']}{'' if rank == '0' else ' r=' + rank}",
+        lines.append(Line("P4", f"{r['model']} inference static ({r['dtype']}), {r['variant']}"
+                                f"{'' if rank == '0' else ' r=' + rank}",
                           _vs_dense(inp, r), goal, goal_text, higher=False,
                           why=f"analytic {r['ideal'] or '—'} ({r['ideal_basis']})"))
         anchors.setdefault((r["variant"], r["adapter_rank"], run_of(r)), r)

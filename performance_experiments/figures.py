@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -57,6 +58,14 @@ def latest(rows: list[dict], key_fields: tuple[str, ...]) -> list[dict]:
     return list(best.values())
 
 
+# one bar / line per configuration: precision too, so an fp32-master (`amp`) run does not replace the 16-bit one
+RUN_KEY = ("experiment", "model", "dtype", "precision", "variant", "adapter_rank", "phase", "batch")
+
+
+def _precision(r: dict) -> str:
+    return "" if r.get("precision", "half") == "half" else f" {r['precision']}"
+
+
 def _float(text) -> float | None:
     try:
         return float(text)
@@ -78,7 +87,7 @@ def _bars(ax, groups: list[str], series: dict[str, dict[str, float]], ylabel: st
         ax.bar(xs, heights, width, label=label)
     ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: no bar hidden
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -171,10 +180,10 @@ def fig_layer_inference(rows: list[dict]) -> Figure | None:
 def _ours(rows, experiment, phase, variant_filter, extra=lambda r: True) -> dict[str, dict[str, float]]:
     """{series label: {model: ratio}} from speedup rows, one series per dtype."""
     series: dict[str, dict[str, float]] = defaultdict(dict)
-    for r in latest(rows, ("experiment", "model", "dtype", "variant", "adapter_rank", "phase", "batch")):
+    for r in latest(rows, RUN_KEY):
         if r["experiment"] == experiment and r["phase"] == phase and variant_filter(r["variant"]) and extra(r) \
                 and _float(r["ratio_vs_dense"]):
-            series[f"{r['variant']} {r['dtype']} (ours, H100)"][r["model"]] = float(r["ratio_vs_dense"])
+            series[f"{r['variant']} {r['dtype']}{_precision(r)} (ours, H100)"][r["model"]] = float(r["ratio_vs_dense"])
     return dict(series)
 
 
@@ -215,34 +224,42 @@ def fig_inference_speedup(rows: list[dict], paper_rows: list[dict]) -> Figure | 
 
 
 def fig_decode_speedup(rows: list[dict]) -> Figure | None:
-    decode = [r for r in latest(rows, ("experiment", "model", "dtype", "variant", "adapter_rank", "phase", "batch"))
+    decode = [r for r in latest(rows, RUN_KEY)
               if r["experiment"] == "decode" and r["phase"] == "one token with KV cache" and r["variant"] != "dense"
               and _float(r["ratio_vs_dense"])]
     if not decode:
         return None
-    fig = Figure(figsize=(8, 4.2), layout="constrained")
-    ax = fig.subplots()
-    lines = defaultdict(list)
-    for r in decode:
-        lines[f"{r['model']} {r['dtype']} {r['variant']} r={r['adapter_rank']}"].append(
-            (int(r["batch"]), float(r["ratio_vs_dense"])))
-    for label, points in sorted(lines.items()):
-        points.sort()
-        ax.plot(*zip(*points), marker="o", ms=3, label=label)
-    ax.axhline(1.0, color="k", lw=0.8, label="dense (goal: never below)")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("decode batch")
-    ax.set_ylabel("speedup over dense")
-    ax.set_title("Decode (one token, KV cache)")
-    ax.legend(fontsize=6)
-    ax.grid(alpha=0.3)
+    models = _models(decode)
+    columns = min(4, len(models))
+    grid_rows = math.ceil(len(models) / columns)
+    fig = Figure(figsize=(4.2 * columns, 3.4 * grid_rows), layout="constrained")
+    axes = fig.subplots(grid_rows, columns, squeeze=False).ravel()
+    for ax, model in zip(axes, models):  # one panel per model: every line is one variant at one dtype
+        lines = defaultdict(list)
+        for r in decode:
+            if r["model"] == model:
+                lines[f"{r['dtype']}{_precision(r)} {r['variant']} r={r['adapter_rank']}"].append(
+                    (int(r["batch"]), float(r["ratio_vs_dense"])))
+        for label, points in sorted(lines.items()):
+            points.sort()
+            ax.plot(*zip(*points), marker="o", ms=3, label=label)
+        ax.axhline(1.0, color="k", lw=0.8, label="dense (goal: never below)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("decode batch")
+        ax.set_ylabel("speedup over dense")
+        ax.set_title(f"decode, {model}")
+        ax.legend(fontsize=5)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(models):]:
+        ax.set_visible(False)
+    fig.suptitle("Decode: one token with a KV cache, SLoPe / dense")
     return fig
 
 
 def fig_memory(rows: list[dict], paper_rows: list[dict]) -> Figure | None:
     panels = (("training static state", "memory", "train static: total", "memory_training", "N/A"),
               ("inference static, rank 0", "memory", "inference static (params + buffers)", "memory_inference", "0"))
-    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    fig = Figure(figsize=(16, 4.2), layout="constrained")
     drawn = False
     for ax, (title, experiment, phase, table, rank) in zip(fig.subplots(1, 2), panels):
         ours = _ours(rows, experiment, phase, lambda v: v in ("slope", "fst (simulated)"),
@@ -255,7 +272,7 @@ def fig_memory(rows: list[dict], paper_rows: list[dict]) -> Figure | None:
         _bars(ax, _models(rows, [r for r in paper_rows if r["table"] == table]), series, "memory / dense")
         ax.axhline(1.0, color="k", lw=0.8)
         ax.axhline(0.5625, color="tab:gray", ls=":", lw=0.8, label="2:4 storage bound 9/16")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.set_title(title)
     return fig if drawn else None
 
@@ -264,9 +281,9 @@ def fig_train_breakdown(rows: list[dict]) -> Figure | None:
     parts = ("linear FWD (in situ)", "linear BWD-1+BWD-2 (in situ)",
              "other forward (attention, norms, embeddings, head, loss)", "other backward", "optimizer")
     table: dict[str, dict[str, float]] = defaultdict(dict)
-    for r in latest(rows, ("experiment", "model", "dtype", "variant", "phase")):
+    for r in latest(rows, ("experiment", "model", "dtype", "precision", "variant", "phase")):
         if r["experiment"] == "train" and r["phase"] in parts and _float(r["median"]) is not None:
-            table[f"{r['model']} {r['dtype']}\n{r['variant']}"][r["phase"]] = float(r["median"])
+            table[f"{r['model']} {r['dtype']}{_precision(r)}\n{r['variant']}"][r["phase"]] = float(r["median"])
     if not table:
         return None
     labels = sorted(table)

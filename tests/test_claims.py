@@ -85,6 +85,11 @@ def test_one_seed_is_inconclusive_and_the_largest_scale_wins(tmp_path):
     assert summary["3c"]["scale"] == "small" and summary["3c"]["verdict"] == claims.ONE_SEED  # no spread
     summary = _by_key(claims.build(tmp_path, scale="tiny")[1])
     assert summary["3c"]["verdict"] == claims.HOLDS
+    # a larger table without this claim's rows yet does not hide the smaller one that has them
+    _write(tmp_path / "bert_squad_small.csv", "bert_squad", "small", {"dense": {("span", "f1"): 0.5}}, seeds=(0,))
+    summary = _by_key(claims.build(tmp_path)[1])
+    assert summary["3c"]["scale"] == "tiny" and summary["3c"]["verdict"] == claims.HOLDS
+    assert summary["3c"]["rests_on"].startswith("bert_squad_small.csv lacks this claim's rows so far")
 
 
 @pytest.mark.parametrize("metric, a, b, expected", [
