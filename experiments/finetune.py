@@ -154,8 +154,15 @@ def build_task_model(cfg: FinetuneConfig):
     return model, pre_cfg, tokenizer, history
 
 
-def batches_of(features: dict, indices: list[int], keys: tuple[str, ...], device) -> dict:
+def batches_of(features: dict, indices, keys: tuple[str, ...], device) -> dict:
     return {k: features[k][indices].to(device) for k in keys}
+
+
+def draw_order(n: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """The first ``count`` item indices of epochs of fresh permutations of ``n`` items (sampling without
+    replacement, epoch after epoch), drawn up front so that the training loop indexes on the device."""
+    epochs = [torch.randperm(n, generator=generator) for _ in range(-(-count // n))] if count else []
+    return torch.cat(epochs)[:count] if epochs else torch.empty(0, dtype=torch.long)
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
@@ -194,20 +201,15 @@ def finetune(cfg: FinetuneConfig) -> dict:
     train_features = encode(cfg, tokenizer, train_items, with_labels=True)
     inputs = ("input_ids", "attention_mask", "token_type_ids")
     labels = ("start_positions", "end_positions") if task.kind == "span" else ("labels",)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    n_train = len(train_features["input_ids"])
-    order: list[int] = []
-
-    def next_indices(size: int) -> list[int]:
-        nonlocal order  # epochs of fresh permutations, as a sampler without replacement would give
-        while len(order) < size:
-            order += torch.randperm(n_train, generator=generator).tolist()
-        chosen, order = order[:size], order[size:]
-        return chosen
-
+    # Everything a step reads is on the device before the loop, and the losses are read back once at the end: a
+    # per-step host copy or .item() would wait for the GPU every step, and this small model is launch-bound.
+    train_features = {k: v.to(device) for k, v in train_features.items() if k in inputs + labels}
+    calibration_rows = cfg.calibration_batches * cfg.batch_size if cfg.prune == "wanda" else 0
+    order = draw_order(len(train_features["input_ids"]), calibration_rows + cfg.steps * cfg.batch_size,
+                       torch.Generator().manual_seed(cfg.seed)).to(device)
     if cfg.prune == "wanda":
-        calibration = [batches_of(train_features, next_indices(cfg.batch_size), inputs, device)
-                       for _ in range(cfg.calibration_batches)]
+        calibration = [batches_of(train_features, order[i * cfg.batch_size:(i + 1) * cfg.batch_size], inputs, device)
+                       for i in range(cfg.calibration_batches)]
         wanda_prune(model, calibration, sparsity=sparsity_schedule(cfg.sparsity))
     optimizer = make_optimizer(model.named_parameters(), kind="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
                                eps=cfg.eps)
@@ -219,14 +221,16 @@ def finetune(cfg: FinetuneConfig) -> dict:
         lr = cfg.lr * ((step + 1) / warmup if step < warmup else max(0.0, (cfg.steps - step) / (cfg.steps - warmup)))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = batches_of(train_features, next_indices(cfg.batch_size), inputs + labels, device)
+        first = calibration_rows + step * cfg.batch_size
+        batch = batches_of(train_features, order[first:first + cfg.batch_size], inputs + labels, device)
         with torch.autocast(**autocast):
             loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(loss.detach())
+    losses = torch.stack(losses).float().tolist() if losses else []
     seconds["train"] = time.perf_counter() - started - seconds["setup"]
     metrics = evaluate(cfg, model, tokenizer, val_items, autocast, device)
     seconds["evaluate"] = time.perf_counter() - started - seconds["setup"] - seconds["train"]

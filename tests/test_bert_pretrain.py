@@ -171,3 +171,14 @@ def test_two_processes_pretrain_like_one_and_resume_on_one(data, tmp_path):
     resumed = bert_pretrain.main(_args(corpus, tmp_path / "moved", dropout=0.0, **{"grad-accumulation": 2}))
     for a, b in zip(resumed, one):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("n, count", [(5, 0), (5, 3), (5, 5), (5, 12)])
+def test_fine_tuning_order_is_epochs_of_fresh_permutations(n, count):
+    """draw_order (drawn up front, indexed on the device) = a sampler drawing a new permutation per epoch."""
+    generator, lazy = torch.Generator().manual_seed(7), []
+    while len(lazy) < count:
+        lazy += torch.randperm(n, generator=generator).tolist()
+    order = finetune.draw_order(n, count, torch.Generator().manual_seed(7))
+    assert order.tolist() == lazy[:count]
+    assert all(sorted(order[i:i + n].tolist()) == list(range(n)) for i in range(0, count - count % n, n))
