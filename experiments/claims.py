@@ -43,6 +43,7 @@ from pathlib import Path
 from . import claims_perf
 from .atomic import atomic_open
 from .provenance import REPO_ROOT
+from .results_io import provenance_summary
 
 SCALES = ("paper", "small", "tiny")  # largest first
 EXPERIMENTS = {"gpt2_zeroshot": "GPT-2 zero-shot", "bert_glue": "BERT GLUE", "bert_squad": "BERT SQuAD",
@@ -133,8 +134,8 @@ def aggregate(verdicts: list[str]) -> str:
 
 # ----- inputs ---------------------------------------------------------------------------------------------------
 def load(path: Path) -> tuple[dict, dict]:
-    """{(row, task, metric): [value per seed]} and a provenance summary of the file."""
-    values, info = defaultdict(list), defaultdict(set)
+    """{(row, task, metric): [value per seed]} and what the file rests on (scales, seeds, steps, provenance rows)."""
+    values, info = defaultdict(list), {"scale": set(), "seed": set(), "steps": set(), "rows": []}
     with path.open(newline="") as f:
         for r in csv.DictReader(f):
             try:
@@ -143,19 +144,16 @@ def load(path: Path) -> tuple[dict, dict]:
                 continue
             if math.isfinite(value):
                 values[(r["row"], r["task"], r["metric"])].append(value)
-            for column in ("scale", "seed", "steps", "device", "date"):
+            for column in ("scale", "seed", "steps"):
                 info[column].add(r.get(column, ""))
-            info["commit"].add(r.get("git_sha", "")[:7] + (" (dirty tree)" if r.get("git_dirty") == "True" else ""))
+            info["rows"].append(r)
     return dict(values), info
 
 
 def describe(path: Path, info: dict) -> str:
-    dates = sorted(d[:10] for d in info["date"] if d)
-    when = dates[0] if dates and dates[0] == dates[-1] else f"{dates[0]}–{dates[-1]}" if dates else "?"
     seeds = sorted(info["seed"], key=lambda s: (len(s), s))
     return (f"`{path.name}`: scale {', '.join(sorted(info['scale']))}, {len(seeds)} seed(s) ({', '.join(seeds)}), "
-            f"{', '.join(sorted(info['steps'], key=len))} steps, device {'; '.join(sorted(info['device']))}, "
-            f"commit {', '.join(sorted(info['commit']))}, {when}")
+            f"{', '.join(sorted(info['steps'], key=len))} steps, {provenance_summary(info['rows'])}")
 
 
 def _cells(claim: Claim, values: dict) -> list[dict]:
