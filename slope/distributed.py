@@ -15,9 +15,11 @@ Design (why it is this small):
   adapters — so DDP's bucketed all-reduce *averages* all of them, overlapped with the backward. Nothing is
   reduced by hand: the public reference code all-reduced the sparse gradients itself and summed them without
   dividing by the world size (a learning rate silently ``world_size`` times larger for the sparse weights only).
-* Masks are not re-broadcast every step (``broadcast_buffers=False``): the forward mask is fixed at pruning time
-  and DDP broadcasts rank 0's module state once when it wraps the model; the W_RC / transposed masks are
-  re-derived each step from weights that the averaged gradients keep identical on every rank.
+* Masks are not re-broadcast every step: the forward mask is fixed at pruning time and every rank prunes the same
+  weights (same seed) the same way; the W_RC / transposed masks are re-derived each step from weights that the
+  averaged gradients keep identical on every rank. torch ≥ 2.13 (``forward_sync_buffers=False``) still
+  broadcasts rank 0's buffers once when it wraps the model; older torch (``broadcast_buffers=False``) skips
+  buffers in that first sync too, so there the masks agree by construction only.
   `replica_digests` lets a run check that at the end (the multi-GPU checks compare every mask).
 * Gradient clipping needs no extra communication: when backward returns, DDP has averaged every gradient, so
   ``clip_grad_norm_`` over the local parameters is the global norm over dense and sparse gradients alike.
@@ -29,6 +31,7 @@ Design (why it is this small):
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -93,8 +96,12 @@ def wrap(model: nn.Module, ctx: DistributedContext) -> nn.Module:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
+    # torch 2.13 renamed (and deprecated) the per-forward buffer broadcast; the old name also skips buffers at wrap
+    no_buffer_sync = ({"forward_sync_buffers": False}
+                      if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                      else {"broadcast_buffers": False})
     return DistributedDataParallel(module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+                                   **no_buffer_sync)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
