@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -45,6 +44,7 @@ from experiments.lamb import LAMB
 from experiments.mlm import IGNORE_INDEX, load_bert_tokens, mask_tokens, sample_windows
 from experiments.pretrain import (atomic_save, finish_run, rank_seed, restore_rng, same_training, save_checkpoint,
                                   sparsity_schedule)
+from experiments.steps import StepLog, to_device
 from slope import distributed
 
 
@@ -314,10 +314,10 @@ def train(cfg: BertPretrainConfig, ctx: distributed.DistributedContext | None = 
     end = cfg.steps if not cfg.stop_after else min(cfg.steps, step + cfg.stop_after)
     progress = tqdm(range(step, end), initial=step, total=cfg.steps, desc=f"bert {cfg.method}", file=sys.stderr,
                     disable=None if ctx.is_main else True)
-    step_seconds: list[float] = []
+    log = StepLog(device)
     tokens_per_step = 0
     for step in progress:
-        started = time.perf_counter()
+        log.begin()
         if step == start_adapters and "adapters" not in optimizers:
             slope.add_lora(model, cfg.adapter_rank)
             optimizers["adapters"] = make_optimizer(_adapter_params(model), **hyper)
@@ -333,7 +333,7 @@ def train(cfg: BertPretrainConfig, ctx: distributed.DistributedContext | None = 
             inputs, labels = train_batches(seq_len, batch_size)  # the whole micro-batch, on every rank
             # one process: the batch mean, as before; N processes: this rank's share of the batch's sum
             masked_total = int((labels != IGNORE_INDEX).sum()) / ctx.world_size if ctx.distributed else None
-            inputs, labels = (distributed.rank_rows(t, ctx).to(device) for t in (inputs, labels))
+            inputs, labels = (to_device(distributed.rank_rows(t, ctx), device) for t in (inputs, labels))
             last = index == cfg.grad_accumulation - 1
             with nullcontext() if last or not ctx.distributed else loss_module.no_sync():
                 with torch.autocast(**autocast):
@@ -348,20 +348,24 @@ def train(cfg: BertPretrainConfig, ctx: distributed.DistributedContext | None = 
                 opt.step()
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
-        # each rank's share was scaled by N for DDP's averaging: their mean is the batch mean
-        train_loss = distributed.all_reduce_mean(total, ctx).item()
-        row = {"step": step + 1, "train_loss": train_loss, "val_loss": "", "lr": lr}
-        step_seconds.append(time.perf_counter() - started)
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            row["val_loss"] = evaluate(model, val_batches, autocast, ctx)
+        # each rank's share was scaled by N for DDP's averaging: their mean is the batch mean (read back later)
+        row = {"step": step + 1, "train_loss": distributed.all_reduce_mean(total, ctx), "val_loss": "", "lr": lr}
+        log.tick(row)
         history.append(row)
-        progress.set_postfix(loss=f"{train_loss:.3f}")
         step += 1
-        if step % cfg.checkpoint_every == 0 or step == end:
+        evaluate_now = step % cfg.eval_every == 0 or step == cfg.steps
+        checkpoint = step % cfg.checkpoint_every == 0 or step == end
+        branch = step == branch_step(cfg) and "adapters" not in optimizers  # before this run's adapters, if any
+        if evaluate_now:
+            row["val_loss"] = evaluate(model, val_batches, autocast, ctx)
+        if evaluate_now or checkpoint or branch or log.due(step):
+            progress.set_postfix(loss=log.settle())  # checkpoints hold numbers, not device tensors
+        if checkpoint:
             save_checkpoint(out, ctx, cfg, step, model, optimizers, generator, history, scaler)
-        if step == branch_step(cfg) and "adapters" not in optimizers:  # before this run's adapters, if any
+        if branch:
             save_checkpoint(out, ctx, cfg, step, model, optimizers, generator, history, scaler, name=BRANCH)
-    finish_run(out, ctx, model, tokens_per_step, step_seconds)
+    log.settle()
+    finish_run(out, ctx, model, tokens_per_step, log.step_seconds)
     return history
 
 

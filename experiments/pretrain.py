@@ -17,7 +17,8 @@
   same global batch on every rank, each rank takes its share and splits it into ``--grad-accumulation``
   micro-batches (gradients synchronised on the last only), so a run is the same computation on any number of
   processes, and a checkpoint written by N processes resumes on M. Rank 0 writes; dropout draws from a stream
-  per rank. ``throughput.json`` records the median step time of this process's steps.
+  per rank. ``throughput.json`` records the median step time of this process's steps, timed without a per-step
+  wait for the GPU (`experiments.steps`).
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ import json
 import math
 import statistics
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -39,6 +39,7 @@ from slope import distributed
 from experiments.atomic import atomic_open
 from experiments.cli import parse_config
 from experiments.data.tokenizer import corpus_token_ids
+from experiments.steps import StepLog, to_device
 
 
 @dataclass(frozen=True)
@@ -244,9 +245,9 @@ def train(cfg: PretrainConfig, ctx: distributed.DistributedContext | None = None
     end = cfg.steps if not cfg.stop_after else min(cfg.steps, step + cfg.stop_after)
     progress = tqdm(range(step, end), initial=step, total=cfg.steps, desc=f"{cfg.method}", file=sys.stderr,
                     disable=None if ctx.is_main else True)
-    step_seconds: list[float] = []
+    log = StepLog(device)
     for step in progress:
-        started = time.perf_counter()
+        log.begin()
         if step == start_adapters and "adapters" not in optimizers:
             optimizers["adapters"] = torch.optim.AdamW(slope.add_lora(module, cfg.adapter_rank), lr=cfg.lr,
                                                        eps=cfg.eps)
@@ -260,7 +261,7 @@ def train(cfg: PretrainConfig, ctx: distributed.DistributedContext | None = None
             last = index == len(micro_batches) - 1
             # gradients are all-reduced once per step, on the last micro-batch
             with nullcontext() if last or not ctx.distributed else model.no_sync():
-                ids = ids.to(device)
+                ids = to_device(ids, device)
                 with torch.autocast(**autocast):
                     loss = model(input_ids=ids, labels=ids).loss / len(micro_batches)
                 (scaler.scale(loss) if scaler else loss).backward()
@@ -273,17 +274,21 @@ def train(cfg: PretrainConfig, ctx: distributed.DistributedContext | None = None
                 opt.step()
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
-        row = {"step": step + 1, "train_loss": distributed.all_reduce_mean(step_loss, ctx).item(), "val_loss": "",
-               "lr": cfg.lr * lr_factor(step, cfg)}
-        step_seconds.append(time.perf_counter() - started)  # .item() above synchronised the device
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            row["val_loss"] = evaluate(module, val_batches, autocast, ctx, micro)
+        row = {"step": step + 1, "train_loss": distributed.all_reduce_mean(step_loss, ctx), "val_loss": "",
+               "lr": cfg.lr * lr_factor(step, cfg)}  # the loss stays on the device until log.settle
+        log.tick(row)
         history.append(row)
-        progress.set_postfix(loss=f"{row['train_loss']:.3f}")
         step += 1
-        if step % cfg.checkpoint_every == 0 or step == end:
+        evaluate_now = step % cfg.eval_every == 0 or step == cfg.steps
+        checkpoint = step % cfg.checkpoint_every == 0 or step == end
+        if evaluate_now:
+            row["val_loss"] = evaluate(module, val_batches, autocast, ctx, micro)
+        if evaluate_now or checkpoint or log.due(step):
+            progress.set_postfix(loss=log.settle())  # checkpoints hold numbers, not device tensors
+        if checkpoint:
             save_checkpoint(out, ctx, cfg, step, module, optimizers, generator, history, scaler)
-    finish_run(out, ctx, module, cfg.batch_size * cfg.seq_len, step_seconds)
+    log.settle()
+    finish_run(out, ctx, module, cfg.batch_size * cfg.seq_len, log.step_seconds)
     return history
 
 
@@ -342,7 +347,7 @@ def evaluate(model, batches, autocast, ctx=None, micro: int | None = None) -> fl
     with torch.autocast(**autocast):
         for rows in batches:
             for ids in distributed.rank_rows(rows, ctx).split(micro or len(rows)):
-                ids = ids.to(device)
+                ids = to_device(ids, device)
                 total += model(input_ids=ids, labels=ids).loss.item()
                 count += 1
     model.train()
