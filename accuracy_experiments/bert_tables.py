@@ -10,8 +10,8 @@ Runs are cached under ``--runs`` by what they compute, not by table: one pretrai
 and every Wanda row prunes the dense row's model — and one fine-tuning per (pretraining, task, pruning), whose
 ``metrics.json`` a later table reuses. A SLoPe row with adapters starts from the branch state (before the
 adapters, step ~99%) of a run of the same seed that differs only in the rank, when one got there: the same
-computation, without repeating 99% of the pretraining (`bert_pretrain.start_from_branch`). Each pretraining's loss curve is copied to
-``results/bert_losses/<scale>/`` beside the scores.
+computation, without repeating 99% of the pretraining (`bert_pretrain.start_from_branch`). Each pretraining's
+loss curve is copied to ``results/bert_losses/<scale>/`` beside the scores.
 
 The markdown table (mean ± std over seeds) sits beside the CSV, next to the paper's numbers from
 ``results/paper_reference.csv`` — on the real GLUE / SQuAD v1.1 with BERT-Large: compare the ordering of the

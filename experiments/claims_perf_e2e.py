@@ -199,7 +199,7 @@ def _memory_table(inp: Inputs, anchors: list[dict]) -> list[str]:
                 continue
             s = speedup_vs_dense(inp, r)
             dense = pair(select(inp.e2e, variant="dense"), [r], E2E_KEYS)
-            out.append(f"| {r['variant']} {r['adapter_rank']} ({r['dtype']}, {r['precision']}) | {r['phase']} | {gb_text(dense[0][0] if dense else None)} "
-                       f"| {gb_text(r)} | {'—' if s is None else f'{s.value:.3f}'} | {r['ideal'] or '—'} "
+            out.append(f"| {r['variant']} {r['adapter_rank']} ({r['dtype']}, {r['precision']}) | {r['phase']} "
+                       f"| {gb_text(dense[0][0] if dense else None)} | {gb_text(r)} | {'—' if s is None else f'{s.value:.3f}'} | {r['ideal'] or '—'} "
                        f"| {r['paper'] or '—'} | {cite(r)} |")
     return out + [""]
