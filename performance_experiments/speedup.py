@@ -142,8 +142,9 @@ class Run:
         self.dense: dict = {}
         generator = torch.Generator().manual_seed(0)
         self.train_ids = torch.randint(0, self.spec.vocab, (cfg.batch, cfg.seq), generator=generator).to(self.device)
-        self.prefill_ids = torch.randint(0, self.spec.vocab, (cfg.prefill_batch, cfg.seq),
-                                         generator=generator).to(self.device)
+        # drawn after the training batch (same ids as ever) and only when a prefill section will read them
+        self.prefill_ids = torch.randint(0, self.spec.vocab, (cfg.prefill_batch, cfg.seq), generator=generator
+                                         ).to(self.device) if "prefill" in cfg.sections else None
 
     def make_model(self):
         return build_model(self.spec, self.blocks, dtype=self.param_dtype, device=self.device,
