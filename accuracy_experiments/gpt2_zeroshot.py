@@ -125,6 +125,8 @@ def _evaluate_run(cfg, row: str, seed: int, name: str, *, results: Path, evalset
     tasks, include_defaults = tasks_for(cfg.preset)  # paper: lm-eval's own benchmarks (hub access needed)
     scores = evaluate(model.eval(), tokenizer, tasks=tasks, evalsets=evalsets, limit=limit,
                       device="cuda" if torch.cuda.is_available() else "cpu", include_defaults=include_defaults)
+    # the run's loss curve beside its scores (pretrained elsewhere: the history travelled in the shards)
+    pretrain.write_losses(curves_dir(results, cfg.preset) / f"{row}_seed{seed}.csv", history)
     val_loss = next((h["val_loss"] for h in reversed(history) if h["val_loss"] != ""), "")
     out = [{"experiment": "gpt2_zeroshot", "scale": cfg.preset, "row": row, "method": ROWS[row]["method"],
             "adapter_rank": ROWS[row]["adapter_rank"], "seed": seed, "steps": cfg.steps,
@@ -137,6 +139,10 @@ def _evaluate_run(cfg, row: str, seed: int, name: str, *, results: Path, evalset
         "git_sha": trained_on["git_sha"], "git_dirty": trained_on["git_dirty"],
         "device": f"{trained_on['device']} (pretraining) + {provenance()['device']} (lm-eval)"}
     write_rows(results, out, columns=COLUMNS, config=cfg, overrides=stamp)  # per run: an interruption loses one
+
+
+def curves_dir(results: Path, scale: str) -> Path:
+    return results.parent / "gpt2_losses" / scale
 
 
 def write_table(results: Path) -> Path:
@@ -159,6 +165,8 @@ def write_table(results: Path) -> Path:
             cells.append("" if not v else f"{statistics.mean(v):.4g} ± {statistics.stdev(v):.2g}" if len(v) > 1
                          else f"{v[0]:.4g}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", f"Pretraining loss curves (train / validation loss per step): "
+                  f"`{results.parent.name}/gpt2_losses/{rows[0]['scale']}/`."]
     reference = REPO_ROOT / "results" / "paper_reference.csv"
     if reference.exists():
         with reference.open(newline="") as f:

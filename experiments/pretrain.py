@@ -305,7 +305,7 @@ def save_checkpoint(out: Path, ctx, cfg, step: int, model, optimizers: dict, gen
                       "generator": generator.get_state(), "torch_rng": rank_rng[0]["torch"],
                       "rank_rng": rank_rng, "world_size": ctx.world_size, "history": history,
                       "scaler": scaler.state_dict() if scaler else None}, out / name)
-        _write_losses(out / "losses.csv", history)
+        write_losses(out / "losses.csv", history)
     distributed.barrier(ctx)
 
 
@@ -356,7 +356,7 @@ def evaluate(model, batches, autocast, ctx=None, micro: int | None = None) -> fl
     return distributed.all_reduce_mean(torch.tensor(total / count, dtype=torch.float64, device=device), ctx).item()
 
 
-def _write_losses(path: Path, history: list[dict]) -> None:
+def write_losses(path: Path, history: list[dict]) -> None:
     with atomic_open(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["step", "train_loss", "val_loss", "lr"])
         writer.writeheader()

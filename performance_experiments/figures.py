@@ -12,6 +12,7 @@ when its data is absent — a missing CSV skips its figures, it never fails the 
 * ``decode_speedup``     decode speedup vs batch per model
 * ``memory``             training and inference static memory / dense per model, ours beside the paper
 * ``train_breakdown``    where a training step's time goes (in-situ linear FWD/BWD, other, optimizer), per variant
+* ``pretraining_curves`` the accuracy tables' pretraining validation loss per row (`accuracy_experiments.curves`)
 
 Only rows measured on a GPU (``mode == "gpu"``) enter the end-to-end figures: CPU toy rows are pipeline checks.
 
@@ -26,6 +27,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from matplotlib.figure import Figure
+
+from accuracy_experiments.curves import fig_pretraining_curves
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_ORDER = ("opt-2.7b", "opt-6.7b", "opt-13b", "opt-30b", "opt-66b", "llama-3-8b", "mistral-7b")
@@ -314,7 +317,8 @@ def render_all(results: str | Path = REPO_ROOT / "results", out: str | Path | No
                "layer_inference": fig_layer_inference(layers), "training_speedup": fig_training_speedup(speedup, paper),
                "inference_speedup": fig_inference_speedup(speedup, paper),
                "decode_speedup": fig_decode_speedup(speedup),
-               "memory": fig_memory(speedup, paper), "train_breakdown": fig_train_breakdown(speedup)}
+               "memory": fig_memory(speedup, paper), "train_breakdown": fig_train_breakdown(speedup),
+               "pretraining_curves": fig_pretraining_curves(results)}
     written = []
     for name, fig in figures.items():
         if fig is None:

@@ -38,3 +38,21 @@ def test_renders_end_to_end_rows_and_skips_missing_data(tmp_path):
     assert all(r["model"] == "opt-13b" for r in figures.load_speedup(results))
     written = {p.stem for p in figures.render_all(results, tmp_path / "figs")}
     assert {"training_speedup", "inference_speedup", "decode_speedup", "memory", "train_breakdown"} <= written
+
+
+def test_pretraining_curves_take_the_largest_scale_and_band_the_seeds(tmp_path):
+    from accuracy_experiments.curves import fig_pretraining_curves, load_curves
+
+    assert fig_pretraining_curves(tmp_path) is None  # no curves: no figure, no error
+    for scale, seeds in (("tiny", (0,)), ("small", (0, 1))):
+        folder = tmp_path / "gpt2_losses" / scale
+        folder.mkdir(parents=True)
+        for seed in seeds:
+            (folder / f"slope-r0.5%_seed{seed}.csv").write_text(
+                "step,train_loss,val_loss,lr\n1,5.0,,0.1\n2,4.0,3.5,0.1\n4,3.0," + f"{3.0 + seed}" + ",0.1\n")
+    curves = load_curves(tmp_path / "gpt2_losses" / "small")
+    assert curves == {"slope-r0.5%": {2: [3.5, 3.5], 4: [3.0, 4.0]}}  # steps without a validation loss skipped
+    fig = fig_pretraining_curves(tmp_path)
+    (ax,) = fig.axes
+    assert "small scale" in ax.get_title() and ax.get_legend().get_texts()[0].get_text() == "slope-r0.5% (2 seeds)"
+    assert list(ax.lines[0].get_ydata()) == [3.5, 3.5]

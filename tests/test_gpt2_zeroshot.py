@@ -32,6 +32,9 @@ def test_rows_seeds_tasks_land_in_the_csv_and_a_rerun_adds_nothing(tmp_path):
     assert all(r["git_sha"] and r["device"] and r["date"] for r in rows)
     table = results.with_suffix(".md").read_text()
     assert "| dense |" in table and "| slope-r2.1% |" in table and "Extended SR-STE" in table  # paper rows beside
+    curve = list(csv.DictReader((tmp_path / "gpt2_losses/tiny/slope-r2.1%_seed0.csv").open()))
+    assert [int(r["step"]) for r in curve] == list(range(1, 5)) and curve[-1]["val_loss"]  # the run's whole curve
+    assert "gpt2_losses/tiny/" in table
     gpt2_zeroshot.run("tiny", [0], ["dense", "slope-r2.1%"], **kwargs)  # resumes: nothing new to do
     assert len(list(csv.DictReader(results.open()))) == len(rows)
 
@@ -50,6 +53,7 @@ def test_train_here_score_there_through_shards(tmp_path):
                       import_dir=tmp_path / "shards", eval_limit=5, **kwargs)
     rows = list(csv.DictReader(results.open()))
     assert rows and all("(pretraining)" in r["device"] and r["final_val_loss"] for r in rows)
+    assert (tmp_path / "gpt2_losses/tiny/slope-r0_seed0.csv").exists()  # the curve came along in the shards
     assert {r["eval_limit"] for r in rows} == {"5"} and "5 items per task" in results.with_suffix(".md").read_text()
     # another row scored on another number of items would not be comparable: refused, naming both
     with pytest.raises(SystemExit, match=r"scored on \['5'\] items per task, this run would score 50"):
