@@ -6,7 +6,9 @@
   one H100, ``paper`` = GPT-2 small with the paper's hyper-parameters), vocabulary from the corpus tokenizer.
 * Method: ``dense``; ``slope`` (simulated double-pruned N:M; ``--sparsity 2:4`` or ``2:4-2:8`` for first half /
   second half of the blocks); ``srste`` (Extended SR-STE). Lazy adapters of ``--adapter-rank`` are added for the
-  final ``--adapter-fraction`` of the steps, with their own AdamW.
+  final ``--adapter-fraction`` of the steps, with their own AdamW. ``--compress`` (CUDA, SLoPe 2:4) trains the
+  compressed cuSPARSELt layers instead of the simulator — the same function, the real kernels — with
+  `slope.optim.ADAMWSparse` (fp32 masters and moments, W_RCᵀ re-derived every step) for their values.
 * AdamW on fp32 master weights under bf16/fp16 autocast (fp16 with `slope.optim.DynamicLossScaler`), warm-up
   then linear decay, clipping by one global norm.
 * A checkpoint (model, optimizers, schedule, data and RNG state, loss history) is written atomically every
@@ -70,6 +72,7 @@ class PretrainConfig:
     checkpoint_every: int = 50
     stop_after: int = 0  # end this process after so many steps (0 = run to the end); the next run resumes
     seed: int = 0
+    compress: bool = False  # SLoPe through the compressed cuSPARSELt layers (CUDA, 2:4, 16-bit autocast)
     out: str = "runs/pretrain"
 
 
@@ -103,7 +106,9 @@ def sparsity_schedule(spec: str):
     return slope.split_blocks(*spec.split("-")) if "-" in spec else spec
 
 
-def build_model(cfg: PretrainConfig, tokenizer, adapters: bool):
+def build_model(cfg: PretrainConfig, tokenizer, adapters: bool, device: torch.device | None = None,
+                compress_dtype: torch.dtype = torch.bfloat16):
+    """The seeded model, pruned as ``cfg`` says, on ``device`` (where ``cfg.compress`` builds its layers)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=cfg.seq_len, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
@@ -111,12 +116,29 @@ def build_model(cfg: PretrainConfig, tokenizer, adapters: bool):
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(cfg.seed)
-    model = GPT2LMHeadModel(config)
-    if cfg.method != "dense":
+    model = GPT2LMHeadModel(config)  # initialised on the CPU: the same weights on every machine and rank
+    if cfg.compress and (device is None or torch.device(device).type != "cuda"):
+        raise ValueError(f"{cfg.out}: a --compress run's layers exist on a CUDA GPU only; build it there "
+                         "(pass device=), or load its weights into a simulated model there first")
+    if cfg.compress:  # cuSPARSELt compresses on the GPU; masks from the same weights as the simulator's
+        slope.prune_model(model.to(device), compress=True, compress_dtype=compress_dtype, sparsity="2:4")
+    elif cfg.method != "dense":
         slope.prune_model(model, method=cfg.method, sparsity=sparsity_schedule(cfg.sparsity))
     if adapters:
         slope.add_lora(model, cfg.adapter_rank)
-    return model
+    return model.to(device or "cpu")
+
+
+def check_compress(cfg: PretrainConfig, device: torch.device, amp: str) -> None:
+    """``--compress`` runs cuSPARSELt's 2:4 kernels in 16 bits on a GPU: anything else is refused, by name."""
+    if cfg.method != "slope" or cfg.sparsity not in ("2:4", "2:4-2:4"):
+        raise SystemExit(f"--compress trains SLoPe 2:4 (cuSPARSELt's pattern), not --method {cfg.method} "
+                         f"--sparsity {cfg.sparsity}; drop --compress to simulate other methods and patterns")
+    if device.type != "cuda":
+        raise SystemExit("--compress needs a CUDA GPU (cuSPARSELt); on this machine drop --compress: the "
+                         "simulated layers compute the same function")
+    if amp not in ("bf16", "fp16"):
+        raise SystemExit(f"--compress computes in 16 bits: use --amp bf16 or fp16 (got {amp})")
 
 
 def lr_factor(step: int, cfg: PretrainConfig) -> float:
@@ -199,6 +221,8 @@ def train(cfg: PretrainConfig, ctx: distributed.DistributedContext | None = None
     device = ctx.device
     micro = micro_batch_size(cfg, ctx.world_size)
     amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "none")
+    if cfg.compress:
+        check_compress(cfg, device, amp)
     if not (Path(cfg.tokenizer) / "tokenizer.json").exists():
         raise SystemExit(f"--tokenizer {cfg.tokenizer}: no tokenizer.json there; run `make data` (it trains the "
                          "suite's tokenizers) or point --tokenizer at one")
@@ -217,11 +241,17 @@ def train(cfg: PretrainConfig, ctx: distributed.DistributedContext | None = None
     # adapters come from the checkpoint, not from its step: one taken at the adapter step itself holds none yet
     # (the loop adds them, with the RNG state the uninterrupted run had there)
     adapters_on = state is not None and "adapters" in state["optimizers"]
-    module = build_model(cfg, tokenizer, adapters_on).to(device)  # same seed: the same initial model on every rank
+    # same seed: the same initial model on every rank
+    module = build_model(cfg, tokenizer, adapters_on, device, torch.float16 if amp == "fp16" else torch.bfloat16)
     if ctx.rank:
         torch.manual_seed(rank_seed(cfg.seed, ctx.rank))
-    dense = [p for p in module.parameters() if not any(p is q for q in slope.lora_parameters(module))]
+    adapter_ids = {id(p) for p in slope.lora_parameters(module)}
+    # compressed layers' values go to ADAMWSparse (fp32 masters at compressed size), everything else to AdamW
+    owned = slope.optim.dense_parameters(module) if cfg.compress else module.parameters()
+    dense = [p for p in owned if id(p) not in adapter_ids]
     optimizers = {"model": torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)}
+    if cfg.compress:
+        optimizers["sparse"] = slope.optim.ADAMWSparse(module, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
     if adapters_on:
         optimizers["adapters"] = torch.optim.AdamW(slope.lora_parameters(module), lr=cfg.lr, eps=cfg.eps)
     generator = torch.Generator().manual_seed(cfg.seed + 1)  # the global data stream, identical on every rank

@@ -69,3 +69,43 @@ def test_token_cache_is_rebuilt_for_another_tokenizer(corpus, tmp_path):
     expected = [i for line in (tmp_path / "validation.txt").read_text().splitlines()
                 for i in other(line, add_special_tokens=False)["input_ids"] + [other.eos_token_id]]
     assert again.tolist() == expected and not torch.equal(again, ids)
+
+
+def test_compress_is_refused_where_it_cannot_run(corpus, tmp_path):
+    with pytest.raises(SystemExit, match="--compress trains SLoPe 2:4 .* not --method srste --sparsity 2:4"):
+        pretrain.main(_args(corpus, tmp_path / "a", method="srste", compress=True))
+    with pytest.raises(SystemExit, match="not --method slope --sparsity 2:4-2:8"):
+        pretrain.main(_args(corpus, tmp_path / "b", sparsity="2:4-2:8", compress=True))
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--compress needs a CUDA GPU"):
+            pretrain.main(_args(corpus, tmp_path / "c", compress=True))
+
+
+def _gpu_args(corpus, out, **overrides):
+    # every sparse-able dimension a multiple of 32 (cuSPARSELt); bf16 autocast, no dropout: runs comparable
+    return _args(corpus, out, **{"n-embd": 64, "amp": "bf16", "dropout": 0.0, "steps": 12, "eval-every": 6,
+                                 "checkpoint-every": 6, "adapter-fraction": 0.25, **overrides})
+
+
+@pytest.mark.gpu
+def test_compressed_pretraining_tracks_the_simulated_run_and_resumes(corpus, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    simulated = pretrain.main(_gpu_args(corpus, tmp_path / "sim"))
+    compressed = pretrain.main(_gpu_args(corpus, tmp_path / "comp", compress=True))
+    for a, b in zip(simulated, compressed):  # bf16 values with fp32 masters vs fp32 weights under bf16 autocast
+        assert abs(a["train_loss"] - b["train_loss"]) <= 0.02 * a["train_loss"], (a, b)
+    state = torch.load(tmp_path / "comp/checkpoint.pt", weights_only=False)
+    assert set(state["optimizers"]) == {"model", "sparse", "adapters"}  # adapters came in at step 9 of 12
+    assert all(s["master"].dtype == torch.float32 for s in state["optimizers"]["sparse"]["state"].values())
+    sim_masks = {k.removesuffix(".mask"): v for k, v in
+                 torch.load(tmp_path / "sim/checkpoint.pt", weights_only=False)["model"].items() if k.endswith(".mask")}
+    from slope.kernels import nm_pack
+    comp_masks = {k.removesuffix(".mask_nibbles"): nm_pack.unpack_nibbles(v.cuda()).cpu()
+                  for k, v in state["model"].items() if k.endswith(".mask_nibbles")}
+    assert comp_masks.keys() == sim_masks.keys() and all(torch.equal(comp_masks[k].bool(), sim_masks[k].bool()) for k in sim_masks)
+    first = pretrain.main(_gpu_args(corpus, tmp_path / "split", compress=True, **{"stop-after": 6}))
+    resumed = pretrain.main(_gpu_args(corpus, tmp_path / "split", compress=True))
+    assert len(first) == 6 and len(resumed) == 12
+    for a, b in zip(compressed, resumed):  # the same run, up to GPU reduction order
+        assert abs(a["train_loss"] - b["train_loss"]) <= 1e-3 * a["train_loss"], (a, b)
