@@ -88,9 +88,8 @@ def _gpu_args(corpus, out, **overrides):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_compressed_pretraining_tracks_the_simulated_run_and_resumes(corpus, tmp_path):
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
     simulated = pretrain.main(_gpu_args(corpus, tmp_path / "sim"))
     compressed = pretrain.main(_gpu_args(corpus, tmp_path / "comp", compress=True))
     for a, b in zip(simulated, compressed):  # bf16 values with fp32 masters vs fp32 weights under bf16 autocast

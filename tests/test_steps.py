@@ -31,9 +31,8 @@ def test_settle_turns_losses_into_floats_and_excludes_work_between_settle_and_be
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_step_times_come_from_events_without_a_per_step_wait():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
     device = torch.device("cuda")
     log = StepLog(device)
     batch = to_device(torch.arange(6).reshape(2, 3), device)
