@@ -66,7 +66,7 @@ RUN_KEY = ("experiment", "model", "dtype", "precision", "variant", "adapter_rank
 
 
 def _precision(r: dict) -> str:
-    return "" if r.get("precision", "half") == "half" else f" {r['precision']}"
+    return "" if r.get("precision") in (None, "", "half") else f" {r['precision']}"
 
 
 def _float(text) -> float | None:
