@@ -11,7 +11,9 @@ and every Wanda row prunes the dense row's model — and one fine-tuning per (pr
 ``metrics.json`` a later table reuses. A SLoPe row with adapters starts from the branch state (before the
 adapters, step ~99%) of a run of the same seed that differs only in the rank, when one got there: the same
 computation, without repeating 99% of the pretraining (`bert_pretrain.start_from_branch`). Each pretraining's
-loss curve is copied to ``results/bert_losses/<scale>/`` beside the scores.
+loss curve is copied to ``results/bert_losses/<scale>/`` beside the scores. Table processes may run side by side on
+one cache: each run folder is locked while it is computed, a process needing it waits and then reads it, and a
+rank row waits for the rank-0 run another process is training rather than repeat it.
 
 The markdown table (mean ± std over seeds) sits beside the CSV, next to the paper's numbers from
 ``results/paper_reference.csv`` — on the real GLUE / SQuAD v1.1 with BERT-Large: compare the ordering of the
@@ -92,7 +94,11 @@ def start_from_sibling(scale: str, spec: dict, seed: int, runs: Path, overrides:
     for rank in ranks:
         if rank != spec["adapter_rank"]:
             source, _ = pretrain_config(scale, {**spec, "adapter_rank": rank}, seed, runs, overrides)
-            if bert_pretrain.start_from_branch(cfg, source.out):
+            # Rank 0's run is the one every rank row branches from: when another process is training it, wait for
+            # it rather than repeat its 99%. The other ranks are only looked at (waiting on them could deadlock).
+            with _run_lock(Path(source.out)) if rank == "0" else contextlib.nullcontext():
+                branched = bert_pretrain.start_from_branch(cfg, source.out)
+            if branched:
                 print(f"{cfg.out}: starting from the branch of {source.out} (step "
                       f"{bert_pretrain.branch_step(cfg)} of {cfg.steps}, before any adapters)", file=sys.stderr)
                 return source.out
@@ -107,17 +113,29 @@ def _done(path: Path) -> set[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def _exclusive(results: Path, runs: Path):
-    """One writer per results CSV: a second process waits here, then skips the (row, seed) pairs the first wrote."""
-    runs.mkdir(parents=True, exist_ok=True)  # the lock lives with the (git-ignored) run cache, not in results/
-    # named by the CSV's full path: runs writing different CSVs of the same name may share a cache side by side
-    with open(runs / f".{results.name}.{config_hash(str(results.resolve()))[:8]}.lock", "w") as lock:
+def _locked(lock_file: Path, what: str):
+    """Hold an exclusive lock on ``lock_file``; a second process asking for it waits (and says so) until it is free."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"{results} is being written by another run; waiting for it to finish", file=sys.stderr)
+            print(f"{what} is being computed by another process; waiting for it", file=sys.stderr)
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def _exclusive(results: Path, runs: Path):
+    """One writer per results CSV: a second process waits here, then skips the (row, seed) pairs the first wrote."""
+    # the lock lives with the (git-ignored) run cache, not in results/; it is named by the CSV's full path, so
+    # that runs writing different CSVs of the same name may share a cache side by side
+    return _locked(runs / f".{results.name}.{config_hash(str(results.resolve()))[:8]}.lock", str(results))
+
+
+def _run_lock(run_folder: Path):
+    """One process per pretraining or fine-tuning folder: tables run side by side (GLUE and SQuAD of one seed, the
+    rank rows of one seed) share their runs through the cache instead of training one twice at the same time."""
+    return _locked(run_folder.with_name(f".{run_folder.name}.lock"), str(run_folder))
 
 
 def run(table: str, scale: str, seeds: list[int], rows: list[str], *, results: Path, runs: Path, data: str,
@@ -137,8 +155,9 @@ def _run(table, scale, seeds, rows, *, results, runs, data, curves, pretrain_ove
             if (row, str(seed)) in done:
                 continue
             pre_cfg, key = pretrain_config(scale, spec, seed, runs, pretrain_overrides)
-            branched_from = start_from_sibling(scale, spec, seed, runs, pretrain_overrides, pre_cfg)
-            history = bert_pretrain.train(pre_cfg)
+            with _run_lock(Path(pre_cfg.out)):
+                branched_from = start_from_sibling(scale, spec, seed, runs, pretrain_overrides, pre_cfg)
+                history = bert_pretrain.train(pre_cfg)  # a finished run returns its history at once
             if curves is not None:
                 curves.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(Path(pre_cfg.out) / "losses.csv", curves / f"{key}_seed{seed}.csv")
@@ -147,7 +166,8 @@ def _run(table, scale, seeds, rows, *, results, runs, data, curves, pretrain_ove
             for task in spec_table["tasks"]:
                 ft_cfg = finetune_config(scale, spec, task, seed, Path(pre_cfg.out), data, finetune_overrides)
                 configs[task] = asdict(ft_cfg)
-                scores = finetune.finetune(ft_cfg)["metrics"]
+                with _run_lock(Path(ft_cfg.out)):
+                    scores = finetune.finetune(ft_cfg)["metrics"]
                 out += [{"experiment": table, "scale": scale, "row": row, "method": spec["method"],
                          "adapter_rank": spec["adapter_rank"], "sparsity": spec["sparsity"], "seed": seed,
                          "steps": pre_cfg.steps, "task": task, "metric": metric, "value": value,

@@ -1,5 +1,8 @@
 """`make bert-glue` / `bert-mixed` end to end at toy scale: shared pretraining, CSV schema, table, resume."""
 import csv
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -7,6 +10,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("sklearn")
 
 from accuracy_experiments import bert_tables  # noqa: E402
+from experiments import bert_pretrain  # noqa: E402
 from experiments.results_io import PROVENANCE_COLUMNS  # noqa: E402
 from tests.test_bert_pretrain import TOY_FINETUNE, toy_bert_data  # noqa: E402
 
@@ -58,3 +62,24 @@ def test_rank_rows_start_from_the_rank0_runs_branch(tmp_path, capsys):
     curves = [list(csv.DictReader((run / "losses.csv").open())) for run in (rank0, ranked)]
     assert curves[0][:3] == curves[1][:3] and curves[0][3] != curves[1][3]  # adapters from step 3 of 4 on
     assert {r["row"] for r in csv.DictReader((tmp_path / "glue.csv").open())} == {"slope-r0", "slope-r1.56%"}
+
+
+def test_a_rank_row_waits_for_the_rank0_run_another_process_is_training(tmp_path, capsys):
+    corpus, tasks = toy_bert_data(tmp_path)
+    pretrain = {**PRETRAIN, "corpus": str(corpus), "tokenizer": str(corpus / "tokenizers/bert-wordpiece")}
+    runs = tmp_path / "runs"
+    rank0_cfg, _ = bert_tables.pretrain_config("tiny", bert_tables.TABLES["bert_glue"]["rows"]["slope-r0"], 0, runs,
+                                               pretrain)
+    ranked = threading.Thread(target=bert_tables.run, args=("bert_squad", "tiny", [0], ["slope-r1.56%"]),
+                              kwargs=dict(results=tmp_path / "squad.csv", runs=runs, data=str(tasks),
+                                          pretrain_overrides=pretrain, finetune_overrides={**TOY_FINETUNE, "steps": 1}))
+    # "another process" (the lock is per open file, so a thread of this one stands in) trains rank 0 meanwhile
+    with bert_tables._run_lock(Path(rank0_cfg.out)):
+        ranked.start()
+        time.sleep(1.0)  # the rank row reaches the lock and waits there
+        bert_pretrain.train(rank0_cfg)
+    ranked.join(timeout=300)
+    err = capsys.readouterr().err
+    assert f"{rank0_cfg.out} is being computed by another process; waiting for it" in err
+    assert f"starting from the branch of {rank0_cfg.out}" in err  # not from scratch
+    assert {r["row"] for r in csv.DictReader((tmp_path / "squad.csv").open())} == {"slope-r1.56%"}
