@@ -66,6 +66,29 @@ def nm_mask(scores: torch.Tensor, n: int, m: int, dim: int = -1, *, name: str = 
         raise ValueError(f"{name}: need 0 < N < M, got N={n}, M={m}")
     dim = dim % scores.dim()
     check_divisible(scores.shape, m, (dim,), name=name)
+    if m > _RANK_BY_COMPARISON_MAX_M:
+        return _nm_mask_by_sort(scores, n, m, dim)
+    # SLoPe re-derives W_RC's mask of every layer at every step, so this is on the training step's path. A sort
+    # of millions of 4-element groups is one slow kernel on the GPU; ranking by pairwise comparisons is a few
+    # elementwise ones, and reads the groups in place (no transposed copy for dim=0). Same result as the sort:
+    # element i's rank counts the elements of its group that are larger, or equal and at a lower index.
+    shape = scores.shape
+    axis = dim + 1  # the position within the group, after splitting ``dim`` into (groups, M)
+    magnitude = scores.detach().abs().reshape(*shape[:dim], shape[dim] // m, m, *shape[dim + 1:])
+    magnitude = torch.nan_to_num(magnitude, nan=float("inf"))  # a NaN ranks first, as in the descending sort
+    mine, other = magnitude.unsqueeze(axis + 1), magnitude.unsqueeze(axis)  # [..., i, j, ...]: element i vs j
+    lower_index = torch.ones(m, m, dtype=torch.bool, device=scores.device).tril(-1)  # [i, j]: j < i
+    lower_index = lower_index.reshape(m, m, *([1] * (len(shape) - dim - 1)))
+    beaten_by = (other > mine) | ((other == mine) & lower_index)
+    rank = beaten_by.sum(axis + 1, dtype=torch.uint8)
+    return (rank < n).reshape(shape)
+
+
+_RANK_BY_COMPARISON_MAX_M = 8  # its temporaries hold M bytes per element; beyond this, sort
+
+
+def _nm_mask_by_sort(scores: torch.Tensor, n: int, m: int, dim: int) -> torch.Tensor:
+    """`nm_mask` by a stable descending sort of each group (large M; and the reference its tests compare with)."""
     moved = scores.detach().abs().movedim(dim, -1)
     groups = moved.reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
     # Stable descending sort: equal magnitudes keep their original order, so the lower index wins a tie.

@@ -61,6 +61,17 @@ def test_nm_mask_matches_loop_reference(n, m):
     assert masks.is_nm_sparse(w * masks.row_mask(w, n, m), n, m, dim=1)
 
 
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (2, 8), (4, 8), (1, 2)])
+@pytest.mark.parametrize("dim", [0, 1, 2, -1])
+def test_nm_mask_by_comparison_equals_the_stable_sort_with_ties_and_nans(n, m, dim):
+    generator = torch.Generator().manual_seed(n * 100 + m * 10 + dim)
+    scores = torch.randint(-3, 4, (8, 16, 24), generator=generator).float()  # few values: many ties, signs
+    scores[0, 0, :8] = float("nan")
+    for tensor in (scores, scores.bfloat16(), scores.transpose(0, 2)):  # low precision, non-contiguous
+        expected = masks._nm_mask_by_sort(tensor, n, m, dim % tensor.dim())
+        assert torch.equal(masks.nm_mask(tensor, n, m, dim=dim), expected)
+
+
 def test_double_pruned_density_2_4_is_0_40625():
     assert masks.double_pruned_density(2, 4) == pytest.approx(0.40625)
     w = torch.randn(1024, 1024)
