@@ -1,5 +1,8 @@
 """The pretraining runner at toy scale: it learns, and a run stopped mid-way resumes to the same result."""
 import csv
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,3 +111,10 @@ def test_compressed_pretraining_tracks_the_simulated_run_and_resumes(corpus, tmp
     assert len(first) == 6 and len(resumed) == 12
     for a, b in zip(compressed, resumed):  # the same run, up to GPU reduction order
         assert abs(a["train_loss"] - b["train_loss"]) <= 1e-3 * a["train_loss"], (a, b)
+
+
+def test_runners_import_the_slope_submodules_they_use():
+    # The compressed and fp16 paths reach `slope.optim` through the package; on a fresh interpreter that works
+    # only if the runner imports the submodule (found on the GPU: AttributeError in the --compress run).
+    code = "import experiments.pretrain, experiments.bert_pretrain, slope; slope.optim.ADAMWSparse, slope.optim.DynamicLossScaler"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
