@@ -21,8 +21,9 @@ Verdict rule (also printed in the output, so a reader needs nothing else):
   inconclusive.
 * Fewer than 2 seeds on either side: inconclusive (no spread to judge against).
 * A claim over n judged (comparison, task) cells with H holds and N does-not-holds: **holds** if H > n/2 and
-  N = 0; **does not hold** if N > n/2; otherwise **inconclusive (seed spread overlaps)**, or **inconclusive
-  (fewer than 2 seeds)** when no cell had two seeds a side.
+  N = 0; **does not hold** if N > n/2; otherwise **inconclusive (cells disagree)** when H > 0 and N > 0,
+  else **inconclusive (seed spread overlaps)**, or **inconclusive (fewer than 2 seeds)** when no cell had two
+  seeds a side.
 
 The paper's own numbers for the same rows come from ``results/paper_reference.csv`` (accuracy % on the real
 benchmarks, so only the direction compares with ours); they are judged by the same rule with zero spread.
@@ -57,6 +58,7 @@ PRIMARY_METRICS = ("mcc", "f1", "acc_norm", "acc", "em", "exact_match", "pearson
 CLOSE_ABS = 0.03
 CLOSE_REL = 0.05
 HOLDS, FAILS, UNSURE, NOT_RUN = "holds", "does not hold", "inconclusive (seed spread overlaps)", "not run"
+DISAGREE = "inconclusive (cells disagree)"  # some cells clearly hold, others clearly do not: no majority either way
 ONE_SEED = "inconclusive (fewer than 2 seeds)"
 
 _GPT2_RANKS, _BERT_RANKS, _PATTERNS = ("r0", "r0.5%", "r2.1%"), ("r0", "r0.39%", "r1.56%", "r6.25%"), \
@@ -129,6 +131,8 @@ def aggregate(verdicts: list[str]) -> str:
         return HOLDS
     if fails > n / 2:
         return FAILS
+    if holds and fails:
+        return DISAGREE
     return ONE_SEED if verdicts.count(ONE_SEED) == n else UNSURE  # same verdict, the more precise reason
 
 
@@ -209,7 +213,7 @@ def paper_summary(claim: Claim, reference: list[dict]) -> tuple[str, str]:
     if not verdicts:
         return "no paper row", ""
     verdict = aggregate(verdicts)  # zero spread: "inconclusive" here means the tasks disagree, not noise
-    return (f"{'mixed' if verdict == UNSURE else verdict} ({verdicts.count(HOLDS)} of {len(verdicts)} for, "
+    return (f"{'mixed' if verdict in (UNSURE, DISAGREE) else verdict} ({verdicts.count(HOLDS)} of {len(verdicts)} for, "
             f"{verdicts.count(FAILS)} against)"), "; ".join(quotes)
 
 
@@ -278,8 +282,9 @@ def build(results: Path, scale: str | None = None, reference: Path | None = None
         "inconclusive.",
         "- Fewer than 2 seeds on a side: inconclusive.",
         "- A claim with n judged cells, H holding and N not holding: **holds** if H > n/2 and N = 0; **does not "
-        "hold** if N > n/2; otherwise **inconclusive (seed spread overlaps)** (**inconclusive (fewer than 2 "
-        "seeds)** when no cell had two seeds a side); no cells: **not run**.",
+        "hold** if N > n/2; otherwise **inconclusive (cells disagree)** if H > 0 and N > 0, else **inconclusive "
+        "(seed spread overlaps)** (**inconclusive (fewer than 2 seeds)** when no cell had two seeds a side); no "
+        "cells: **not run**.",
         "- The paper's numbers (`results/paper_reference.csv`, % on the real benchmarks) are judged by the same rule "
         "with zero spread (\"mixed\": its tasks disagree).", "",
         "## Summary", "",

@@ -54,10 +54,10 @@ def test_each_verdict_from_synthetic_results(tmp_path):
     assert summary["2"]["verdict"] == claims.HOLDS            # SLoPe beats SR-STE at every rank, both metrics
     assert summary["4"]["verdict"] == claims.FAILS            # 2:8-2:4 wins in our numbers
     assert summary["5"]["verdict"] == claims.FAILS            # 4 of 6 cells reversed, 2 within the spread
-    assert summary["3a"]["verdict"] == claims.UNSURE          # r2.1% worse than r0 (2 cells), r0.5% within spread (2)
+    assert summary["3a"]["verdict"] == claims.DISAGREE        # r2.1% worse than r0 (2 cells), r0.5% better perplexity (1), acc within spread (1)
     assert summary["3d"]["verdict"] == claims.FAILS           # r2.1% worse than r0.5% on both cells
     # close to dense: r0 and r0.5% are within 3 points / 5%; r2.1% is 20 points below -> 2 of 3 pairs hold, 1 fails
-    assert summary["1a"]["verdict"] == claims.UNSURE
+    assert summary["1a"]["verdict"] == claims.DISAGREE
     for key in ("1b", "1c", "3b", "3e"):
         assert summary[key]["verdict"] == claims.NOT_RUN and "make bert-" in summary[key]["rests_on"]
     assert "device device-small" in summary["4"]["rests_on"] and "commit abcdef0" in summary["4"]["rests_on"]
@@ -115,3 +115,9 @@ def test_every_claim_row_name_matches_the_runners_and_the_paper_table():
             if claim.experiment in runner_rows:
                 assert a in runner_rows[claim.experiment] and b in runner_rows[claim.experiment], (claim.key, a, b)
             assert claims.paper_values(reference, claim.experiment, a), (claim.key, a)
+
+
+def test_cells_that_clearly_disagree_are_not_called_seed_noise():
+    assert claims.aggregate([claims.HOLDS] * 8 + [claims.FAILS] * 4) == claims.DISAGREE
+    assert claims.aggregate([claims.HOLDS] * 2 + [claims.UNSURE] * 2) == claims.UNSURE  # no majority, no conflict
+    assert claims.aggregate([claims.FAILS] * 3 + [claims.HOLDS] * 2) == claims.FAILS

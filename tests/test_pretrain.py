@@ -97,11 +97,11 @@ def test_compressed_pretraining_tracks_the_simulated_run_and_resumes(corpus, tmp
     compressed = pretrain.main(_gpu_args(corpus, tmp_path / "comp", compress=True))
     for a, b in zip(simulated, compressed):  # bf16 values with fp32 masters vs fp32 weights under bf16 autocast
         assert abs(a["train_loss"] - b["train_loss"]) <= 0.02 * a["train_loss"], (a, b)
-    state = torch.load(tmp_path / "comp/checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "comp/checkpoint.pt", weights_only=False, map_location="cpu")
     assert set(state["optimizers"]) == {"model", "sparse", "adapters"}  # adapters came in at step 9 of 12
     assert all(s["master"].dtype == torch.float32 for s in state["optimizers"]["sparse"]["state"].values())
     sim_masks = {k.removesuffix(".mask"): v for k, v in
-                 torch.load(tmp_path / "sim/checkpoint.pt", weights_only=False)["model"].items() if k.endswith(".mask")}
+                 torch.load(tmp_path / "sim/checkpoint.pt", weights_only=False, map_location="cpu")["model"].items() if k.endswith(".mask")}
     from slope.kernels import nm_pack
     comp_masks = {k.removesuffix(".mask_nibbles"): nm_pack.unpack_nibbles(v.cuda()).cpu()
                   for k, v in state["model"].items() if k.endswith(".mask_nibbles")}
