@@ -6,6 +6,8 @@ Benchmarks (rows of one long-form CSV, provenance on every row):
 * ``train``     linear forward+backward at 8192 tokens, and per phase (FWD, BWD-2, BWD-1 incl. the gather)
 * ``infer``     forward only over token counts (crossover where sparse stops losing), both cuSPARSELt layouts
 * ``optim``     ADAMWSparse step (incl. the W_RCᵀ rebuild) vs torch's fused AdamW on the dense fp32 weight
+* ``mask``      the simulated layers' per-step W_RC mask (`slope.masks.nm_mask` along d_out of the fp32 W_R):
+                pairwise-comparison ranking vs the stable sort it replaced (``speedup_vs_dense`` = sort / comparison)
 
 Ideal figures beside the measurement: 1.5x for forward+backward (two of three GEMMs at 2x), 2x for inference,
 and the cuSPARSELt-bound ceiling computed from the measured per-phase kernel times.
@@ -187,6 +189,21 @@ def bench_optim(rows: list[dict], shape: str, cfg: BenchConfig) -> None:
         rows.append(_row("optim_part", shape, d_in, d_out, "", "bfloat16", label, cuda_time_ms(fn, repeats=cfg.repeats)))
 
 
+def bench_mask(rows: list[dict], shape: str, cfg: BenchConfig) -> None:
+    from slope import masks
+
+    d_in, d_out = MLP_SHAPES[shape]
+    weight = torch.randn(d_out, d_in, device="cuda")
+    w_r = weight * masks.row_mask(weight, 2, 4)
+    by_sort = cuda_time_ms(lambda: masks._nm_mask_by_sort(w_r, 2, 4, 0), repeats=cfg.repeats)
+    by_comparison = cuda_time_ms(lambda: masks.nm_mask(w_r, 2, 4, dim=0), repeats=cfg.repeats)
+    same = torch.equal(masks.nm_mask(w_r, 2, 4, dim=0), masks._nm_mask_by_sort(w_r, 2, 4, 0))
+    rows.append(_row("mask", shape, d_in, d_out, "", "float32", "W_RC mask: stable sort", by_sort))
+    rows.append(_row("mask", shape, d_in, d_out, "", "float32", "W_RC mask: pairwise comparison", by_comparison,
+                     speedup=by_sort["median_ms"] / by_comparison["median_ms"],
+                     note="same mask as the sort" if same else "MASKS DIFFER"))
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_config(PRESETS, __doc__.splitlines()[0], argv)
     if not torch.cuda.is_available():
@@ -204,13 +221,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             bench_host(block)
         elif kind == "optim":
             bench_optim(block, shape, cfg)
+            bench_mask(block, shape, cfg)
         else:
             bench_train(block, shape, getattr(torch, dtype), cfg)
             bench_infer(block, shape, getattr(torch, dtype), cfg)
         write_rows(cfg.output, block, columns=COLUMNS, config=cfg)  # each block lands at once: a timeout loses little
         rows += block
     for row in rows:
-        if row["speedup_vs_dense"] != "" or row["benchmark"] in ("host", "optim_part"):
+        if row["speedup_vs_dense"] != "" or row["benchmark"] in ("host", "optim_part", "mask"):
             print(f"{row['benchmark']:>11} {row['shape']:>16} {row['dtype']:>9} {str(row['tokens']):>5} "
                   f"{row['variant']:<34} {row['median']:>9} {row['unit']:<11} x{row['speedup_vs_dense']} "
                   f"{row['note'][:60]}")
