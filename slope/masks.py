@@ -75,7 +75,8 @@ def nm_mask(scores: torch.Tensor, n: int, m: int, dim: int = -1, *, name: str = 
     shape = scores.shape
     axis = dim + 1  # the position within the group, after splitting ``dim`` into (groups, M)
     magnitude = scores.detach().abs().reshape(*shape[:dim], shape[dim] // m, m, *shape[dim + 1:])
-    magnitude = torch.nan_to_num(magnitude, nan=float("inf"))  # a NaN ranks first, as in the descending sort
+    # a NaN ranks first, as in the sort: NaN -> inf, while a real inf becomes the largest finite value
+    magnitude = torch.nan_to_num(magnitude, nan=float("inf"))
     mine, other = magnitude.unsqueeze(axis + 1), magnitude.unsqueeze(axis)  # [..., i, j, ...]: element i vs j
     lower_index = torch.ones(m, m, dtype=torch.bool, device=scores.device).tril(-1)  # [i, j]: j < i
     lower_index = lower_index.reshape(m, m, *([1] * (len(shape) - dim - 1)))

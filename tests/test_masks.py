@@ -67,6 +67,8 @@ def test_nm_mask_by_comparison_equals_the_stable_sort_with_ties_and_nans(n, m, d
     generator = torch.Generator().manual_seed(n * 100 + m * 10 + dim)
     scores = torch.randint(-3, 4, (8, 16, 24), generator=generator).float()  # few values: many ties, signs
     scores[0, 0, :8] = float("nan")
+    scores[1, 0, :8:2] = float("inf")  # an inf beside a NaN: the NaN still ranks first
+    scores[1, 0, 1:8:2] = float("nan")
     for tensor in (scores, scores.bfloat16(), scores.transpose(0, 2)):  # low precision, non-contiguous
         expected = masks._nm_mask_by_sort(tensor, n, m, dim % tensor.dim())
         assert torch.equal(masks.nm_mask(tensor, n, m, dim=dim), expected)
