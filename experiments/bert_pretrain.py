@@ -39,7 +39,6 @@ from torch import nn
 from tqdm import tqdm
 
 import slope
-import slope.optim  # used as slope.optim.*: a submodule the package does not import itself
 from experiments.cli import parse_config
 from experiments.lamb import LAMB
 from experiments.mlm import IGNORE_INDEX, load_bert_tokens, mask_tokens, sample_windows

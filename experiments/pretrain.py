@@ -37,7 +37,6 @@ import torch
 from tqdm import tqdm
 
 import slope
-import slope.optim  # used as slope.optim.*: a submodule the package does not import itself
 from slope import distributed
 from experiments.atomic import atomic_open
 from experiments.cli import parse_config

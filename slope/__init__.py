@@ -18,6 +18,7 @@ from .masks import (assert_nm_sparse, double_prune_mask, double_pruned_density, 
                     parse_sparsity, row_mask, transposable_nm_mask)
 from .prune import block_index, densify_model, paper_filter, prune_model, split_blocks
 from .wanda import wanda_prune
+from . import optim  # `slope.optim.ADAMWSparse` etc. after a plain `import slope` (the README's usage)
 
 __version__ = "0.1.0"
 
@@ -26,5 +27,5 @@ __all__ = [
     "add_lora", "assert_nm_sparse", "block_index", "densify_model", "double_prune_mask", "double_pruned_density",
     "is_nm_sparse", "lora_parameters", "merge_lora", "nm_mask", "paper_filter", "parse_sparsity", "prepare_inference", "prune_model",
     "resolve_backend", "resolve_rank", "row_mask", "sparse_layers", "split_blocks", "transposable_nm_mask",
-    "wanda_prune",
+    "optim", "wanda_prune",
 ]

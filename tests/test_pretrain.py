@@ -115,6 +115,11 @@ def test_compressed_pretraining_tracks_the_simulated_run_and_resumes(corpus, tmp
 
 def test_runners_import_the_slope_submodules_they_use():
     # The compressed and fp16 paths reach `slope.optim` through the package; on a fresh interpreter that works
-    # only if the runner imports the submodule (found on the GPU: AttributeError in the --compress run).
+    # only if something imports the submodule — the package does (found on the GPU: AttributeError in --compress).
     code = "import experiments.pretrain, experiments.bert_pretrain, slope; slope.optim.ADAMWSparse, slope.optim.DynamicLossScaler"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_the_package_exposes_its_optimizers_after_a_plain_import():
+    subprocess.run([sys.executable, "-c", "import slope; slope.optim.ADAMWSparse, slope.optim.dense_parameters"],
+                   check=True, cwd=Path(__file__).resolve().parents[1])
