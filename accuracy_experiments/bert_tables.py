@@ -12,8 +12,9 @@ and every Wanda row prunes the dense row's model — and one fine-tuning per (pr
 adapters, step ~99%) of a run of the same seed that differs only in the rank, when one got there: the same
 computation, without repeating 99% of the pretraining (`bert_pretrain.start_from_branch`). Each pretraining's
 loss curve is copied to ``results/bert_losses/<scale>/`` beside the scores. Table processes may run side by side on
-one cache: each run folder is locked while it is computed, a process needing it waits and then reads it, and a
-rank row waits for the rank-0 run another process is training rather than repeat it.
+one cache: each run folder is locked while it is computed, a process needing it waits and then reads it, a rank
+row waits for the rank-0 run another process is training rather than repeat it, and a row's fine-tuning that
+another process is computing is passed over until the row's others are done (two processes on one row split it).
 
 The markdown table (mean ± std over seeds) sits beside the CSV, next to the paper's numbers from
 ``results/paper_reference.csv`` — on the real GLUE / SQuAD v1.1 with BERT-Large: compare the ordering of the
@@ -113,16 +114,20 @@ def _done(path: Path) -> set[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def _locked(lock_file: Path, what: str):
-    """Hold an exclusive lock on ``lock_file``; a second process asking for it waits (and says so) until it is free."""
+def _locked(lock_file: Path, what: str, wait: bool = True):
+    """Hold an exclusive lock on ``lock_file``; a second process asking for it waits (and says so) until it is free.
+    Yields whether the lock is held: with ``wait=False`` a busy lock yields False at once."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                yield False
+                return
             print(f"{what} is being computed by another process; waiting for it", file=sys.stderr)
             fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+        yield True
 
 
 def _exclusive(results: Path, runs: Path):
@@ -132,10 +137,30 @@ def _exclusive(results: Path, runs: Path):
     return _locked(runs / f".{results.name}.{config_hash(str(results.resolve()))[:8]}.lock", str(results))
 
 
-def _run_lock(run_folder: Path):
+def _run_lock(run_folder: Path, wait: bool = True):
     """One process per pretraining or fine-tuning folder: tables run side by side (GLUE and SQuAD of one seed, the
     rank rows of one seed) share their runs through the cache instead of training one twice at the same time."""
-    return _locked(run_folder.with_name(f".{run_folder.name}.lock"), str(run_folder))
+    return _locked(run_folder.with_name(f".{run_folder.name}.lock"), str(run_folder), wait)
+
+
+def finetune_all(configs: dict[str, finetune.FinetuneConfig]) -> dict[str, dict]:
+    """Each task's scores (task -> config in, task -> metrics out, same order). A fine-tuning another process is
+    computing is passed over and waited on only when nothing else is left, so that processes running the same row
+    side by side split its fine-tunings instead of queueing behind one another."""
+    scores: dict[str, dict] = {}
+    while len(scores) < len(configs):
+        took_one = False
+        for task, cfg in configs.items():
+            if task in scores:
+                continue
+            with _run_lock(Path(cfg.out), wait=False) as mine:
+                if mine:
+                    scores[task], took_one = finetune.finetune(cfg)["metrics"], True
+        if not took_one:  # every one left is being computed elsewhere: wait for the first, then look again
+            task, cfg = next((t, c) for t, c in configs.items() if t not in scores)
+            with _run_lock(Path(cfg.out)):
+                scores[task] = finetune.finetune(cfg)["metrics"]
+    return {task: scores[task] for task in configs}
 
 
 def run(table: str, scale: str, seeds: list[int], rows: list[str], *, results: Path, runs: Path, data: str,
@@ -162,16 +187,15 @@ def _run(table, scale, seeds, rows, *, results, runs, data, curves, pretrain_ove
                 curves.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(Path(pre_cfg.out) / "losses.csv", curves / f"{key}_seed{seed}.csv")
             val_loss = bert_pretrain.final_val_loss(history)
-            out, configs = [], {"pretrain": asdict(pre_cfg), "branched_from": branched_from}
-            for task in spec_table["tasks"]:
-                ft_cfg = finetune_config(scale, spec, task, seed, Path(pre_cfg.out), data, finetune_overrides)
-                configs[task] = asdict(ft_cfg)
-                with _run_lock(Path(ft_cfg.out)):
-                    scores = finetune.finetune(ft_cfg)["metrics"]
-                out += [{"experiment": table, "scale": scale, "row": row, "method": spec["method"],
-                         "adapter_rank": spec["adapter_rank"], "sparsity": spec["sparsity"], "seed": seed,
-                         "steps": pre_cfg.steps, "task": task, "metric": metric, "value": value,
-                         "final_val_loss": val_loss} for metric, value in scores.items()]
+            ft_cfgs = {task: finetune_config(scale, spec, task, seed, Path(pre_cfg.out), data, finetune_overrides)
+                       for task in spec_table["tasks"]}
+            configs = {"pretrain": asdict(pre_cfg), "branched_from": branched_from,
+                       **{task: asdict(cfg) for task, cfg in ft_cfgs.items()}}
+            out = [{"experiment": table, "scale": scale, "row": row, "method": spec["method"],
+                    "adapter_rank": spec["adapter_rank"], "sparsity": spec["sparsity"], "seed": seed,
+                    "steps": pre_cfg.steps, "task": task, "metric": metric, "value": value,
+                    "final_val_loss": val_loss}
+                   for task, scores in finetune_all(ft_cfgs).items() for metric, value in scores.items()]
             write_rows(results, out, columns=COLUMNS, config=configs)  # per run: an interruption loses at most one
     write_table(results, table)
     return results

@@ -108,19 +108,28 @@ def test_finetuning_keeps_the_pretrained_mask_and_adapters_and_scores_tasks(data
     results = {}
     for task in ("coherence", "span"):
         cfg = finetune.FinetuneConfig(task=task, pretrained=str(pretrained / "slope"), data=str(tasks),
-                                      out=str(tmp_path / task), **TOY_FINETUNE)
+                                      out=str(tmp_path / task), span_steps=5, **TOY_FINETUNE)
         results[task] = finetune.finetune(cfg)
         model, *_ = finetune.build_task_model(cfg)
         after = _sparse_masks(model)
         assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
         assert slope.lora_parameters(model)  # the adapters came along
     assert set(results["coherence"]["metrics"]) == {"acc", "f1"} and set(results["span"]["metrics"]) == {"em", "f1"}
+    # the span task ran its own step count, the classification task the common one
+    assert len(results["span"]["train_losses"]) == 5 and len(results["coherence"]["train_losses"]) == 3
     assert all(-1 <= v <= 1 for r in results.values() for v in r["metrics"].values())
     saved = json.loads((tmp_path / "span/metrics.json").read_text())
     assert saved["final_val_loss"] == results["span"]["final_val_loss"] != ""
     cfg = finetune.FinetuneConfig(task="span", pretrained=str(pretrained / "slope"), data=str(tasks),
-                                  out=str(tmp_path / "span"), **TOY_FINETUNE)
+                                  out=str(tmp_path / "span"), span_steps=5, **TOY_FINETUNE)
     assert finetune.finetune(cfg) == results["span"]  # an identical configuration is not trained again
+
+
+def test_span_tasks_take_their_own_recipe_where_one_is_set():
+    small = finetune.PRESETS["small"]
+    assert finetune.recipe(replace(small, task="span")) == (small.steps, small.span_lr) != (small.steps, small.lr)
+    assert finetune.recipe(replace(small, task="coherence")) == (small.steps, small.lr)
+    assert finetune.recipe(replace(small, task="squad", span_steps=7, span_lr=0.0)) == (7, small.lr)
 
 
 def test_wanda_prunes_the_dense_model_and_the_mask_survives_finetuning(data, pretrained, monkeypatch):

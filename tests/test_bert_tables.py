@@ -83,3 +83,27 @@ def test_a_rank_row_waits_for_the_rank0_run_another_process_is_training(tmp_path
     assert f"{rank0_cfg.out} is being computed by another process; waiting for it" in err
     assert f"starting from the branch of {rank0_cfg.out}" in err  # not from scratch
     assert {r["row"] for r in csv.DictReader((tmp_path / "squad.csv").open())} == {"slope-r1.56%"}
+
+
+def test_processes_on_one_row_split_its_finetunings(tmp_path, monkeypatch):
+    """A fine-tuning another process holds is passed over; the others run first, then the held one is waited on."""
+    configs = {task: bert_tables.finetune.FinetuneConfig(task=task, out=str(tmp_path / task))
+               for task in ("acceptability", "coherence", "source")}
+    ran = []
+
+    def fake_finetune(cfg):
+        ran.append(cfg.task)
+        return {"metrics": {"score": len(ran)}}
+
+    monkeypatch.setattr(bert_tables.finetune, "finetune", fake_finetune)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(bert_tables.finetune_all(configs)))
+    with bert_tables._run_lock(Path(configs["acceptability"].out)):  # "another process" computes acceptability
+        worker.start()
+        deadline = time.monotonic() + 30
+        while len(ran) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ran == ["coherence", "source"]  # not blocked behind the held one
+    worker.join(timeout=30)
+    assert ran == ["coherence", "source", "acceptability"]
+    assert list(result) == ["acceptability", "coherence", "source"]  # the table's order, whoever ran first
