@@ -3,7 +3,8 @@
 Every (row, seed) pretrains BERT with `experiments.bert_pretrain` (resumable), then fine-tunes it on each of the
 table's tasks with `experiments.finetune` (sparsity kept; Wanda rows prune the dense model first) and writes one
 long-form CSV row per (task, metric) to ``results/bert_<table>_<scale>.csv`` with provenance, right after that
-(row, seed) — rows already in the CSV are skipped, so an interrupted run resumes without losing or repeating any.
+(row, seed) — cells (row, seed, task) already in the CSV are skipped, so an interrupted run resumes without losing
+or repeating any, and deleting a column's cells (a changed fine-tuning recipe) re-runs only that column.
 
 Runs are cached under ``--runs`` by what they compute, not by table: one pretraining per distinct
 (method, sparsity, adapter rank, seed) — GLUE and SQuAD share theirs, ``2:4-2:4`` is the same run as ``2:4``,
@@ -106,11 +107,12 @@ def start_from_sibling(scale: str, spec: dict, seed: int, runs: Path, overrides:
     return ""
 
 
-def _done(path: Path) -> set[tuple[str, str]]:
+def _done(path: Path) -> set[tuple[str, str, str]]:
+    """The (row, seed, task) cells already in the CSV."""
     if not path.exists():
         return set()
     with path.open(newline="") as f:
-        return {(r["row"], r["seed"]) for r in csv.DictReader(f)}
+        return {(r["row"], r["seed"], r["task"]) for r in csv.DictReader(f)}
 
 
 @contextlib.contextmanager
@@ -146,18 +148,22 @@ def _run_lock(run_folder: Path, wait: bool = True):
 def finetune_all(configs: dict[str, finetune.FinetuneConfig]) -> dict[str, dict]:
     """Each task's scores (task -> config in, task -> metrics out, same order). A fine-tuning another process is
     computing is passed over and waited on only when nothing else is left, so that processes running the same row
-    side by side split its fine-tunings instead of queueing behind one another."""
+    side by side split its fine-tunings instead of queueing behind one another. The longest are tried first, so
+    that such processes end together rather than one of them finishing a long one alone."""
     scores: dict[str, dict] = {}
+    longest_first = sorted(configs, key=lambda task: -finetune.recipe(configs[task])[0])
     while len(scores) < len(configs):
         took_one = False
-        for task, cfg in configs.items():
+        for task in longest_first:
+            cfg = configs[task]
             if task in scores:
                 continue
             with _run_lock(Path(cfg.out), wait=False) as mine:
                 if mine:
                     scores[task], took_one = finetune.finetune(cfg)["metrics"], True
-        if not took_one:  # every one left is being computed elsewhere: wait for the first, then look again
-            task, cfg = next((t, c) for t, c in configs.items() if t not in scores)
+        if not took_one:  # every one left is being computed elsewhere: wait for one, then look again
+            task = next(t for t in longest_first if t not in scores)
+            cfg = configs[task]
             with _run_lock(Path(cfg.out)):
                 scores[task] = finetune.finetune(cfg)["metrics"]
     return {task: scores[task] for task in configs}
@@ -165,19 +171,24 @@ def finetune_all(configs: dict[str, finetune.FinetuneConfig]) -> dict[str, dict]
 
 def run(table: str, scale: str, seeds: list[int], rows: list[str], *, results: Path, runs: Path, data: str,
         curves: Path | None = None, pretrain_overrides: dict | None = None,
-        finetune_overrides: dict | None = None) -> Path:
+        finetune_overrides: dict | None = None, tasks: list[str] | None = None) -> Path:
+    """Compute the (row, seed, task) cells missing from ``results`` (``tasks``: only those of the table's tasks, e.g.
+    to re-run one column whose cells were deleted from the CSV) and rewrite the markdown table."""
     with _exclusive(results, runs):
         return _run(table, scale, seeds, rows, results=results, runs=runs, data=data, curves=curves,
-                    pretrain_overrides=pretrain_overrides, finetune_overrides=finetune_overrides)
+                    pretrain_overrides=pretrain_overrides, finetune_overrides=finetune_overrides, tasks=tasks)
 
 
-def _run(table, scale, seeds, rows, *, results, runs, data, curves, pretrain_overrides, finetune_overrides) -> Path:
+def _run(table, scale, seeds, rows, *, results, runs, data, curves, pretrain_overrides, finetune_overrides,
+         tasks) -> Path:
     spec_table = TABLES[table]
+    tasks = [t for t in spec_table["tasks"] if tasks is None or t in tasks]
     done = _done(results)
     for row in rows:
         spec = spec_table["rows"][row]
         for seed in seeds:
-            if (row, str(seed)) in done:
+            todo = [task for task in tasks if (row, str(seed), task) not in done]
+            if not todo:
                 continue
             pre_cfg, key = pretrain_config(scale, spec, seed, runs, pretrain_overrides)
             with _run_lock(Path(pre_cfg.out)):
@@ -188,7 +199,7 @@ def _run(table, scale, seeds, rows, *, results, runs, data, curves, pretrain_ove
                 shutil.copyfile(Path(pre_cfg.out) / "losses.csv", curves / f"{key}_seed{seed}.csv")
             val_loss = bert_pretrain.final_val_loss(history)
             ft_cfgs = {task: finetune_config(scale, spec, task, seed, Path(pre_cfg.out), data, finetune_overrides)
-                       for task in spec_table["tasks"]}
+                       for task in todo}
             configs = {"pretrain": asdict(pre_cfg), "branched_from": branched_from,
                        **{task: asdict(cfg) for task, cfg in ft_cfgs.items()}}
             out = [{"experiment": table, "scale": scale, "row": row, "method": spec["method"],
@@ -277,16 +288,21 @@ def main(table: str, argv: list[str] | None = None, description: str = "") -> Pa
     parser.add_argument("--results-dir", default=str(REPO_ROOT / "results"), help="folder of the results CSVs")
     parser.add_argument("--runs", default="runs/bert", help="cache of pretraining and fine-tuning runs")
     parser.add_argument("--data", default="data/finetune", help="the generated fine-tuning sets")
+    parser.add_argument("--tasks", default=",".join(TABLES[table]["tasks"]),
+                        help="only these of the table's tasks (the cells of the others are left as they are)")
     args = parser.parse_args(argv)
     rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in rows if r not in rows_of]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(rows_of)}")
-    missing = [t for t in TABLES[table]["tasks"] if not (Path(args.data) / t / "validation.jsonl").exists()]
+    tasks = [t for t in args.tasks.split(",") if t]
+    if not tasks or set(tasks) - set(TABLES[table]["tasks"]):
+        parser.error(f"--tasks {args.tasks!r}: choose from {list(TABLES[table]['tasks'])}")
+    missing = [t for t in tasks if not (Path(args.data) / t / "validation.jsonl").exists()]
     if missing:
         parser.error(f"{args.data} lacks {missing}: run `make data` first")
     results = Path(args.results or Path(args.results_dir) / f"{table}_{args.scale}.csv")
     path = run(table, args.scale, [int(s) for s in args.seeds.split(",")], rows, results=results,
-               runs=Path(args.runs), data=args.data, curves=results.parent / "bert_losses" / args.scale)
+               runs=Path(args.runs), data=args.data, curves=results.parent / "bert_losses" / args.scale, tasks=tasks)
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return path

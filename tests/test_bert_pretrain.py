@@ -127,7 +127,7 @@ def test_finetuning_keeps_the_pretrained_mask_and_adapters_and_scores_tasks(data
 
 def test_span_tasks_take_their_own_recipe_where_one_is_set():
     small = finetune.PRESETS["small"]
-    assert finetune.recipe(replace(small, task="span")) == (small.steps, small.span_lr) != (small.steps, small.lr)
+    assert finetune.recipe(replace(small, task="span")) == (small.span_steps, small.lr) != (small.steps, small.lr)
     assert finetune.recipe(replace(small, task="coherence")) == (small.steps, small.lr)
     assert finetune.recipe(replace(small, task="squad", span_steps=7, span_lr=0.0)) == (7, small.lr)
 

@@ -48,6 +48,19 @@ def test_tables_share_pretraining_write_the_schema_and_resume(tmp_path):
                if r["row"] == "slope-2:4-2:4" and r["task"] != "span")
     bert_tables.run("bert_mixed", "tiny", [0], ["slope-2:4-2:4", "wanda-2:8-2:4"], results=mixed, **kwargs)
     assert len(list(csv.DictReader(mixed.open()))) == len(rows)  # resumed: nothing new to do
+    # one column's cells deleted (say, a changed recipe): a run restricted to that task puts back exactly those
+    with mixed.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header, kept = reader.fieldnames, [r for r in reader if r["task"] != "span"]
+    with mixed.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(kept)
+    bert_tables.run("bert_mixed", "tiny", [0], ["slope-2:4-2:4", "wanda-2:8-2:4"], results=mixed, tasks=["span"],
+                    **kwargs)
+    again = list(csv.DictReader(mixed.open()))
+    assert sorted((r["row"], r["task"], r["metric"], r["value"]) for r in again) == sorted(
+        (r["row"], r["task"], r["metric"], r["value"]) for r in rows)
     assert "| wanda-2:8-2:4 |" in mixed.with_suffix(".md").read_text()
 
 
@@ -86,9 +99,10 @@ def test_a_rank_row_waits_for_the_rank0_run_another_process_is_training(tmp_path
 
 
 def test_processes_on_one_row_split_its_finetunings(tmp_path, monkeypatch):
-    """A fine-tuning another process holds is passed over; the others run first, then the held one is waited on."""
-    configs = {task: bert_tables.finetune.FinetuneConfig(task=task, out=str(tmp_path / task))
-               for task in ("acceptability", "coherence", "source")}
+    """A fine-tuning another process holds is passed over; the others run first (longest first), then the held one
+    is waited on."""
+    configs = {task: bert_tables.finetune.FinetuneConfig(task=task, out=str(tmp_path / task), span_steps=80)
+               for task in ("acceptability", "coherence", "span")}
     ran = []
 
     def fake_finetune(cfg):
@@ -103,7 +117,7 @@ def test_processes_on_one_row_split_its_finetunings(tmp_path, monkeypatch):
         deadline = time.monotonic() + 30
         while len(ran) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert ran == ["coherence", "source"]  # not blocked behind the held one
+        assert ran == ["span", "coherence"]  # the longest first, and not blocked behind the held one
     worker.join(timeout=30)
-    assert ran == ["coherence", "source", "acceptability"]
-    assert list(result) == ["acceptability", "coherence", "source"]  # the table's order, whoever ran first
+    assert ran == ["span", "coherence", "acceptability"]
+    assert list(result) == ["acceptability", "coherence", "span"]  # the table's order, whoever ran first
