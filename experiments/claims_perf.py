@@ -24,7 +24,8 @@ pairing, samples, measures, verdicts, citations — lives in `experiments.perf_e
   is the min–max of the sample values when there are several, else the one sample's IQR-derived interval.
 * **Verdict** against a goal in the claimed direction: met if the whole spread is on the goal's side, missed if the
   whole spread is on the other side (by goal − median, also as a fraction of the goal), otherwise borderline; no
-  sample: not measured. For the seed's notes the same rule reads confirmed / refuted / mixed.
+  sample: not measured. For the seed's notes the same rule reads confirmed / refuted / mixed. A speedup whose
+  median is > 5% above the row's own ideal (Amdahl) figure is "suspect", not met: its reference row was disturbed.
 * Every number carries device, commit (short sha, "+dirty" for a dirty tree) and date of the rows behind it.
 
 Runs at different commits are pooled (their disagreement is part of the spread), except where a claim says the
@@ -110,6 +111,8 @@ RULE = [
     "- **met** if the whole spread is on the goal's side; **missed** if the whole spread is on the other side (by "
     "goal − median, and that as a fraction of the goal); otherwise **borderline (spread straddles the goal)**; no "
     "rows: **not measured** (no CSV: **not run**). The seed's notes read confirmed / refuted / mixed by the same rule.",
+    "- A speedup whose median is more than 5% above the row's ideal (Amdahl) figure is **suspect**, never met: "
+    "nothing runs faster than its ideal, so the reference row of that run was disturbed.",
     "- Runs at different commits are pooled; only where the measured code changed between runs (the optimizer) does "
     "the newest run decide, the older ones listed.",
     "- Goals are the performance issue's, or the paper's figure where the issue takes it as the goal "

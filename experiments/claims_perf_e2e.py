@@ -8,7 +8,7 @@ from .claims_perf_inputs import (amdahl, basis_share, BENCH_KEYS, cited, DECODE_
                                  linear_share, mask_freq, ms_text, paper_figure, paper_text, PREFILL_GOAL,
                                  same_run_row, sample_cell, speedup_vs_dense, TRAIN_MEMORY_GOAL, TRAIN_STEP_FALLBACK,
                                  vs_dense)
-from .perf_evidence import cite, cite_key, cites_text, Claim, Line, measure, pair, ratios, run_of, select
+from .perf_evidence import cite, cite_key, cites_text, Claim, Line, measure, numeric, pair, ratios, run_of, select
 
 
 def claim_training(inp: Inputs) -> Claim:
@@ -28,7 +28,7 @@ def claim_training(inp: Inputs) -> Claim:
                                 f"train step, W_RCᵀ mask {how}", m, goal,
                           f"≥ {goal:g} (paper, A100); ideal: linears 1.5×"
                           + (f", this step (Amdahl) {step['ideal']}×" if step["ideal"] else ""),
-                          why=_training_why(inp, step)))
+                          why=_training_why(inp, step), ceiling=numeric(step, "ideal")))
     configs: dict[tuple, list[dict]] = {}  # one phase table per configuration: each has its own dense column
     for step in steps:
         configs.setdefault(tuple(step[k] for k in ("model", "num_blocks", "dtype", "precision")), []).append(step)
@@ -109,7 +109,8 @@ def claim_prefill(inp: Inputs) -> Claim:
                        f"{DEFAULT_LAYOUT}, median of {len(kernel.samples)}), which on {share:.1%} of the time "
                        f"allows {amdahl(share, kernel.median):.3f}× (derived)")
         lines.append(Line("P2", f"{row['model']} {row['dtype']} prefill, batch {row['batch']} × {row['seq']}, r=0",
-                          m, PREFILL_GOAL, f"≥ {PREFILL_GOAL} (issue); {paper_text(paper)}", why="; ".join(why)))
+                          m, PREFILL_GOAL, f"≥ {PREFILL_GOAL} (issue); {paper_text(paper)}", why="; ".join(why),
+                          ceiling=numeric(row, "ideal")))
     return Claim("P2", title, lines)
 
 
@@ -123,7 +124,8 @@ def claim_decode(inp: Inputs) -> Claim:
     lines = [Line("P3", f"{r['model']} decode b={r['batch']}, "
                         f"{'eager' if r['variant'] == 'slope' else 'dense fallback'} ({r['dtype']})",
                   vs_dense(inp, r), DECODE_GOAL,
-                  f"≥ {DECODE_GOAL} (issue); Amdahl ideal {r['ideal'] or '—'}×") for r in rows]
+                  f"≥ {DECODE_GOAL} (issue); Amdahl ideal {r['ideal'] or '—'}×", ceiling=numeric(r, "ideal"))
+             for r in rows]
     details = []
     small = layer_infer(inp, rows[0]["dtype"], 16)
     graph = pair(select(inp.inference, benchmark="infer_graph", variant="dense F.linear", tokens="16"),

@@ -21,6 +21,7 @@ from pathlib import Path
 
 MET, MISSED, BORDERLINE = "met", "missed", "borderline (spread straddles the goal)"
 NOT_MEASURED, NOT_RUN = "not measured", "not run"
+SUSPECT, SUSPECT_MARGIN = "suspect: above the ideal", 1.05
 NOTE_WORDS = {MET: "confirmed", MISSED: "refuted", BORDERLINE: "mixed (spread straddles)"}
 
 
@@ -211,11 +212,15 @@ class Line:
     why: str = ""
     note: bool = False          # a seed note: confirmed / refuted / mixed
     absent: str = NOT_MEASURED  # the verdict without a measure: not measured, or not run (no CSV)
+    ceiling: float | None = None  # the ideal speedup: a median above it (+5%) is a measurement problem
 
     @property
     def verdict(self) -> str:
         if self.measure is None or self.goal is None:
             return self.absent
+        if self.ceiling and self.higher and self.measure.median > SUSPECT_MARGIN * self.ceiling:
+            # faster than the ideal can only mean a slow reference (e.g. a disturbed dense row): never "met"
+            return f"{SUSPECT} {fmt(self.ceiling)}: a measurement problem, not counted"
         v = verdict(self.measure, self.goal, self.higher)
         text = NOTE_WORDS[v] if self.note else v
         return f"{text} {shortfall(self.measure, self.goal)}" if v == MISSED and not self.note else text

@@ -61,6 +61,14 @@ def test_missed_says_by_how_much_and_no_measure_is_not_measured():
     assert note.verdict == "refuted"
 
 
+def test_a_speedup_above_its_ideal_is_suspect_not_met():
+    above = ev.Line("P3", "decode b=8", _measure((1.55, 1.40, 1.70)), 1.0, "≥ 1", ceiling=1.16)
+    assert above.verdict.startswith(ev.SUSPECT) and "1.160×" in above.verdict
+    near = ev.Line("P3", "decode b=8", _measure((1.15, 1.10, 1.21)), 1.0, "≥ 1", ceiling=1.16)
+    assert near.verdict == ev.MET  # within reach of the ideal (and its spread touches it)
+    assert ev.Line("P3", "decode", _measure((1.55, 1.40, 1.70)), 1.0, "≥ 1").verdict == ev.MET  # no ideal known
+
+
 def test_one_run_spread_comes_from_both_sides_iqr():
     dense = {"median": "100", "iqr": "10", **RUN_A, "_i": 0}
     slope = {"median": "80", "iqr": "4", **RUN_A, "_i": 1}
