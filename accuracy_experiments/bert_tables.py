@@ -14,8 +14,9 @@ adapters, step ~99%) of a run of the same seed that differs only in the rank, wh
 computation, without repeating 99% of the pretraining (`bert_pretrain.start_from_branch`). Each pretraining's
 loss curve is copied to ``results/bert_losses/<scale>/`` beside the scores. Table processes may run side by side on
 one cache: each run folder is locked while it is computed, a process needing it waits and then reads it, a rank
-row waits for the rank-0 run another process is training rather than repeat it, and a row's fine-tuning that
-another process is computing is passed over until the row's others are done (two processes on one row split it).
+row waits for the rank-0 run another process is training rather than repeat it (and trains it first when no process
+has), and a row's fine-tuning that another process is computing is passed over until the row's others are done
+(two processes on one row split it).
 
 The markdown table (mean ± std over seeds) sits beside the CSV, next to the paper's numbers from
 ``results/paper_reference.csv`` — on the real GLUE / SQuAD v1.1 with BERT-Large: compare the ordering of the
@@ -89,16 +90,20 @@ def finetune_config(scale: str, spec: dict, task: str, seed: int, pretrained: Pa
 
 def start_from_sibling(scale: str, spec: dict, seed: int, runs: Path, overrides: dict | None, cfg) -> str:
     """Start ``cfg``'s run from the branch of a run differing only in the adapter rank (rank 0 first); returns
-    that run's folder, or "" when there is none yet (or ``cfg`` has no adapters, or a checkpoint of its own)."""
-    if bert_pretrain.adapter_start(cfg) is None:
+    that run's folder, or "" when ``cfg`` has no adapters or a checkpoint of its own."""
+    if bert_pretrain.adapter_start(cfg) is None or (Path(cfg.out) / "checkpoint.pt").exists():
         return ""
     ranks = dict.fromkeys(["0"] + [row["adapter_rank"] for table in TABLES.values() for row in table["rows"].values()])
     for rank in ranks:
         if rank != spec["adapter_rank"]:
             source, _ = pretrain_config(scale, {**spec, "adapter_rank": rank}, seed, runs, overrides)
             # Rank 0's run is the one every rank row branches from: when another process is training it, wait for
-            # it rather than repeat its 99%. The other ranks are only looked at (waiting on them could deadlock).
+            # it rather than repeat its 99%; when nobody has, train it here (its 1% past the branch is the only
+            # extra, and the rank-0 row then finds it done). The other ranks are only looked at (waiting on them
+            # could deadlock).
             with _run_lock(Path(source.out)) if rank == "0" else contextlib.nullcontext():
+                if rank == "0":
+                    bert_pretrain.train(source)  # a finished run returns at once
                 branched = bert_pretrain.start_from_branch(cfg, source.out)
             if branched:
                 print(f"{cfg.out}: starting from the branch of {source.out} (step "

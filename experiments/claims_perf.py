@@ -10,6 +10,8 @@ inputs, goals and shared helpers in `claims_perf_inputs`. Inputs, each optional 
                                decode, static and peak memory of a truncated model, dense and SLoPe variants
 * ``bench_linear_<gpu>.csv``   one linear layer: fwd+bwd, inference by token count, host time, optimizer
 * ``bench_inference_<gpu>.csv`` inference layers: tiling, merged adapters, Triton vs torch, CUDA graphs
+* ``ablations_<gpu>.csv``      model-level switches on vs off (`performance_experiments/ablations.py`): P10 in
+                               `claims_perf_ablations`
 * ``paper_reference.csv``      the paper's figures (goals where the paper's number *is* the goal)
 
 How a number is made (all from CSV rows; nothing measured is written in this file; the generic machinery —
@@ -35,13 +37,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .claims_perf_ablations import claim_ablations
 from .claims_perf_e2e import claim_decode, claim_memory, claim_prefill, claim_training
 from .claims_perf_inputs import E2E_KEYS, GPU, Inputs, load, speedup_vs_dense
 from .claims_perf_layers import claim_coverage, claim_layer, claim_merged, claim_notes, claim_tiling
 from .perf_evidence import cite, Claim, describe, numeric, run_of, select
 
 CLAIM_BUILDERS = (claim_training, claim_prefill, claim_decode, claim_memory, claim_tiling, claim_merged, claim_layer,
-                  claim_notes, claim_coverage)
+                  claim_notes, claim_coverage, claim_ablations)
 
 
 # ----- checks on the CSVs themselves ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from .perf_evidence import (describe, measure, Measure, NOT_MEASURED, NOT_RUN, p
 
 
 GPU = "h100"
-FILES = {"e2e": "speedup_{gpu}.csv", "linear": "bench_linear_{gpu}.csv", "inference": "bench_inference_{gpu}.csv"}
+FILES = {"e2e": "speedup_{gpu}.csv", "linear": "bench_linear_{gpu}.csv", "inference": "bench_inference_{gpu}.csv",
+         "ablations": "ablations_{gpu}.csv"}
 # Goals of the performance issue where they are not the paper's own figure (the paper's figures are read from
 # paper_reference.csv; the fallbacks below are used only when that file lacks the row).
 PREFILL_GOAL = 1.55          # issue: prefill ≥ 1.55x (paper, OPT-13B on A100: 1.54x)
@@ -38,6 +39,7 @@ class Inputs:
     inference: list[dict] | None
     paper: list[dict]
     names: dict[str, str]
+    ablations: list[dict] | None = None
 
     def absent(self, source: str) -> str:
         return NOT_MEASURED if getattr(self, source) is not None else f"{NOT_RUN} (no `{self.names[source]}`)"
@@ -47,7 +49,7 @@ def load(results: Path, gpu: str = GPU) -> Inputs:
     names = {k: v.format(gpu=gpu) for k, v in FILES.items()}
     rows = {k: read_rows(results / n) for k, n in names.items()}
     paper = read_rows(results / "paper_reference.csv") or []
-    return Inputs(rows["e2e"], rows["linear"], rows["inference"], paper, names)
+    return Inputs(rows["e2e"], rows["linear"], rows["inference"], paper, names, rows["ablations"])
 
 
 def paper_figure(inp: Inputs, table: str, rank: str, model: str) -> float | None:

@@ -121,3 +121,16 @@ def test_processes_on_one_row_split_its_finetunings(tmp_path, monkeypatch):
     worker.join(timeout=30)
     assert ran == ["span", "coherence", "acceptability"]
     assert list(result) == ["acceptability", "coherence", "span"]  # the table's order, whoever ran first
+
+
+def test_a_rank_row_alone_trains_the_rank0_run_and_branches_from_it(tmp_path, capsys):
+    corpus, tasks = toy_bert_data(tmp_path)
+    pretrain = {**PRETRAIN, "corpus": str(corpus), "tokenizer": str(corpus / "tokenizers/bert-wordpiece")}
+    runs = tmp_path / "runs"
+    bert_tables.run("bert_squad", "tiny", [0], ["slope-r6.25%"], results=tmp_path / "squad.csv", runs=runs,
+                    data=str(tasks), pretrain_overrides=pretrain, finetune_overrides={**TOY_FINETUNE, "steps": 1})
+    rank0_cfg, _ = bert_tables.pretrain_config("tiny", bert_tables.TABLES["bert_squad"]["rows"]["slope-r0"], 0, runs,
+                                               pretrain)
+    assert f"starting from the branch of {rank0_cfg.out}" in capsys.readouterr().err
+    steps = [int(r["step"]) for r in csv.DictReader((Path(rank0_cfg.out) / "losses.csv").open())]
+    assert steps[-1] == PRETRAIN["steps"]  # the rank-0 row's run is done too, for its own row to reuse

@@ -203,3 +203,36 @@ def test_tiling_gain_pools_shapes_and_runs_of_the_inference_bench(tmp_path):
     line = {c.key: c for c in perf.build(tmp_path)[1]}["P5"].lines[0]
     assert line.measure.spread == (pytest.approx(1 / 1.1), pytest.approx(1 / 0.9))
     assert line.verdict == ev.BORDERLINE and line.measure.basis == "min–max of 2 shapes × runs"
+
+
+def test_ablation_lines_pair_each_setting_with_its_baseline_in_the_same_run(tmp_path):
+    from experiments.claims_perf_ablations import claim_ablations
+    from experiments.claims_perf_inputs import load
+
+    columns = ["ablation", "model", "num_blocks", "dtype", "experiment", "batch", "tokens", "variant", "setting",
+               "baseline_setting", "median", "iqr", "status", "note", "git_sha", "git_dirty", "config_hash", "command",
+               "device", "date"]
+    run = {"model": "opt-13b", "num_blocks": "2", "dtype": "bfloat16", "git_sha": "a" * 40, "git_dirty": "False",
+           "config_hash": "h", "command": "ablations.py", "device": "GPU", "date": "2026-11-23", "iqr": "0",
+           "note": "", "status": "ok"}
+    rows = [dict(run, ablation="cuda_graph", experiment="decode", batch=str(b), tokens=str(b), variant="slope",
+                 setting=setting, baseline_setting="eager", median=str(ms))
+            for b, eager, graph in ((1, 3.0, 1.0), (8, 3.0, 1.5)) for setting, ms in (("eager", eager), ("graph", graph))]
+    rows.append(dict(run, ablation="cuda_graph", experiment="train", batch="", tokens="8192", variant="slope",
+                     setting="eager", baseline_setting="eager", median="80"))
+    rows.append(dict(run, ablation="cuda_graph", experiment="train", batch="", tokens="8192", variant="slope",
+                     setting="graph", baseline_setting="eager", median="100"))
+    rows.append(dict(run, ablation="cutlass", experiment="", batch="", tokens="", variant="slope", setting="cutlass",
+                     baseline_setting="", median="", status="unsupported",
+                     note="BackendUnavailableError: not on sm_90; use backend='cusparselt'"))
+    with (tmp_path / "ablations_h100.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    claim = claim_ablations(load(tmp_path))
+    decode, train, cutlass = claim.lines
+    assert decode.measure.median == pytest.approx(2.5) and decode.measure.spread == (2.0, 3.0)  # eager / graph
+    assert decode.verdict == "confirmed" and train.verdict == "refuted"  # helps decode, slows training: two lines
+    assert cutlass.verdict == "unsupported (BackendUnavailableError: not on sm_90)"
+    assert any("b=1 3.000×; b=8 2.000×" in d for d in claim.details)
+    assert claim_ablations(load(tmp_path / "none")).lines[0].verdict.startswith("not run")
