@@ -90,6 +90,14 @@ bert-mixed: venv data/finetune/span/validation.jsonl
 	$(PYTHON) -m accuracy_experiments.bert_mixed $(if $(SCALE),--scale $(SCALE)) $(if $(SEEDS),--seeds $(SEEDS)) \
 		$(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(RUNS_DIR),--runs $(RUNS_DIR)/bert)
 
+# The BERT tables (TABLES=bert_glue,bert_squad,bert_mixed) by PROCS worker processes side by side on one run cache:
+# on a GPU the small model is launch-bound, so e.g. `make bert-tables TABLES=bert_squad,bert_mixed SEEDS=2 PROCS=12`.
+.PHONY: bert-tables
+bert-tables: venv data/finetune/span/validation.jsonl
+	$(PYTHON) -m accuracy_experiments.bert_parallel $(if $(TABLES),--tables $(TABLES)) $(if $(SCALE),--scale $(SCALE)) \
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(PROCS),--procs $(PROCS)) $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) \
+		$(if $(RUNS_DIR),--runs $(RUNS_DIR)/bert)
+
 # ----- performance experiments (performance_experiments/README.md) ------------------------------------------------
 # GPU targets use the GPU machine's python (PYTHON=python3: no venv there) and write CSVs under $(OUT) when set
 # (the device machine sets OUT), else results/.

@@ -31,7 +31,7 @@ import shutil
 import statistics
 import sys
 from collections import defaultdict
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from experiments import bert_pretrain, finetune
@@ -112,7 +112,7 @@ def start_from_sibling(scale: str, spec: dict, seed: int, runs: Path, overrides:
     return ""
 
 
-def _done(path: Path) -> set[tuple[str, str, str]]:
+def done_cells(path: Path) -> set[tuple[str, str, str]]:
     """The (row, seed, task) cells already in the CSV."""
     if not path.exists():
         return set()
@@ -137,8 +137,8 @@ def _locked(lock_file: Path, what: str, wait: bool = True):
         yield True
 
 
-def _exclusive(results: Path, runs: Path):
-    """One writer per results CSV: a second process waits here, then skips the (row, seed) pairs the first wrote."""
+def _csv_lock(results: Path, runs: Path):
+    """One writer at a time per results CSV (a short hold: the cells missing are re-read, then appended)."""
     # the lock lives with the (git-ignored) run cache, not in results/; it is named by the CSV's full path, so
     # that runs writing different CSVs of the same name may share a cache side by side
     return _locked(runs / f".{results.name}.{config_hash(str(results.resolve()))[:8]}.lock", str(results))
@@ -174,47 +174,138 @@ def finetune_all(configs: dict[str, finetune.FinetuneConfig]) -> dict[str, dict]
     return {task: scores[task] for task in configs}
 
 
+@dataclass(frozen=True)
+class Job:
+    """One table's part of a run: which rows, into which CSV, which of its tasks (None: all)."""
+    table: str
+    rows: tuple[str, ...]
+    results: Path
+    tasks: tuple[str, ...] | None = None
+
+
 def run(table: str, scale: str, seeds: list[int], rows: list[str], *, results: Path, runs: Path, data: str,
         curves: Path | None = None, pretrain_overrides: dict | None = None,
         finetune_overrides: dict | None = None, tasks: list[str] | None = None) -> Path:
     """Compute the (row, seed, task) cells missing from ``results`` (``tasks``: only those of the table's tasks, e.g.
     to re-run one column whose cells were deleted from the CSV) and rewrite the markdown table."""
-    with _exclusive(results, runs):
-        return _run(table, scale, seeds, rows, results=results, runs=runs, data=data, curves=curves,
-                    pretrain_overrides=pretrain_overrides, finetune_overrides=finetune_overrides, tasks=tasks)
-
-
-def _run(table, scale, seeds, rows, *, results, runs, data, curves, pretrain_overrides, finetune_overrides,
-         tasks) -> Path:
-    spec_table = TABLES[table]
-    tasks = [t for t in spec_table["tasks"] if tasks is None or t in tasks]
-    done = _done(results)
-    for row in rows:
-        spec = spec_table["rows"][row]
-        for seed in seeds:
-            todo = [task for task in tasks if (row, str(seed), task) not in done]
-            if not todo:
-                continue
-            pre_cfg, key = pretrain_config(scale, spec, seed, runs, pretrain_overrides)
-            with _run_lock(Path(pre_cfg.out)):
-                branched_from = start_from_sibling(scale, spec, seed, runs, pretrain_overrides, pre_cfg)
-                history = bert_pretrain.train(pre_cfg)  # a finished run returns its history at once
-            if curves is not None:
-                curves.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(Path(pre_cfg.out) / "losses.csv", curves / f"{key}_seed{seed}.csv")
-            val_loss = bert_pretrain.final_val_loss(history)
-            ft_cfgs = {task: finetune_config(scale, spec, task, seed, Path(pre_cfg.out), data, finetune_overrides)
-                       for task in todo}
-            configs = {"pretrain": asdict(pre_cfg), "branched_from": branched_from,
-                       **{task: asdict(cfg) for task, cfg in ft_cfgs.items()}}
-            out = [{"experiment": table, "scale": scale, "row": row, "method": spec["method"],
-                    "adapter_rank": spec["adapter_rank"], "sparsity": spec["sparsity"], "seed": seed,
-                    "steps": pre_cfg.steps, "task": task, "metric": metric, "value": value,
-                    "final_val_loss": val_loss}
-                   for task, scores in finetune_all(ft_cfgs).items() for metric, value in scores.items()]
-            write_rows(results, out, columns=COLUMNS, config=configs)  # per run: an interruption loses at most one
-    write_table(results, table)
+    job = Job(table, tuple(rows), results, tuple(tasks) if tasks is not None else None)
+    run_jobs([job], scale, seeds, runs=runs, data=data, curves=curves, pretrain_overrides=pretrain_overrides,
+             finetune_overrides=finetune_overrides)
     return results
+
+
+def run_jobs(jobs: list[Job], scale: str, seeds: list[int], *, runs: Path, data: str, curves: Path | None = None,
+             pretrain_overrides: dict | None = None, finetune_overrides: dict | None = None, start: int = 0) -> None:
+    """Compute every missing cell of ``jobs``, one (table, row, seed) unit at a time, side by side with any other
+    process doing the same on this run cache (`accuracy_experiments.bert_parallel` starts N of them).
+
+    Order of work, re-decided after each unit: a unit whose pretraining is not done and free (nobody holds its
+    lock, nor the lock of the rank-0 run it branches from) comes first — pretrainings are the long poles —, then a
+    unit whose pretraining is done, whose fine-tunings this process then shares with whoever else is on it; with
+    nothing free, the process waits for the first unit left. ``start`` rotates where each pass begins, so that N
+    processes started together spread over the units. Every unit's cells are appended to its CSV under that CSV's
+    lock, leaving out cells another process wrote meanwhile; the markdown tables are rewritten at the end.
+    """
+    context = dict(scale=scale, runs=runs, data=data, curves=curves, pretrain_overrides=pretrain_overrides,
+                   finetune_overrides=finetune_overrides)
+    units = [(job, row, seed) for job in jobs for row in job.rows for seed in seeds]
+    units = units[start % len(units):] + units[:start % len(units)] if units else []
+    computed = set()
+    while True:
+        left = [u for u in units if _missing(*u)]
+        if not left:
+            break
+        if computed.intersection(left):  # a bug guard: never loop on a unit whose cells do not land
+            raise RuntimeError(f"{next(u for u in left if u in computed)}: computed, but its cells are not in the CSV")
+        fresh = [u for u in left if not _pretrained(_pretraining(u, context)[0])]
+        for unit in fresh + [u for u in left if u not in fresh]:
+            if _compute(unit, context, wait=False):
+                computed.add(unit)
+                break
+        else:  # everything left is being computed elsewhere: wait for the first unit, then look again
+            _compute(left[0], context, wait=True)
+            computed.add(left[0])
+    for job in jobs:
+        if job.results.exists():
+            with _csv_lock(job.results, runs):
+                write_table(job.results, job.table)
+
+
+def _tasks(job: Job) -> list[str]:
+    return [t for t in TABLES[job.table]["tasks"] if job.tasks is None or t in job.tasks]
+
+
+def _missing(job: Job, row: str, seed: int) -> list[str]:
+    done = done_cells(job.results)
+    return [task for task in _tasks(job) if (row, str(seed), task) not in done]
+
+
+def _pretraining(unit, context):
+    job, row, seed = unit
+    spec = TABLES[job.table]["rows"][row]
+    return pretrain_config(context["scale"], spec, seed, context["runs"], context["pretrain_overrides"])
+
+
+def _pretrained(cfg) -> bool:
+    """Whether ``cfg``'s run has finished (its loss curve reached the last step)."""
+    losses = Path(cfg.out) / "losses.csv"
+    if not losses.exists():
+        return False
+    with losses.open(newline="") as f:
+        last = None
+        for last in csv.DictReader(f):
+            pass
+    return last is not None and int(last["step"]) >= cfg.steps
+
+
+def _rank0_busy(unit, context) -> bool:
+    """Whether the rank-0 run this unit's run would branch from is being computed by another process."""
+    job, row, seed = unit
+    spec = TABLES[job.table]["rows"][row]
+    cfg, _ = _pretraining(unit, context)
+    if bert_pretrain.adapter_start(cfg) is None or (Path(cfg.out) / "checkpoint.pt").exists():
+        return False
+    source, _ = pretrain_config(context["scale"], {**spec, "adapter_rank": "0"}, seed, context["runs"],
+                                context["pretrain_overrides"])
+    with _run_lock(Path(source.out), wait=False) as free:
+        return not free
+
+
+def _compute(unit, context, wait: bool) -> bool:
+    """Pretrain (or find pretrained), fine-tune and write one unit's missing cells; False when ``wait`` is False and
+    its pretraining (or the rank-0 run it branches from) is being computed by another process."""
+    job, row, seed = unit
+    todo = _missing(job, row, seed)
+    if not todo:
+        return True
+    spec = TABLES[job.table]["rows"][row]
+    scale, runs = context["scale"], context["runs"]
+    pre_cfg, key = _pretraining(unit, context)
+    if not wait and _rank0_busy(unit, context):
+        return False
+    with _run_lock(Path(pre_cfg.out), wait=wait) as mine:
+        if not mine:
+            return False
+        branched_from = start_from_sibling(scale, spec, seed, runs, context["pretrain_overrides"], pre_cfg)
+        history = bert_pretrain.train(pre_cfg)  # a finished run returns its history at once
+    if context["curves"] is not None:
+        context["curves"].mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(pre_cfg.out) / "losses.csv", context["curves"] / f"{key}_seed{seed}.csv")
+    val_loss = bert_pretrain.final_val_loss(history)
+    ft_cfgs = {task: finetune_config(scale, spec, task, seed, Path(pre_cfg.out), context["data"],
+                                     context["finetune_overrides"]) for task in todo}
+    configs = {"pretrain": asdict(pre_cfg), "branched_from": branched_from,
+               **{task: asdict(cfg) for task, cfg in ft_cfgs.items()}}
+    out = [{"experiment": job.table, "scale": scale, "row": row, "method": spec["method"],
+            "adapter_rank": spec["adapter_rank"], "sparsity": spec["sparsity"], "seed": seed,
+            "steps": pre_cfg.steps, "task": task, "metric": metric, "value": value, "final_val_loss": val_loss}
+           for task, scores in finetune_all(ft_cfgs).items() for metric, value in scores.items()]
+    with _csv_lock(job.results, runs):  # per unit: an interruption loses at most one; another process's cells stay
+        done = done_cells(job.results)
+        out = [r for r in out if (row, str(seed), r["task"]) not in done]
+        if out:
+            write_rows(job.results, out, columns=COLUMNS, config=configs)
+    return True
 
 
 def _cell(values: list[float]) -> str:

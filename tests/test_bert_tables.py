@@ -134,3 +134,68 @@ def test_a_rank_row_alone_trains_the_rank0_run_and_branches_from_it(tmp_path, ca
     assert f"starting from the branch of {rank0_cfg.out}" in capsys.readouterr().err
     steps = [int(r["step"]) for r in csv.DictReader((Path(rank0_cfg.out) / "losses.csv").open())]
     assert steps[-1] == PRETRAIN["steps"]  # the rank-0 row's run is done too, for its own row to reuse
+
+
+def _worker(jobs, runs, tasks, pretrain, start):  # a spawned process: one table worker
+    bert_tables.run_jobs(jobs, "tiny", [0], runs=runs, data=str(tasks), pretrain_overrides=pretrain,
+                         finetune_overrides={**TOY_FINETUNE, "steps": 1}, start=start)
+
+
+def test_worker_processes_share_the_units_and_match_one_process(tmp_path):
+    import multiprocessing
+
+    corpus, tasks = toy_bert_data(tmp_path)
+    pretrain = {**PRETRAIN, "corpus": str(corpus), "tokenizer": str(corpus / "tokenizers/bert-wordpiece")}
+
+    def jobs(folder):
+        return [bert_tables.Job("bert_squad", ("dense", "slope-r0", "slope-r1.56%"), folder / "squad.csv"),
+                bert_tables.Job("bert_mixed", ("slope-2:4-2:4",), folder / "mixed.csv", ("coherence", "span"))]
+
+    alone, shared = tmp_path / "alone", tmp_path / "shared"
+    _worker(jobs(alone), alone / "runs", tasks, pretrain, 0)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_worker, args=(jobs(shared), shared / "runs", tasks, pretrain, i))
+               for i in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=600)
+    assert [w.exitcode for w in workers] == [0, 0]
+
+    def cells(path):
+        rows = list(csv.DictReader(path.open()))
+        return sorted((r["row"], r["seed"], r["task"], r["metric"], r["value"], r["final_val_loss"]) for r in rows)
+
+    for name in ("squad.csv", "mixed.csv"):
+        got = cells(shared / name)
+        assert len(got) == len({c[:4] for c in got})  # every cell once, whoever computed it
+        assert got == cells(alone / name)  # and the same numbers as one process
+    # one pretraining per distinct run (slope-2:4-2:4 is slope-r0's), each fine-tuning once
+    assert len(list((shared / "runs/tiny").glob("*/seed0/losses.csv"))) == 3
+    assert (shared / "mixed.md").exists() and (shared / "squad.md").exists()
+
+
+def test_the_launcher_starts_workers_with_its_own_arguments(tmp_path, monkeypatch):
+    from accuracy_experiments import bert_parallel
+
+    _, tasks = toy_bert_data(tmp_path)
+    started = []
+
+    class FakeWorker:
+        returncode = 0
+
+        def __init__(self, command, **kwargs):
+            started.append((command, kwargs["env"]["OMP_NUM_THREADS"]))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(bert_parallel.subprocess, "Popen", FakeWorker)
+    monkeypatch.setattr(bert_parallel.time, "sleep", lambda s: None)
+    argv = ["--tables", "bert_squad", "--seeds", "0", "--procs", "2", "--scale", "tiny", "--data", str(tasks),
+            "--runs", str(tmp_path / "runs"), "--results-dir", str(tmp_path)]
+    assert bert_parallel.main(argv) == 0
+    assert [c[-2:] for c, _ in started] == [["--worker", "0"], ["--worker", "1"]]
+    assert all(c[1:3] == ["-m", "accuracy_experiments.bert_parallel"] and c[3:-2] == argv for c, _ in started)
+    with pytest.raises(SystemExit):
+        bert_parallel.main(["--tables", "bert_nope", "--data", str(tasks)])
