@@ -12,6 +12,7 @@ when its data is absent — a missing CSV skips its figures, it never fails the 
 * ``decode_speedup``     decode speedup vs batch per model
 * ``memory``             training and inference static memory / dense per model, ours beside the paper
 * ``train_breakdown``    where a training step's time goes (in-situ linear FWD/BWD, other, optimizer), per variant
+* ``ablations``          ablations: each model-level switch's speed vs its baseline setting (log scale), per experiment
 * ``pretraining_curves`` the accuracy tables' pretraining validation loss per row (`accuracy_experiments.curves`)
 
 Only rows measured on a GPU (``mode == "gpu"``) enter the end-to-end figures: CPU toy rows are pipeline checks.
@@ -304,6 +305,41 @@ def fig_train_breakdown(rows: list[dict]) -> Figure | None:
     return fig
 
 
+def fig_ablations(rows: list[dict]) -> Figure | None:
+    """One bar per (switch, setting, variant, experiment, size): baseline time / setting time, > 1 = faster."""
+    bars = []
+    for r in latest([r for r in rows if r.get("status") == "ok" and r.get("setting") != r.get("baseline_setting")],
+                    ("ablation", "model", "dtype", "experiment", "variant", "setting", "batch", "tokens")):
+        ratio = _float(r.get("ratio_vs_baseline"))
+        if ratio:
+            decode = r["experiment"].startswith("decode")
+            size = f"b={r['batch'] or r['tokens']}" if decode else f"{r['tokens']} tok"
+            what = f"{r['ablation']}: {r['setting']} vs {r['baseline_setting']} ({r['variant']}), {r['experiment']}"
+            bars.append((what, int(r["batch"] or r["tokens"] or 0), f"{what} {size}", ratio))
+    if not bars:
+        return None
+    bars = [(what, label, ratio) for what, _, label, ratio in sorted(bars)]
+    first = rows[0]
+    fig = Figure(figsize=(9, 0.28 * len(bars) + 1.5), layout="constrained")
+    ax = fig.subplots()
+    switch = lambda what: what.split(":")[0]  # noqa: E731  (one colour per switch)
+    colors = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(switch(b[0]) for b in bars))}
+    ax.barh(range(len(bars)), [b[2] for b in bars], color=[colors[switch(b[0])] for b in bars])
+    ax.set_yticks(range(len(bars)), [b[1] for b in bars], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ticks = [t for t in (0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 12) if min(b[2] for b in bars) / 1.2 <= t
+             <= max(b[2] for b in bars) * 1.2]
+    ax.set_xticks(ticks, [f"{t:g}×" for t in ticks])
+    ax.minorticks_off()
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("baseline time / setting time (> 1: the setting is faster)")
+    ax.set_title(f"Model-level ablations: {first.get('model', '')} ({first.get('num_blocks', '?')} blocks, "
+                 f"{first.get('dtype', '')})\n{first.get('device', '')}", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
 def render_all(results: str | Path = REPO_ROOT / "results", out: str | Path | None = None) -> list[Path]:
     """Write every figure whose data exists; returns the paths written."""
     results = Path(results)
@@ -318,6 +354,7 @@ def render_all(results: str | Path = REPO_ROOT / "results", out: str | Path | No
                "inference_speedup": fig_inference_speedup(speedup, paper),
                "decode_speedup": fig_decode_speedup(speedup),
                "memory": fig_memory(speedup, paper), "train_breakdown": fig_train_breakdown(speedup),
+               "ablations": fig_ablations(load_csv(results / "ablations_h100.csv")),
                "pretraining_curves": fig_pretraining_curves(results)}
     written = []
     for name, fig in figures.items():

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_renders_from_the_committed_csvs(tmp_path):
     written = {p.stem for p in figures.render_all(ROOT / "results", tmp_path)}
     # kernel figures from bench_linear_h100.csv; paper-only end-to-end figures until a GPU speedup CSV exists
-    assert {"linear_inference", "linear_training", "training_speedup", "inference_speedup", "memory"} <= written
+    assert {"linear_inference", "linear_training", "training_speedup", "inference_speedup", "memory",
+            "ablations"} <= written
     assert all((tmp_path / f"{name}.png").stat().st_size > 10_000 for name in written)
 
 
@@ -56,3 +57,16 @@ def test_pretraining_curves_take_the_largest_scale_and_band_the_seeds(tmp_path):
     (ax,) = fig.axes
     assert "small scale" in ax.get_title() and ax.get_legend().get_texts()[0].get_text() == "slope-r0.5% (2 seeds)"
     assert list(ax.lines[0].get_ydata()) == [3.5, 3.5]
+
+
+def test_ablation_bars_are_the_settings_against_their_baseline():
+    rows = [{"ablation": "cuda_graph", "model": "opt-13b", "num_blocks": "2", "dtype": "bfloat16", "device": "GPU",
+             "experiment": "decode (no cache)", "variant": "slope", "batch": "", "tokens": "8", "setting": setting,
+             "baseline_setting": "eager", "ratio_vs_baseline": ratio, "status": "ok", "date": "2026-11-23"}
+            for setting, ratio in (("eager", "1.0"), ("graph", "3.2"))]
+    rows.append(dict(rows[0], ablation="cutlass", setting="cutlass", baseline_setting="", ratio_vs_baseline="",
+                     status="unsupported"))
+    (ax,) = figures.fig_ablations(rows).axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["cuda_graph: graph vs eager (slope), decode (no cache) b=8"]
+    assert [bar.get_width() for bar in ax.patches] == [3.2]  # the baseline itself and the refused switch: no bar
+    assert figures.fig_ablations([]) is None
