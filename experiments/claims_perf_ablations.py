@@ -3,9 +3,9 @@ on vs off in one run, as setting time / baseline time inverted (> 1: the setting
 
 A row names its ``setting`` and the ``baseline_setting`` it is compared with; the pair is the baseline row of the
 same run and configuration (ablation, model, blocks, dtype, experiment, variant, batch, tokens). One line per
-(ablation, setting, variant, experiment) — decode's batch sizes pooled into a median with their min–max, since a
-switch can help decode and hurt training (CUDA graphs) — the per-configuration ratios listed under the table. A switch the GPU refuses (CUTLASS on
-sm_90) keeps its refusal as the line's verdict.
+(ablation, setting, variant, experiment), since a switch can help decode and hurt training (CUDA graphs): decode's
+batch sizes (and repeated runs) pooled into a median with their min–max, the per-configuration ratios listed under
+the table. A switch the GPU refuses (CUTLASS on sm_90) keeps its refusal as the line's verdict.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def claim_ablations(inp: Inputs) -> Claim:
                      [r for r in mine if r["status"] == "ok"], ABLATION_KEYS)
         per_config = [(v, ratio(base, v)) for base, v in pairs]
         per_config = [(v, s) for v, s in per_config if s is not None]
-        lines.append(Line("P10", subject, measure([s for _, s in per_config], "configurations"), NOT_GOAL,
+        lines.append(Line("P10", subject, measure([s for _, s in per_config], "configurations × runs"), NOT_GOAL,
                           "≥ 1 (faster than the baseline setting)", note=True, absent=inp.absent("ablations")))
         if len(per_config) > 1:
             details.append(f"- {subject}: " + "; ".join(f"{_where(v)} {s.value:.3f}×" for v, s in per_config))
