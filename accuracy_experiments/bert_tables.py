@@ -122,8 +122,9 @@ def done_cells(path: Path) -> set[tuple[str, str, str]]:
 
 @contextlib.contextmanager
 def _locked(lock_file: Path, what: str, wait: bool = True):
-    """Hold an exclusive lock on ``lock_file``; a second process asking for it waits (and says so) until it is free.
-    Yields whether the lock is held: with ``wait=False`` a busy lock yields False at once."""
+    """Hold an exclusive lock on ``lock_file``; a second process asking for it waits (and says so, when ``what``
+    names the computation) until it is free. Yields whether the lock is held: with ``wait=False`` a busy lock
+    yields False at once."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "w") as lock:
         try:
@@ -132,7 +133,8 @@ def _locked(lock_file: Path, what: str, wait: bool = True):
             if not wait:
                 yield False
                 return
-            print(f"{what} is being computed by another process; waiting for it", file=sys.stderr)
+            if what:
+                print(f"{what} is being computed by another process; waiting for it", file=sys.stderr)
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield True
 
@@ -141,7 +143,7 @@ def _csv_lock(results: Path, runs: Path):
     """One writer at a time per results CSV (a short hold: the cells missing are re-read, then appended)."""
     # the lock lives with the (git-ignored) run cache, not in results/; it is named by the CSV's full path, so
     # that runs writing different CSVs of the same name may share a cache side by side
-    return _locked(runs / f".{results.name}.{config_hash(str(results.resolve()))[:8]}.lock", str(results))
+    return _locked(runs / f".{results.name}.{config_hash(str(results.resolve()))[:8]}.lock", "")  # a short wait
 
 
 def _run_lock(run_folder: Path, wait: bool = True):
