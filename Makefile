@@ -91,9 +91,10 @@ bert-mixed: venv data/finetune/span/validation.jsonl
 		$(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(RUNS_DIR),--runs $(RUNS_DIR)/bert)
 
 # The BERT tables (TABLES=bert_glue,bert_squad,bert_mixed) by PROCS worker processes side by side on one run cache:
-# on a GPU the small model is launch-bound, so e.g. `make bert-tables TABLES=bert_squad,bert_mixed SEEDS=2 PROCS=12`.
+# on a GPU the small model is launch-bound, so e.g. `make bert-tables TABLES=bert_squad,bert_mixed SEEDS=2 PROCS=12
+# PYTHON=python3` (another PYTHON than the venv's: no venv is built, as on the GPU machine).
 .PHONY: bert-tables
-bert-tables: venv data/finetune/span/validation.jsonl
+bert-tables: $(if $(filter $(VENV)/bin/python,$(PYTHON)),venv) data/finetune/span/validation.jsonl
 	$(PYTHON) -m accuracy_experiments.bert_parallel $(if $(TABLES),--tables $(TABLES)) $(if $(SCALE),--scale $(SCALE)) \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(PROCS),--procs $(PROCS)) $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) \
 		$(if $(RUNS_DIR),--runs $(RUNS_DIR)/bert)
