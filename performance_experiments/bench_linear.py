@@ -16,6 +16,7 @@ and the cuSPARSELt-bound ceiling computed from the measured per-phase kernel tim
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 
@@ -154,7 +155,7 @@ def bench_infer(rows: list[dict], shape: str, dtype: torch.dtype, cfg: BenchConf
 def bench_optim(rows: list[dict], shape: str, cfg: BenchConfig) -> None:
     from slope.compressed import CompressedSLoPeLinear
     from slope.kernels import nm_pack
-    from slope.kernels.cusparselt import values_view
+    from slope.kernels.cusparselt import metadata_view, values_view
     from slope.optim import ADAMWSparse
 
     d_in, d_out = MLP_SHAPES[shape]
@@ -163,14 +164,21 @@ def bench_optim(rows: list[dict], shape: str, cfg: BenchConfig) -> None:
     dense_opt = torch.optim.AdamW([dense.weight], lr=1e-4, weight_decay=0.1, fused=True)
     sparse = CompressedSLoPeLinear.from_dense(dense, dtype=torch.bfloat16)
     sparse.values.grad = torch.randn_like(sparse.values)
-    for freq, label in ((1, "mask every step"), (100, "mask every 100 steps")):
+    # the W_RCᵀ metadata of a new mask: written from the nibbles (default where checked) or by cuSPARSELt's compress
+    direct = sparse.backward_op.writes_metadata()
+    variants = [(1, "mask every step", "1"), (1, "mask every step, cuSPARSELt compress", "0"),
+                (100, "mask every 100 steps", "1")]
+    for freq, label, direct_env in variants:
+        os.environ["SLOPE_CSLT_DIRECT_METADATA"] = direct_env
         opt = ADAMWSparse(torch.nn.Sequential(sparse), lr=1e-4, weight_decay=0.1, mask_change_freq=freq)
         td = cuda_time_ms(dense_opt.step, repeats=cfg.repeats)
         ts = cuda_time_ms(opt.step, repeats=cfg.repeats)
+        writer = "metadata from nibbles" if direct and direct_env == "1" else "cuSPARSELt compress"
         rows.append(_row("optim", shape, d_in, d_out, "", "float32", "torch fused AdamW (dense fp32)", td))
         rows.append(_row("optim", shape, d_in, d_out, "", "bfloat16", f"ADAMWSparse ({label})", ts,
                          speedup=td["median_ms"] / ts["median_ms"], ideal="",
-                         note="same weight count; includes the W_RCᵀ rebuild"))
+                         note=f"same weight count; includes the W_RCᵀ rebuild ({writer})"))
+    os.environ.pop("SLOPE_CSLT_DIRECT_METADATA")
     # where the sparse step's time goes
     state = opt.state[sparse.values]
     parts = {
@@ -185,6 +193,11 @@ def bench_optim(rows: list[dict], shape: str, cfg: BenchConfig) -> None:
     }
     indicator = parts["part: W_RC^T mask + indicator kernel"]()
     parts["part: cuSPARSELt compress W_RC^T"] = lambda: sparse.backward_op.compress(indicator)
+    parts["part: W_RC^T mask + values kernel (one pass)"] = lambda: nm_pack.transpose_mask_values(
+        state["master"], sparse.mask_nibbles, sparse.wt_nibbles,
+        values_view(sparse.wt_packed, d_in, d_out, torch.bfloat16))
+    parts["part: W_RC^T metadata from nibbles (Triton)"] = lambda: nm_pack.write_metadata(
+        sparse.wt_nibbles, metadata_view(sparse.wt_packed, d_in, d_out, torch.bfloat16))
     for label, fn in parts.items():
         rows.append(_row("optim_part", shape, d_in, d_out, "", "bfloat16", label, cuda_time_ms(fn, repeats=cfg.repeats)))
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from .backends import require_sparse_tensor_cores
 from .kernels import nm_pack
-from .kernels.cusparselt import SpMM, values_view
+from .kernels.cusparselt import SpMM, metadata_view, values_view
 from .linear import SLoPeLinear, SparseLinearBase
 from .masks import row_mask
 
@@ -130,13 +130,20 @@ class CompressedSLoPeLinear(SparseLinearBase):
     def rebuild_transpose(self, master_values: torch.Tensor, recompute_mask: bool = True) -> None:
         """Update compressed W_RCᵀ from W_R's (fp32) kept values; re-derive its mask when ``recompute_mask``.
 
-        A new mask needs new metadata: the mask's 0/1 indicator is compressed (as for W), which costs a
-        cuSPARSELt compress; otherwise only the values are rewritten in place, in one fused pass.
+        A new mask needs new metadata. Where `SpMM.writes_metadata` allows, one pass derives the mask and writes
+        the values, and a second writes the metadata from the mask's nibbles; elsewhere the mask's 0/1 indicator
+        is compressed by cuSPARSELt (as for W) and the values written after. An unchanged mask keeps its
+        metadata: only the values are rewritten in place, in one pass.
         """
+        wt_values = values_view(self.wt_packed, self.in_features, self.out_features, self.dtype)
+        if recompute_mask and self.backward_op.writes_metadata():
+            nm_pack.transpose_mask_values(master_values, self.mask_nibbles, self.wt_nibbles, wt_values)
+            nm_pack.write_metadata(self.wt_nibbles, metadata_view(self.wt_packed, self.in_features,
+                                                                  self.out_features, self.dtype))
+            return
         if recompute_mask:
             indicator = nm_pack.transpose_mask(master_values, self.mask_nibbles, self.wt_nibbles, self.dtype)
             self.wt_packed.copy_(self.backward_op.compress(indicator))
-        wt_values = values_view(self.wt_packed, self.in_features, self.out_features, self.dtype)
         nm_pack.transpose_values(master_values, self.mask_nibbles, self.wt_nibbles, wt_values)
 
     @classmethod

@@ -121,6 +121,39 @@ def test_adamw_sparse_matches_torch_adamw_on_masked_fp32_weights():
     assert _rel(comp.backward_op(comp.wt_packed, g), expected_dx) < 1e-2
 
 
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(128, 256), (1280, 5120), (5120, 1280)])
+def test_metadata_written_from_nibbles_equals_cusparselt_compress(shape, dtype, layout):
+    # the layout is measured, not documented: the library's own compress is the reference, byte for byte
+    scores = torch.rand(*shape, device="cuda")
+    mask = slope.row_mask(scores, 2, 4)
+    packed = torch.ops.slope_cslt.compress(mask.to(dtype), layout)
+    want = cusparselt.metadata_view(packed, *shape, dtype)
+    assert want.numel() == shape[0] * shape[1] // 8 and packed.numel() == want.numel() + shape[0] * shape[1]
+    got = nm_pack.write_metadata(nm_pack.pack_nibbles(mask), torch.empty_like(want))
+    assert torch.equal(got, want)
+    assert cusparselt.SpMM(*shape, dtype, layout=layout).writes_metadata()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rebuild_transpose_without_compress_equals_compress_path(dtype, monkeypatch):
+    torch.manual_seed(0)
+    layer = CompressedSLoPeLinear.from_dense(torch.nn.Linear(384, 640, device="cuda"), dtype=dtype)
+    master = nm_pack.gather_kept(torch.randn(640, 384, device="cuda"), layer.mask_nibbles)
+    monkeypatch.setenv("SLOPE_CSLT_DIRECT_METADATA", "0")
+    assert not layer.backward_op.writes_metadata()
+    layer.rebuild_transpose(master, recompute_mask=True)
+    by_compress, nibbles = layer.wt_packed.clone(), layer.wt_nibbles.clone()
+    layer.rebuild_transpose(-master, recompute_mask=False)  # values only: the buffer changes
+    assert not torch.equal(layer.wt_packed, by_compress)
+    monkeypatch.setenv("SLOPE_CSLT_DIRECT_METADATA", "1")
+    assert layer.backward_op.writes_metadata()
+    layer.rebuild_transpose(master, recompute_mask=True)
+    assert torch.equal(layer.wt_nibbles, nibbles)
+    assert torch.equal(layer.wt_packed, by_compress)  # values and metadata, every byte
+
+
 def test_state_dicts_round_trip_exactly():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.GELU(), torch.nn.Linear(256, 128)).cuda()

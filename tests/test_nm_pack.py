@@ -69,3 +69,72 @@ def test_fused_adamw_matches_torch_adamw(device):
                             eps=1e-6, weight_decay=0.1, step=step)
     torch.testing.assert_close(master, reference.detach(), rtol=1e-5, atol=1e-6)
     assert torch.equal(values, master.half())
+
+
+# ----- cuSPARSELt metadata written from nibbles (the layout measured on an H100, tests/data/cslt_layout_h100.npz) --
+
+def _random_nibbles(rows: int, cols: int, device: str, seed: int = 0) -> torch.Tensor:
+    scores = torch.rand(rows, cols, generator=torch.Generator().manual_seed(seed)).to(device)
+    return nm_pack.pack_nibbles(masks.row_mask(scores, 2, 4))
+
+
+def test_metadata_slot_reproduces_the_measured_h100_layout():
+    import numpy as np
+    from pathlib import Path
+
+    measured = np.load(Path(__file__).parent / "data" / "cslt_layout_h100.npz")  # nibble slot -> group (r·cols/4 + q)
+    assert len(measured.files) >= 2
+    for key in measured.files:
+        rows, cols = map(int, key.split("_")[0].split("x"))
+        groups = torch.arange(rows * cols // 4)
+        slots = nm_pack.metadata_slot(groups // (cols // 4), groups % (cols // 4), cols)
+        predicted = torch.empty_like(groups)
+        predicted[slots] = groups
+        assert torch.equal(predicted, torch.from_numpy(measured[key].astype(np.int64))), key
+
+
+def test_metadata_reference_packs_codes_by_the_measured_layout():
+    # independent of metadata_slot: read each group's code back through the measured slot -> group map
+    import numpy as np
+    from pathlib import Path
+
+    measured = np.load(Path(__file__).parent / "data" / "cslt_layout_h100.npz")
+    key = measured.files[0]
+    rows, cols = map(int, key.split("_")[0].split("x"))
+    nib = _random_nibbles(rows, cols, "cpu")
+    meta = nm_pack.metadata_reference(nib)
+    nibbles_in_order = torch.stack([meta & 0xF, meta >> 4], dim=1).reshape(-1)
+    group_of_slot = torch.from_numpy(measured[key].astype(np.int64))
+    kept = nm_pack.unpack_nibbles(nib).view(-1, 4)[group_of_slot]  # (slots, 4) keep flags of each slot's group
+    positions = [torch.nonzero(row).flatten().tolist() for row in kept]
+    assert torch.equal(nibbles_in_order, torch.tensor([p0 | (p1 << 2) for p0, p1 in positions], dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("shape", [(128, 256), (384, 640)])
+@pytest.mark.parametrize("device", DEVICES)
+def test_write_metadata_kernel_matches_reference(device, shape):
+    nib = _random_nibbles(*shape, device, seed=shape[0])
+    out = torch.full((shape[0] * shape[1] // 8,), 0xAB, dtype=torch.uint8, device=device)
+    assert nm_pack.write_metadata(nib, out) is out
+    assert torch.equal(out, nm_pack.metadata_reference(nib))
+
+
+def test_write_metadata_refuses_shapes_the_layout_does_not_cover():
+    with pytest.raises(ValueError, match="multiples of 128"):
+        nm_pack.write_metadata(_random_nibbles(96, 128, "cpu"), torch.empty(96 * 128 // 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="4096 uint8 bytes"):
+        nm_pack.write_metadata(_random_nibbles(128, 256, "cpu"), torch.empty(10, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+def test_transpose_mask_values_equals_mask_then_values(device, dtype):
+    m, k = 1040, 72  # a partial block of lanes
+    w = torch.randn(m, k, device=device)
+    w[8:12, 4] = torch.tensor([0.0, 0.3, 0.0, 0.0])  # fewer than 2 non-zeros in a column group
+    nib = nm_pack.pack_nibbles(masks.row_mask(w, 2, 4))
+    values = nm_pack.gather_kept(w, nib, out_dtype=torch.float32)
+    wt_two, wt_one = (torch.zeros(k, m // 4, dtype=torch.uint8, device=device) for _ in range(2))
+    nm_pack.transpose_mask(values, nib, wt_two, dtype)
+    two_passes = nm_pack.transpose_values(values, nib, wt_two, torch.empty(k, m // 2, device=device, dtype=dtype))
+    one_pass = nm_pack.transpose_mask_values(values, nib, wt_one, torch.empty(k, m // 2, device=device, dtype=dtype))
+    assert torch.equal(wt_one, wt_two) and torch.equal(one_pass, two_passes)

@@ -6,6 +6,10 @@
 * Where it cannot be built, `SpMM` falls back to torch's private ``torch._cslt_compress`` / ``_cslt_sparse_mm``
   (correct, but ~1 ms of host time per call on an H100) and says so once: ``SpMM.implementation`` records which
   one runs, and benchmarks write it into every row.
+* A new W_RCᵀ mask needs new metadata. cuSPARSELt's compress of a dense 0/1 indicator makes it at ~60 GB/s
+  (3.7 ms for 20480×5120 on an H100); `SpMM.writes_metadata` says when `nm_pack.write_metadata` (a Triton pass
+  over the nibble masks, layout measured by ``performance_experiments/probe_cslt_layout.py``) can write it
+  instead: the shape is covered and, once per shape, dtype and GPU, its bytes equal the library's own.
 * The algorithm id matters as much as host overhead: `best_alg_id` times every id once per (GPU, cuSPARSELt
   version, shape, token count, dtype, layout) and caches the winner on disk (``$SLOPE_CACHE_DIR`` or
   ``~/.cache/slope``), written atomically. A search builds one plan per id, which costs up to ~0.4 s each with
@@ -25,12 +29,14 @@ from pathlib import Path
 import torch
 
 from ..masks import row_mask
+from . import nm_pack
 from .fused import bias_add
 
 _HERE = Path(__file__).resolve().parent
 _ext = None
 _build_error: str | None = None
 _alg_cache: dict[str, int] | None = None
+_metadata_checks: dict[tuple, bool] = {}  # (GPU, m, k, dtype, layout, implementation) -> direct metadata matches
 
 # Layout of the cuSPARSELt call (see the .cpp header): 0 = W as operand A with a column-major result (bias can
 # be fused); 1 = W as operand B, everything row-major. Chosen per backend by benchmark.
@@ -105,6 +111,12 @@ def values_view(packed: torch.Tensor, m: int, k: int, dtype: torch.dtype) -> tor
     """The (m, k/2) kept values at the start of a compressed buffer (a view: writes update the weight)."""
     count = m * k // 2
     return packed[: count * torch.finfo(dtype).bits // 8].view(dtype).view(m, k // 2)
+
+
+def metadata_view(packed: torch.Tensor, m: int, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """The metadata bytes (m·k/8,) after the values of a compressed (m, k) buffer (a view)."""
+    start = m * k // 2 * torch.finfo(dtype).bits // 8
+    return packed[start:start + m * k // 8]
 
 
 # ----- algorithm choice ---------------------------------------------------------------------------------------
@@ -257,6 +269,31 @@ class SpMM:
         packed = torch._cslt_compress(dense)
         self._torch_shape = packed.shape
         return packed.reshape(-1).view(torch.uint8)
+
+    def writes_metadata(self) -> bool:
+        """Whether `nm_pack.write_metadata` may stand in for `compress` to make this weight's metadata.
+
+        Yes when the shape is one the measured layout covers, ``SLOPE_CSLT_DIRECT_METADATA`` is not 0, and the
+        bytes it writes for a random 2:4 mask equal the library's compress (checked once per shape, dtype, call
+        layout and GPU; on a mismatch — another GPU or library version — it warns once and says no).
+        """
+        if os.environ.get("SLOPE_CSLT_DIRECT_METADATA", "1") == "0" or not nm_pack.direct_metadata_shape(self.m,
+                                                                                                         self.k):
+            return False
+        key = (torch.cuda.get_device_name(), self.m, self.k, self.dtype, self.layout, self.implementation)
+        if key not in _metadata_checks:
+            if torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("the metadata layout check has not run yet: run one step before CUDA graph capture")
+            scores = torch.rand(self.m, self.k, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+            mask = row_mask(scores, 2, 4)
+            want = metadata_view(self.compress(mask.to(self.dtype)), self.m, self.k, self.dtype)
+            got = nm_pack.write_metadata(nm_pack.pack_nibbles(mask), torch.empty_like(want))
+            _metadata_checks[key] = bool(torch.equal(want, got))
+            if not _metadata_checks[key]:
+                warnings.warn(f"cuSPARSELt's metadata layout on {key[0]} differs from the one measured on an H100 "
+                              f"(cuSPARSELt 0.8): a new W_RCᵀ mask is made with the library's compress (slower)",
+                              stacklevel=2)
+        return _metadata_checks[key]
 
     def _alg(self, tokens: int, fuse_bias: bool) -> int:
         alg = self._algs.get((tokens, fuse_bias))

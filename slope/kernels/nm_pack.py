@@ -10,6 +10,10 @@ i kept): a quarter byte per weight instead of a byte. Triton kernels move betwee
   that cuSPARSELt compresses to get the metadata
 * `transpose_values(values, nibbles, wt_nibbles, out)`: W_RCᵀ's kept values written straight into the
   compressed W_RCᵀ, so the optimizer never materialises a dense W_R
+* `transpose_mask_values(values, nibbles, wt_nibbles, out)`: both in one pass (new mask, values under it)
+* `write_metadata(nibbles, out)`: cuSPARSELt's metadata bytes written from nibble masks, without its compress
+  (the layout, `metadata_slot`, was measured on an H100 with cuSPARSELt 0.8; `SpMM.writes_metadata` checks it
+  against the library's own compress before a layer relies on it)
 
 Values inside a group are ordered by position, which is the order of cuSPARSELt's compressed values.
 Triton is imported lazily: `import slope` never needs it. Under ``TRITON_INTERPRET=1`` the kernels run on CPU.
@@ -44,7 +48,7 @@ def _get():
         from . import nm_pack_triton as k
 
         _compiled = {"gather": k.gather_kernel, "scatter": k.scatter_kernel, "transpose": k.transpose_kernel,
-                     "adamw": k.adamw_kernel}
+                     "adamw": k.adamw_kernel, "metadata": k.metadata_kernel}
     return _compiled
 
 
@@ -75,14 +79,14 @@ def scatter_kept(values: torch.Tensor, nibbles: torch.Tensor, out_dtype: torch.d
 TRANSPOSE_LAUNCH = {"block": 128, "groups": 1, "num_warps": 4}
 
 
-def _transpose_launch(values, nibbles, out, wt_nibbles, mask: bool, launch: dict | None = None) -> None:
+def _transpose_launch(values, nibbles, out, wt_nibbles, mode: int, launch: dict | None = None) -> None:
     m, half = values.shape
     k = half * 2
     launch = launch or TRANSPOSE_LAUNCH
     groups = next(g for g in (launch["groups"], 8, 4, 2, 1) if (k // 4) % g == 0)  # the grid has no group mask
     grid = (triton_cdiv(m // 4, launch["block"]), k // 4 // groups)
     _get()["transpose"][grid](values.contiguous(), nibbles.contiguous(), out, wt_nibbles, m, k, BLOCK=launch["block"],
-                              GROUPS=groups, MASK=mask, num_warps=launch["num_warps"])
+                              GROUPS=groups, MODE=mode, num_warps=launch["num_warps"])
 
 
 def transpose_mask(values: torch.Tensor, nibbles: torch.Tensor, wt_nibbles: torch.Tensor,
@@ -91,14 +95,71 @@ def transpose_mask(values: torch.Tensor, nibbles: torch.Tensor, wt_nibbles: torc
     indicator (k, m) in ``dtype`` (exactly 2 ones per group, as `slope.masks.nm_mask` picks them, ties included)."""
     m, half = values.shape
     indicator = torch.empty(half * 2, m, device=values.device, dtype=dtype)
-    _transpose_launch(values, nibbles, indicator, wt_nibbles, mask=True, launch=launch)
+    _transpose_launch(values, nibbles, indicator, wt_nibbles, mode=1, launch=launch)
     return indicator
 
 
 def transpose_values(values: torch.Tensor, nibbles: torch.Tensor, wt_nibbles: torch.Tensor,
                      out: torch.Tensor, launch: dict | None = None) -> torch.Tensor:
     """Write W_RCᵀ's kept values (k, m/2) under ``wt_nibbles`` into ``out`` (e.g. a compressed buffer's values)."""
-    _transpose_launch(values, nibbles, out, wt_nibbles, mask=False, launch=launch)
+    _transpose_launch(values, nibbles, out, wt_nibbles, mode=0, launch=launch)
+    return out
+
+
+def transpose_mask_values(values: torch.Tensor, nibbles: torch.Tensor, wt_nibbles: torch.Tensor,
+                          out: torch.Tensor, launch: dict | None = None) -> torch.Tensor:
+    """`transpose_mask` and `transpose_values` in one pass: writes ``wt_nibbles`` (k, m/4) and W_RCᵀ's kept
+    values (k, m/2) into ``out``; no indicator (with `write_metadata`, cuSPARSELt's compress is not needed)."""
+    _transpose_launch(values, nibbles, out, wt_nibbles, mode=2, launch=launch)
+    return out
+
+
+# ----- cuSPARSELt metadata without cuSPARSELt's compress ----------------------------------------------------------
+# Measured (performance_experiments/probe_cslt_layout.py; H100, cuSPARSELt 0.8, both call layouts, fp16 and bf16,
+# 20 shapes from 128x128 to 1024x3072): the metadata after the values is one nibble per group of 4, p0 | p1 << 2
+# (the kept positions, p0 < p1), nibble s = byte s // 2 (low nibble first), at a fixed place per group: blocks of
+# 64 rows × 8 groups (512 nibbles), row-major over blocks; inside a block the nibble index's bits are, from bit 0:
+# row bit 3, group bit 2, group bits 0-1, row bits 0-2, row bits 4-5. Shapes that are not multiples of 128 are
+# padded by the library and are not written this way.
+
+def metadata_slot(r: torch.Tensor, q: torch.Tensor, cols: int) -> torch.Tensor:
+    """Nibble index in the metadata of a (rows, cols) compressed matrix that holds group q of row r."""
+    inner = ((r >> 3) & 1) | (((q >> 2) & 1) << 1) | ((q & 3) << 2) | ((r & 7) << 4) | (((r >> 4) & 3) << 7)
+    return ((r // 64) * (cols // 32) + q // 8) * 512 + inner
+
+
+def direct_metadata_shape(rows: int, cols: int) -> bool:
+    """Whether `write_metadata` covers this shape (the measured layout has no padding at multiples of 128)."""
+    return rows % 128 == 0 and cols % 128 == 0
+
+
+def metadata_reference(nibbles: torch.Tensor) -> torch.Tensor:
+    """The metadata bytes (rows·cols/8,) of nibble masks (rows, cols/4), in torch: the reference for the kernel."""
+    rows, col_groups = nibbles.shape
+    if not direct_metadata_shape(rows, col_groups * 4):
+        raise ValueError(f"metadata layout known for multiples of 128 only, got ({rows}, {col_groups * 4})")
+    bits = unpack_nibbles(nibbles).view(rows, col_groups, 4).to(torch.int64)
+    index = torch.arange(4, device=nibbles.device)
+    first = torch.where(bits.bool(), index, 4).min(-1).values        # p0: the lower kept position
+    second = torch.where(bits.bool(), index, -1).max(-1).values      # p1: the higher one
+    code = (first | (second << 2)).to(torch.uint8)
+    r = torch.arange(rows, device=nibbles.device).view(-1, 1).expand(rows, col_groups)
+    q = torch.arange(col_groups, device=nibbles.device).view(1, -1).expand(rows, col_groups)
+    slots = torch.empty(rows * col_groups, dtype=torch.uint8, device=nibbles.device)
+    slots[metadata_slot(r, q, col_groups * 4).reshape(-1)] = code.reshape(-1)
+    return slots[0::2] | (slots[1::2] << 4)
+
+
+def write_metadata(nibbles: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """cuSPARSELt metadata of nibble masks (rows, cols/4) with two bits each, into ``out`` (uint8, rows·cols/8)."""
+    rows, col_groups = nibbles.shape
+    if not direct_metadata_shape(rows, col_groups * 4):
+        raise ValueError(f"write_metadata: layout known for multiples of 128 only, got ({rows}, {col_groups * 4})")
+    n_bytes = rows * col_groups // 2
+    if out.dtype != torch.uint8 or out.numel() != n_bytes:
+        raise ValueError(f"write_metadata: out must be {n_bytes} uint8 bytes, got {out.numel()} {out.dtype}")
+    _get()["metadata"][(triton_cdiv(n_bytes, _BLOCK),)](nibbles.contiguous(), out, n_bytes, col_groups * 4,
+                                                       BLOCK=_BLOCK)
     return out
 
 

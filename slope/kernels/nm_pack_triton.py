@@ -80,9 +80,9 @@ def _column_mask(ind_ptr, wt_nib_ptr, col, row0, r, m, x0, x1, x2, x3, valid):
 
 
 @triton.jit
-def _column_values(out_ptr, wt_nib_ptr, col, r, m, x0, x1, x2, x3, valid):
-    # the two kept values of one column group, in position order, into W_RCᵀ's compressed values (k, m/2)
-    nib = tl.load(wt_nib_ptr + col * (m // 4) + r, mask=valid, other=3).to(tl.int32)
+def _store_column_values(out_ptr, nib, col, r, m, x0, x1, x2, x3, valid):
+    # the two kept values of one column group (positions from ``nib``), in position order, into W_RCᵀ's
+    # compressed values (k, m/2)
     q0, q1 = _two_positions(nib)
     v0 = tl.where(q0 == 0, x0, tl.where(q0 == 1, x1, x2))
     v1 = tl.where(q1 == 1, x1, tl.where(q1 == 2, x2, x3))
@@ -93,11 +93,28 @@ def _column_values(out_ptr, wt_nib_ptr, col, r, m, x0, x1, x2, x3, valid):
 
 
 @triton.jit
+def _column_values(out_ptr, wt_nib_ptr, col, r, m, x0, x1, x2, x3, valid):
+    # values under the stored W_RCᵀ mask
+    nib = tl.load(wt_nib_ptr + col * (m // 4) + r, mask=valid, other=3).to(tl.int32)
+    _store_column_values(out_ptr, nib, col, r, m, x0, x1, x2, x3, valid)
+
+
+@triton.jit
+def _column_mask_values(out_ptr, wt_nib_ptr, col, r, m, x0, x1, x2, x3, valid):
+    # derive W_RCᵀ's mask for one column group, record it, and write its values under it (one pass)
+    k0, k1, k2, k3 = _column_keep(tl.abs(x0), tl.abs(x1), tl.abs(x2), tl.abs(x3))
+    nib = k0.to(tl.int32) + 2 * k1.to(tl.int32) + 4 * k2.to(tl.int32) + 8 * k3.to(tl.int32)
+    tl.store(wt_nib_ptr + col * (m // 4) + r, nib.to(tl.uint8), mask=valid)
+    _store_column_values(out_ptr, nib, col, r, m, x0, x1, x2, x3, valid)
+
+
+@triton.jit
 def transpose_kernel(values_ptr, nib_ptr, out_ptr, wt_nib_ptr, m, k, BLOCK: tl.constexpr, GROUPS: tl.constexpr,
-                     MASK: tl.constexpr):
+                     MODE: tl.constexpr):
     # From W_R's kept values (m, k/2) + forward nibbles, without a dense W_R in memory:
-    #   MASK=True:  derive W_RCᵀ's 2:4 mask (along d_out, stable ties) -> wt nibbles + 0/1 indicator (k, m)
-    #   MASK=False: write W_RCᵀ's kept values (k, m/2) under the stored wt nibbles
+    #   MODE 0: write W_RCᵀ's kept values (k, m/2) under the stored wt nibbles
+    #   MODE 1: derive W_RCᵀ's 2:4 mask (along d_out, stable ties) -> wt nibbles + 0/1 indicator (k, m)
+    #   MODE 2: derive the mask -> wt nibbles, and write the kept values under it (modes 1 + 0 in one pass)
     # Lanes run over column groups of W_R (4 consecutive rows), so neighbouring lanes store to neighbouring
     # addresses of the transposed outputs; each program walks GROUPS groups of 4 along k.
     r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -110,16 +127,40 @@ def transpose_kernel(values_ptr, nib_ptr, out_ptr, wt_nib_ptr, m, k, BLOCK: tl.c
         c0, c1, c2, c3 = _row_values(values_ptr, nib_ptr, row0 + 2, g, k, valid)
         d0, d1, d2, d3 = _row_values(values_ptr, nib_ptr, row0 + 3, g, k, valid)
         col = g * 4
-        if MASK:
+        if MODE == 1:
             _column_mask(out_ptr, wt_nib_ptr, col + 0, row0, r, m, a0, b0, c0, d0, valid)
             _column_mask(out_ptr, wt_nib_ptr, col + 1, row0, r, m, a1, b1, c1, d1, valid)
             _column_mask(out_ptr, wt_nib_ptr, col + 2, row0, r, m, a2, b2, c2, d2, valid)
             _column_mask(out_ptr, wt_nib_ptr, col + 3, row0, r, m, a3, b3, c3, d3, valid)
+        elif MODE == 2:
+            _column_mask_values(out_ptr, wt_nib_ptr, col + 0, r, m, a0, b0, c0, d0, valid)
+            _column_mask_values(out_ptr, wt_nib_ptr, col + 1, r, m, a1, b1, c1, d1, valid)
+            _column_mask_values(out_ptr, wt_nib_ptr, col + 2, r, m, a2, b2, c2, d2, valid)
+            _column_mask_values(out_ptr, wt_nib_ptr, col + 3, r, m, a3, b3, c3, d3, valid)
         else:
             _column_values(out_ptr, wt_nib_ptr, col + 0, r, m, a0, b0, c0, d0, valid)
             _column_values(out_ptr, wt_nib_ptr, col + 1, r, m, a1, b1, c1, d1, valid)
             _column_values(out_ptr, wt_nib_ptr, col + 2, r, m, a2, b2, c2, d2, valid)
             _column_values(out_ptr, wt_nib_ptr, col + 3, r, m, a3, b3, c3, d3, valid)
+
+
+@triton.jit
+def metadata_kernel(nib_ptr, meta_ptr, n_bytes, cols, BLOCK: tl.constexpr):
+    # cuSPARSELt metadata of a (rows, cols) 2:4 matrix straight from its nibble masks (rows, cols/4): byte b holds
+    # the 2-bit positions (p0 | p1 << 2) of groups (r, q) in its low nibble and (r + 8, q) in its high one, where
+    # (r, q) comes from b as `slope.kernels.nm_pack.metadata_slot` lays it out (64-row × 8-group blocks).
+    b = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = b < n_bytes
+    col_groups = cols // 4
+    block = b // 256
+    r = (block // (col_groups // 8)) * 64 + ((b >> 3) & 7) + (((b >> 6) & 3) << 4)
+    q = (block % (col_groups // 8)) * 8 + ((b & 1) << 2) + ((b >> 1) & 3)
+    low = tl.load(nib_ptr + r * col_groups + q, mask=valid, other=3).to(tl.int32)
+    high = tl.load(nib_ptr + (r + 8) * col_groups + q, mask=valid, other=3).to(tl.int32)
+    l0, l1 = _two_positions(low)
+    h0, h1 = _two_positions(high)
+    byte = l0 | (l1 << 2) | (h0 << 4) | (h1 << 6)
+    tl.store(meta_ptr + b, byte.to(tl.uint8), mask=valid)
 
 
 @triton.jit
