@@ -165,7 +165,7 @@ def bench_optim(rows: list[dict], shape: str, cfg: BenchConfig) -> None:
     sparse = CompressedSLoPeLinear.from_dense(dense, dtype=torch.bfloat16)
     sparse.values.grad = torch.randn_like(sparse.values)
     # the W_RCᵀ metadata of a new mask: written from the nibbles (default where checked) or by cuSPARSELt's compress
-    direct = sparse.backward_op.writes_metadata()
+    direct, previous = sparse.backward_op.writes_metadata(), os.environ.get("SLOPE_CSLT_DIRECT_METADATA")
     variants = [(1, "mask every step", "1"), (1, "mask every step, cuSPARSELt compress", "0"),
                 (100, "mask every 100 steps", "1")]
     for freq, label, direct_env in variants:
@@ -178,7 +178,10 @@ def bench_optim(rows: list[dict], shape: str, cfg: BenchConfig) -> None:
         rows.append(_row("optim", shape, d_in, d_out, "", "bfloat16", f"ADAMWSparse ({label})", ts,
                          speedup=td["median_ms"] / ts["median_ms"], ideal="",
                          note=f"same weight count; includes the W_RCᵀ rebuild ({writer})"))
-    os.environ.pop("SLOPE_CSLT_DIRECT_METADATA")
+    if previous is None:
+        os.environ.pop("SLOPE_CSLT_DIRECT_METADATA")
+    else:
+        os.environ["SLOPE_CSLT_DIRECT_METADATA"] = previous
     # where the sparse step's time goes
     state = opt.state[sparse.values]
     parts = {

@@ -7,8 +7,9 @@ any gradient). A step:
 1. AdamW on fp32 master values and moments, decoupled weight decay, in one fused Triton pass that also writes
    the new values, rounded to 16 bits, into the compressed W in place (metadata unchanged: the forward mask
    is fixed);
-2. W_RCᵀ is rebuilt from the fp32 master values (one fused Triton pass, then cuSPARSELt's compress), re-deriving its 2:4 mask every ``mask_change_freq`` steps
-   (1 = the paper's accuracy semantics) and keeping the last mask in between.
+2. W_RCᵀ is rebuilt from the fp32 master values, re-deriving its 2:4 mask every ``mask_change_freq`` steps
+   (1 = the paper's accuracy semantics; one Triton pass for mask and values, one for the metadata — see
+   `CompressedSLoPeLinear.rebuild_transpose`) and keeping the last mask in between (one pass for the values).
 
 Dense parameters (embeddings, norms, dense layers, adapters) go to an ordinary optimizer:
 ``torch.optim.AdamW(slope.optim.dense_parameters(model), ...)``. Unlike the public reference code, the stored
