@@ -1,6 +1,6 @@
 """`make ddp-check NGPU=2`: data-parallel pretraining checked against one process, and its throughput.
 
-    python -m experiments.ddp_check [--nproc 2] [--scale small] [--methods dense,slope] [--steps 100]
+    python -m experiments.ddp_check [--nproc 2] [--scale small] [--methods dense,slope,slope-compressed] [--steps 100]
 
 Runs `experiments.pretrain` through torchrun (`pretrain.launch`) and records, per method, in
 ``results/ddp_check_<scale>.csv`` (long form, provenance on every row) and a markdown summary beside it:
@@ -14,6 +14,10 @@ Runs `experiments.pretrain` through torchrun (`pretrain.launch`) and records, pe
 * **throughput** — weak scaling: tokens/s with N processes at N times the global batch (same batch per process)
   over tokens/s of one process, from each run's ``throughput.json`` (median step time, warm-up steps left out;
   goal ≥ 0.9·N, the issue's 1.8× for two GPUs).
+
+Methods are the runner's (``dense``, ``slope``, ``srste``: masks simulated on dense weights) plus
+``slope-compressed``: SLoPe 2:4 through the compressed cuSPARSELt layers and ADAMWSparse (``--compress``), the
+kernels a Hopper user trains with — the check that cuSPARSELt works under DDP (CUDA only; the default there).
 
 On CPU the same code runs with gloo (the CI test does, at toy size); the recorded check is for GPUs. Runs live in
 ``runs/ddp_check/<scale>/``; finished runs are reused when the script is rerun (delete the folder to start over).
@@ -115,9 +119,21 @@ def compare_models(a: dict, b: dict) -> tuple[list[str], list[str]]:
     return masks, weights
 
 
+COMPRESSED = "slope-compressed"
+
+
+def method_config(base, method: str):
+    """The runner's configuration for a ``--methods`` entry (``slope-compressed``: SLoPe with ``--compress``)."""
+    if method == COMPRESSED:
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--methods {COMPRESSED}: cuSPARSELt's layers need a CUDA GPU; drop it on this machine")
+        return replace(base, method="slope", compress=True)
+    return replace(base, method=method)
+
+
 def check_method(method: str, base, nproc: int, runs: Path) -> list[dict]:
     """Equivalence, resume and weak-scaling rows for one method."""
-    cfg = replace(base, method=method)
+    cfg = method_config(base, method)
     tag = f"{method}"
     one = replace(cfg, out=str(runs / tag / "1proc"))
     many = replace(cfg, out=str(runs / tag / f"{nproc}proc"))
@@ -201,7 +217,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--nproc", type=int, default=max(2, torch.cuda.device_count()))
     parser.add_argument("--scale", choices=sorted(pretrain.PRESETS),
                         default="small" if torch.cuda.is_available() else "tiny")
-    parser.add_argument("--methods", default="dense,slope")
+    parser.add_argument("--methods", default="dense,slope" + (f",{COMPRESSED}" if torch.cuda.is_available() else ""))
     parser.add_argument("--steps", type=int, default=100, help="steps per run (the issue's check: 100)")
     parser.add_argument("--results", default=None, help="default results/ddp_check_<scale>.csv ($OUT when set)")
     parser.add_argument("--runs", default="runs/ddp_check")
