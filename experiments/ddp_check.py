@@ -33,7 +33,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -104,22 +104,52 @@ def _final_state(cfg) -> dict:
     return torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=False, map_location="cpu")["model"]
 
 
-def compare_models(a: dict, b: dict) -> tuple[list[str], list[str]]:
-    """(mask buffers that differ, float tensors beyond `WEIGHT_RTOL`) between two state dicts."""
-    masks, weights = [], []
+# compressed layers' W_RCᵀ buffers: its mask is re-derived from the current weights every step (double pruning),
+# so they follow the weights (which differ by rounding), unlike the forward masks fixed at pruning time
+DERIVED_FROM_WEIGHTS = ("wt_nibbles", "wt_packed")
+
+
+@dataclass
+class ModelDiff:
+    """How two final state dicts differ (1 process vs N)."""
+    masks: list[str] = field(default_factory=list)  # fixed masks / integer tensors that are not bit-equal
+    weights: list[str] = field(default_factory=list)  # float tensors beyond `WEIGHT_RTOL`
+    max_rel_weight_diff: float = 0.0  # max over float tensors of ||a - b|| / ||b||
+    worst_weight: str = ""
+    derived_groups_differing: float | None = None  # share of W_RCᵀ mask groups that differ; None: no such layers
+
+
+def compare_models(a: dict, b: dict) -> ModelDiff:
+    diff, derived_differing, derived_total = ModelDiff(), 0, 0
     for name, x in a.items():
         y = b.get(name)
-        if y is None or x.shape != y.shape:
-            (masks if x.dtype == torch.bool else weights).append(name)
-        elif x.dtype == torch.bool or not x.is_floating_point():
+        if name.endswith(DERIVED_FROM_WEIGHTS):
+            if name.endswith("wt_nibbles") and y is not None and x.shape == y.shape:
+                derived_differing += int((x != y).sum())
+                derived_total += x.numel()
+        elif y is None or x.shape != y.shape:
+            (diff.weights if x.is_floating_point() else diff.masks).append(name)
+        elif not x.is_floating_point():
             if not torch.equal(x, y):
-                masks.append(name)
-        elif not torch.allclose(x.float(), y.float(), rtol=WEIGHT_RTOL, atol=WEIGHT_RTOL * x.float().abs().max()):
-            weights.append(name)
-    return masks, weights
+                diff.masks.append(name)
+        else:
+            x, y = x.double(), y.double()
+            relative = float((x - y).norm() / y.norm().clamp_min(1e-30))
+            if relative > diff.max_rel_weight_diff:
+                diff.max_rel_weight_diff, diff.worst_weight = relative, name
+            if not torch.allclose(x, y, rtol=WEIGHT_RTOL, atol=WEIGHT_RTOL * float(x.abs().max())):
+                diff.weights.append(name)
+    if derived_total:
+        diff.derived_groups_differing = derived_differing / derived_total
+    return diff
 
 
 COMPRESSED = "slope-compressed"
+
+
+def autocast_16bit(cfg) -> bool:
+    """Whether the runs compute in bf16/fp16 (``--amp auto`` is bf16 on CUDA, fp32 on CPU)."""
+    return cfg.amp in ("bf16", "fp16") or (cfg.amp == "auto" and torch.cuda.is_available())
 
 
 def method_config(base, method: str):
@@ -149,14 +179,26 @@ def check_method(method: str, base, nproc: int, runs: Path) -> list[dict]:
     row("equivalence", nproc, "max_rel_loss_gap", f"{gap:.3g}", f"<= {LOSS_TOLERANCE}",
         "met" if gap <= LOSS_TOLERANCE else "missed", f"{nproc} processes vs 1, same global batch, dropout 0")
     final = _final_state(many)
-    masks, weights = compare_models(final, _final_state(one))
-    n_masks = sum(t.dtype == torch.bool for t in final.values())
+    diff = compare_models(final, _final_state(one))
+    n_masks = sum(not t.is_floating_point() and not name.endswith(DERIVED_FROM_WEIGHTS) for name, t in final.items())
     n_floats = sum(t.is_floating_point() for t in final.values())
-    row("equivalence", nproc, "final_masks_differing", len(masks), "0", "met" if not masks else "missed",
-        "; ".join([f"of {n_masks} mask tensors, bit for bit", *masks[:5]]))
-    row("equivalence", nproc, "final_weights_differing", len(weights), "0", "met" if not weights else "missed",
-        "; ".join([f"of {n_floats} float tensors, rtol {WEIGHT_RTOL}", *weights[:5]]))
-
+    row("equivalence", nproc, "final_masks_differing", len(diff.masks), "0", "met" if not diff.masks else "missed",
+        "; ".join([f"of {n_masks} fixed mask / integer tensors, bit for bit", *diff.masks[:5]]))
+    if autocast_16bit(cfg):
+        # bf16/fp16 GEMMs over N shards of the batch round differently from one GEMM over the whole batch, and
+        # Adam's normalised update turns tiny gradient differences into lr-sized steps: the weights drift apart
+        # by rounding, which is why the goal is on the loss (the issue's check) and this row only informs
+        row("equivalence", nproc, "max_rel_weight_diff", f"{diff.max_rel_weight_diff:.3g}", "", "info",
+            f"max over {n_floats} float tensors of ||w_N - w_1|| / ||w_1||, at {diff.worst_weight}; "
+            f"{len(diff.weights)} beyond rtol {WEIGHT_RTOL} (16-bit autocast: rounding, not a goal)")
+    else:
+        row("equivalence", nproc, "final_weights_differing", len(diff.weights), "0",
+            "met" if not diff.weights else "missed",
+            "; ".join([(f"of {n_floats} float tensors, rtol {WEIGHT_RTOL}; max ||w_N - w_1|| / ||w_1|| "
+                        f"{diff.max_rel_weight_diff:.3g}"), *diff.weights[:5]]))
+    if diff.derived_groups_differing is not None:
+        row("equivalence", nproc, "wrc_mask_groups_differing", f"{diff.derived_groups_differing:.3g}", "", "info",
+            "share of W_RCᵀ mask groups (re-derived from the current weights every step) that differ")
     for resume_on in (nproc, 1):
         killed = replace(cfg, out=str(runs / tag / f"killed{nproc}_resumed{resume_on}"))
         if not (Path(killed.out) / "checkpoint.pt").exists():
@@ -176,7 +218,7 @@ def check_method(method: str, base, nproc: int, runs: Path) -> list[dict]:
     scaled = json.loads((Path(weak.out) / "throughput.json").read_text())
     speedup = scaled["tokens_per_s"] / single["tokens_per_s"]
     goal = SCALING_EFFICIENCY * nproc
-    row("throughput", nproc, "weak_scaling_speedup", f"{speedup:.3f}", f">= {goal:g}",
+    row("throughput", nproc, "weak_scaling_speedup", f"{speedup:.4f}", f">= {goal:g}",
         "met" if speedup >= goal else "missed",
         f"tokens/s {scaled['tokens_per_s']:.0f} ({nproc} proc, batch {weak.batch_size}) vs "
         f"{single['tokens_per_s']:.0f} (1 proc, batch {cfg.batch_size}); median step "

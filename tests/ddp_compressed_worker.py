@@ -1,6 +1,6 @@
 """Worker for tests/test_distributed_gpu.py (not a test): compressed SLoPe layers trained under DDP.
 
-    torchrun --standalone --nproc_per_node N tests/ddp_compressed_worker.py OUT.json
+    torchrun --standalone --nproc_per_node N -m tests.ddp_compressed_worker OUT.json
 
 Every process builds the same 3-layer bf16 MLP with cuSPARSELt-compressed SLoPe layers, wraps it in DDP
 (`slope.distributed`), takes its share of one global batch per step and trains 6 steps with ADAMWSparse for the

@@ -18,8 +18,9 @@ two_gpus = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device
 
 
 def _train(nproc: int, out) -> dict:
+    # as a module (-m): a script path would put tests/ first on sys.path instead of the repository root
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                    str(REPO_ROOT / "tests" / "ddp_compressed_worker.py"), str(out)], check=True, cwd=REPO_ROOT)
+                    "-m", "tests.ddp_compressed_worker", str(out)], check=True, cwd=REPO_ROOT)
     return json.loads(out.read_text())
 
 
