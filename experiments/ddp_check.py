@@ -29,6 +29,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from pathlib import Path
 import torch
 
 from experiments import pretrain
+from experiments.atomic import atomic_open
 from experiments.provenance import provenance
 from experiments.results_io import provenance_summary, write_rows
 
@@ -46,6 +48,7 @@ COLUMNS = ("experiment", "scale", "method", "check", "world_size", "metric", "va
            "global_batch", "note")
 LOSS_TOLERANCE = 0.01  # the issue's "loss within 1% at every step"
 WEIGHT_RTOL = 1e-3  # final weights: all-reduce order differs from one process's sum, nothing else should
+KILLED_AT = "killed_at.json"  # beside a killed run: the checkpoint step the SIGKILL left
 SCALING_EFFICIENCY = 0.9  # weak scaling goal: N processes >= 0.9 N times one process (1.8x for two GPUs)
 
 
@@ -78,8 +81,12 @@ def _run_killed(cfg, nproc: int, kill_after_step: int) -> int:
         if saved > kill_after_step:
             os.killpg(process.pid, signal.SIGKILL)  # torchrun and every worker: no clean-up runs
             process.wait()
-            # a later checkpoint may have landed between the look and the kill: report the one left behind
-            return torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=False, map_location="cpu")["step"]
+            # a later checkpoint may have landed between the look and the kill: report the one left behind, and
+            # keep it beside the run (the resume overwrites the checkpoint; a rerun of the check reads this)
+            left_at = torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=False, map_location="cpu")["step"]
+            with atomic_open(Path(cfg.out) / KILLED_AT) as f:
+                json.dump({"checkpoint_step": left_at, "killed_after_step": kill_after_step}, f)
+            return left_at
         time.sleep(0.02)
     raise RuntimeError(f"{cfg.out}: the run ended (exit {process.returncode}) before a checkpoint past step "
                        f"{kill_after_step} was seen; lower --checkpoint-every or raise --steps. "
@@ -201,10 +208,12 @@ def check_method(method: str, base, nproc: int, runs: Path) -> list[dict]:
             "share of W_RCᵀ mask groups (re-derived from the current weights every step) that differ")
     for resume_on in (nproc, 1):
         killed = replace(cfg, out=str(runs / tag / f"killed{nproc}_resumed{resume_on}"))
-        if not (Path(killed.out) / "checkpoint.pt").exists():
+        marker = Path(killed.out) / KILLED_AT
+        if marker.exists():  # a rerun of this script: the kill already happened
+            left_at = json.loads(marker.read_text())["checkpoint_step"]
+        else:  # (a folder without the marker is a kill that did not finish: start it again)
+            shutil.rmtree(killed.out, ignore_errors=True)
             left_at = _run_killed(killed, nproc, kill_after_step=cfg.steps // 2)
-        else:  # a rerun of this script: the kill already happened
-            left_at = torch.load(Path(killed.out) / "checkpoint.pt", weights_only=False, map_location="cpu")["step"]
         resumed = pretrain.launch(killed, resume_on)
         gap = _max_relative_loss_gap(resumed, many_history)
         row("resume", resume_on, "max_rel_loss_gap", f"{gap:.3g}", f"<= {LOSS_TOLERANCE}",

@@ -17,7 +17,7 @@ import slope
 from slope import distributed
 from slope.optim import ADAMWSparse, dense_parameters
 
-GLOBAL_BATCH, WIDTH, STEPS = 64, 256, 6
+GLOBAL_BATCH, WIDTH, STEPS, LR = 64, 256, 6, 1e-2
 
 
 def main(out: str) -> None:
@@ -27,8 +27,8 @@ def main(out: str) -> None:
                            nn.Linear(WIDTH, 8)).to(ctx.device, torch.bfloat16)
     slope.prune_model(module, compress=True, backend="cusparselt", filter_fn=lambda m, name: name != "4")
     model = distributed.wrap(module, ctx)
-    sparse = ADAMWSparse(module, lr=1e-2, weight_decay=0.1)
-    dense = torch.optim.AdamW(dense_parameters(module), lr=1e-2)
+    sparse = ADAMWSparse(module, lr=LR, weight_decay=0.1)
+    dense = torch.optim.AdamW(dense_parameters(module), lr=LR)
     data = torch.Generator().manual_seed(1)
     losses, first_grads = [], {}
     for step in range(STEPS):

@@ -4,6 +4,7 @@ Two CPU processes with gloo stand in for two GPUs: the same code paths (DDP aver
 rank-0 checkpoints, N -> M resume, a real SIGKILL) run here; the NCCL / cuSPARSELt run is `make ddp-check`.
 """
 import csv
+import json
 from dataclasses import replace
 
 import pytest
@@ -101,6 +102,11 @@ def test_two_processes_match_one_resume_after_a_kill_and_on_another_count(corpus
         assert checks[key]["verdict"] == "met", checks[key]
     assert float(checks[("equivalence", "2", "max_rel_loss_gap")]["value"]) < 1e-4  # only the reduction order
     assert "SIGKILL" in checks[("resume", "2", "max_rel_loss_gap")]["note"]
+    for resume_on in (2, 1):  # the kill left a mid-run checkpoint, and the note keeps its step (not the resume's end)
+        killed = json.loads((tmp_path / f"runs/tiny/slope/killed2_resumed{resume_on}/killed_at.json").read_text())
+        assert 8 < killed["checkpoint_step"] < 16
+        assert f"checkpoint at step {killed['checkpoint_step']}," in checks[("resume", str(resume_on),
+                                                                             "max_rel_loss_gap")]["note"]
     assert float(checks[("throughput", "2", "weak_scaling_speedup")]["value"]) > 0
     final = torch.load(tmp_path / "runs/tiny/slope/2proc/checkpoint.pt", weights_only=False)
     assert final["world_size"] == 2 and len(final["rank_rng"]) == 2

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from experiments.provenance import REPO_ROOT
+from tests.ddp_compressed_worker import LR
 
 two_gpus = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2
                               or torch.cuda.get_device_capability()[0] < 8,
@@ -36,9 +37,12 @@ def test_compressed_layers_train_the_same_on_two_gpus(tmp_path):
         g1, g2 = torch.tensor(grad), torch.tensor(two["first_grads"][name])
         assert (g2 - g1).norm() <= 0.02 * g1.norm(), name
     assert two["masks"] and two["masks"] == one["masks"]  # forward masks and their metadata bytes, bit for bit
+    # Final state: 2% relative, plus two Adam steps (lr 1e-2 each) of absolute L2 slack. Adam moves an element by
+    # ~lr per step whatever its gradient's size, so a near-zero gradient element whose sign the reduction order
+    # flipped lands one lr-step away; in a tiny tensor (the 8-element output bias) one such element is > 2%.
     for key, value in one["state"].items():
         a, b = torch.tensor(value), torch.tensor(two["state"][key])
-        assert (a - b).norm() <= 0.02 * a.norm() + 1e-6, key
+        assert (a - b).norm() <= 0.02 * a.norm() + 2 * LR, key
 
 
 @pytest.mark.gpu
