@@ -87,6 +87,9 @@ class SpeedupConfig:
     repeats: int = 10
     isolated_phases: bool = True         # BWD-1 / BWD-2 split from isolated GEMMs per layer shape
     time_budget_s: float = 0.0           # 0: none; otherwise later sections are skipped (rows say so)
+    # 0: every cuSPARSELt algorithm id is timed for a new shape (fp16: ~75 s a shape on an H100); T > 0: a new
+    # shape's search stops after T s with the fastest id so far (SLOPE_CSLT_SEARCH_BUDGET_S; SLoPe rows say so)
+    cslt_search_budget_s: float = 0.0
     output: str = ""                     # default: <output_dir>/speedup_<gpu>.csv
     output_dir: str = ""                 # default: $SLOPE_RESULTS_DIR or results/
 
@@ -158,6 +161,9 @@ class Run:
         for part in parts:
             row.update(part)
         row.update(fields)
+        if self.cfg.cslt_search_budget_s and "slope" in str(row["variant"]).lower():
+            capped = f"cuSPARSELt algorithm searches capped at {self.cfg.cslt_search_budget_s:g} s per new shape"
+            row["note"] = "; ".join(filter(None, [row["note"], capped]))
         return row
 
     def write(self, rows: list[dict]) -> None:
@@ -243,11 +249,19 @@ def _summary(rows: list[dict]) -> None:
                   f"x{r['ratio_vs_dense']} (ideal {r['ideal']}, paper {r['paper'] or '-'})")
 
 
+def apply_search_budget(cfg: SpeedupConfig) -> None:
+    """Hand ``--cslt-search-budget-s`` to the kernels (they read it from the environment, per search)."""
+    if cfg.cslt_search_budget_s:
+        os.environ["SLOPE_CSLT_SEARCH_BUDGET_S"] = f"{cfg.cslt_search_budget_s:g}"
+
+
 def checked_config(cfg: SpeedupConfig) -> SpeedupConfig:
     """Refuse what cannot run, with the fix; on the CPU, SLoPe is simulated (compress=True needs a GPU)."""
     unknown = [s for s in cfg.sections if s not in SECTIONS]
     if unknown:
         raise SystemExit(f"--sections: {unknown} unknown; choose from {SECTIONS}")
+    if cfg.cslt_search_budget_s < 0:
+        raise SystemExit(f"--cslt-search-budget-s {cfg.cslt_search_budget_s}: give seconds >= 0 (0 = no cap)")
     if cfg.precision not in ("half", "amp"):
         raise SystemExit(f"--precision {cfg.precision!r}: choose 'half' (parameters in the dtype) or 'amp'")
     if torch.device(cfg.device).type == "cuda" and not torch.cuda.is_available():
@@ -262,6 +276,7 @@ def checked_config(cfg: SpeedupConfig) -> SpeedupConfig:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = checked_config(parse_config(PRESETS, __doc__.splitlines()[0], argv))
+    apply_search_budget(cfg)
     out = output_path(cfg)
     print(f"speedup: writing {out}", file=sys.stderr)
     paper, started, rows = load_paper(), time.monotonic(), []

@@ -35,7 +35,7 @@ from experiments.results_io import write_rows
 from slope import distributed as dist_utils
 
 from . import e2e
-from .speedup import COLUMNS, PRESETS, Run, checked_config, output_path
+from .speedup import COLUMNS, PRESETS, Run, apply_search_budget, checked_config, output_path
 from .speedup_train import build_train_variant
 from .timing import PhaseTimer, round_or_blank, stat_fields
 from .reference import load_paper
@@ -120,6 +120,7 @@ def variant_rows(run: Run, kind: str, ctx: dist_utils.DistributedContext, refere
 
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = checked_config(parse_config(PRESETS, __doc__.splitlines()[0], argv))
+    apply_search_budget(cfg)
     ctx = dist_utils.init_distributed("cuda" if torch.device(cfg.device).type == "cuda" else "cpu")
     if not ctx.distributed:
         raise SystemExit("speedup_ddp measures data-parallel training: launch it with torchrun "

@@ -286,3 +286,22 @@ def test_trainer_callback_steps_the_sparse_optimizer_with_the_dense_schedule():
     callback.on_pre_optimizer_step(None, None, None, optimizer=dense)
     assert sparse.lr == 3e-4 and sparse.weight_decay == 0.05
     assert model[0].values.grad is None and not torch.equal(model[0].w_packed, before)
+
+
+def test_capped_search_is_cached_as_partial_and_redone_in_full(tmp_path, monkeypatch):
+    """SLOPE_CSLT_SEARCH_BUDGET_S stops after the first timed id; a search without it replaces that choice."""
+    import json
+
+    monkeypatch.setenv("SLOPE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cusparselt, "_alg_cache", None)  # read the empty cache of tmp_path, not the session's
+    monkeypatch.setenv("SLOPE_CSLT_SEARCH_BUDGET_S", "1e-9")
+    capped = cusparselt.best_alg_id(256, 256, 64, torch.bfloat16)
+    cache = json.loads((tmp_path / "cusparselt_algs.json").read_text())
+    partial = [key for key in cache if key.endswith("|ids_tried")]
+    assert len(partial) == 1 and cache[partial[0]] == 1 and capped == cache[partial[0].removesuffix("|ids_tried")]
+    assert cusparselt.best_alg_id(256, 256, 64, torch.bfloat16) == capped  # with a budget, the capped one is kept
+    monkeypatch.delenv("SLOPE_CSLT_SEARCH_BUDGET_S")
+    full = cusparselt.best_alg_id(256, 256, 64, torch.bfloat16)
+    cache = json.loads((tmp_path / "cusparselt_algs.json").read_text())
+    assert not any(key.endswith("|ids_tried") for key in cache)
+    assert 0 <= full < cusparselt.safe_alg_bound(torch.bfloat16, cusparselt.DEFAULT_LAYOUT)

@@ -1,5 +1,6 @@
 """The end-to-end speed/memory harness on the CPU at toy size (simulated sparsity): rows, ratios, accounting."""
 import csv
+import os
 
 import pytest
 import torch
@@ -125,6 +126,32 @@ def test_budget_spent_inside_decode_leaves_skipped_rows(tmp_path, monkeypatch):
     decode = {(r["batch"], r["status"]) for r in _read(out) if r["experiment"] == "decode"}
     assert ("1", "ok") in decode and ("2", "skipped (time budget)") in decode
     assert ("2", "ok") not in decode
+
+
+def test_capped_algorithm_search_is_named_on_slope_rows_only(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLOPE_CSLT_SEARCH_BUDGET_S", raising=False)
+    out = tmp_path / "s.csv"
+    speedup.main(TOY_ARGS + ["--sections", "prefill", "--cslt-search-budget-s", "8", "--output", str(out)])
+    assert os.environ["SLOPE_CSLT_SEARCH_BUDGET_S"] == "8"  # what the kernels read per search
+    rows = _read(out)
+    capped = [r for r in rows if "capped at 8 s" in r["note"]]
+    assert capped and {r["variant"] for r in capped} == {r["variant"] for r in rows if "slope" in r["variant"]}
+    assert not any("capped" in r["note"] for r in rows if r["variant"] == "dense")
+    with pytest.raises(SystemExit, match="--cslt-search-budget-s -1"):
+        speedup.main(TOY_ARGS + ["--cslt-search-budget-s", "-1", "--output", str(out)])
+
+
+def test_search_budget_reads_the_environment(monkeypatch):
+    from slope.kernels import cusparselt
+
+    monkeypatch.delenv("SLOPE_CSLT_SEARCH_BUDGET_S", raising=False)
+    assert cusparselt.search_budget_s() == 0
+    monkeypatch.setenv("SLOPE_CSLT_SEARCH_BUDGET_S", "2.5")
+    assert cusparselt.search_budget_s() == 2.5
+    for bad in ("-1", "soon", "nan"):
+        monkeypatch.setenv("SLOPE_CSLT_SEARCH_BUDGET_S", bad)
+        with pytest.raises(ValueError, match="SLOPE_CSLT_SEARCH_BUDGET_S"):
+            cusparselt.search_budget_s()
 
 
 def test_paper_reference_has_the_performance_tables():

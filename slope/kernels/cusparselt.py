@@ -13,8 +13,10 @@
 * The algorithm id matters as much as host overhead: `best_alg_id` times every id once per (GPU, cuSPARSELt
   version, shape, token count, dtype, layout) and caches the winner on disk (``$SLOPE_CACHE_DIR`` or
   ``~/.cache/slope``), written atomically. A search builds one plan per id, which costs up to ~0.4 s each with
-  a column-major result, so the first step of a new shape can take tens of seconds; ``SLOPE_CSLT_SEARCH=0``
-  skips it (algorithm 0).
+  a column-major result, so the first step of a new shape can take tens of seconds (fp16: ~75 s a shape on an
+  H100); ``SLOPE_CSLT_SEARCH=0`` skips it (algorithm 0). ``SLOPE_CSLT_SEARCH_BUDGET_S=T`` stops a shape's search
+  after T seconds and keeps the fastest id timed so far; such a choice is cached with the count of ids it tried,
+  and a later search without a budget redoes it in full.
 
 Shapes follow a linear layer: W (m = d_out, k = d_in) is 2:4 along k; x (n, k); the product is y = x·Wᵀ (n, m).
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -218,8 +221,10 @@ def best_alg_id(m: int, k: int, n: int, dtype: torch.dtype, layout: int = DEFAUL
     ext = load_extension()
     device = torch.cuda.current_device()
     key = f"{torch.cuda.get_device_name(device)}|{ext.version()}|{m}x{k}x{n}|{dtype}|L{layout}|b{int(bias)}"
+    partial = f"{key}|ids_tried"  # present when the cached choice came from a search cut short by the budget
+    budget = search_budget_s()
     cache = _load_alg_cache()
-    if key in cache:
+    if key in cache and (budget or partial not in cache):
         return cache[key]
     if torch.cuda.is_current_stream_capturing():
         raise RuntimeError(f"cuSPARSELt algorithm for {key} is not chosen yet: run one step before CUDA graph capture")
@@ -228,17 +233,35 @@ def best_alg_id(m: int, k: int, n: int, dtype: torch.dtype, layout: int = DEFAUL
     packed = torch.ops.slope_cslt.compress(weight, layout)
     x = torch.randn(n, k, device="cuda", dtype=dtype)
     b = torch.randn(m, device="cuda", dtype=dtype) if bias else None
-    timings = {}
-    for alg in range(min(safe_alg_bound(dtype, layout), ext.max_alg_id(m, k, n, dtype, layout, device))):
+    timings, ids, started = {}, range(min(safe_alg_bound(dtype, layout), ext.max_alg_id(m, k, n, dtype, layout,
+                                                                                        device))), time.monotonic()
+    for tried, alg in enumerate(ids):
+        if budget and timings and time.monotonic() - started > budget:
+            cache[partial] = tried
+            break
         call = lambda: torch.ops.slope_cslt.spmm(packed, m, k, x, b, alg, layout)  # noqa: E731
         try:
             call(), call()
             timings[alg] = _time_ms(call)
         except RuntimeError:
             continue  # an id the library lists but cannot run for this shape
+    else:
+        cache.pop(partial, None)
     cache[key] = min(timings, key=timings.get)
     _save_alg_cache()
     return cache[key]
+
+
+def search_budget_s() -> float:
+    """``SLOPE_CSLT_SEARCH_BUDGET_S``: seconds a new shape's algorithm search may take (0 or unset: no limit)."""
+    value = os.environ.get("SLOPE_CSLT_SEARCH_BUDGET_S", "0")
+    try:
+        budget = float(value)
+    except ValueError:
+        budget = -1.0
+    if not budget >= 0:
+        raise ValueError(f"SLOPE_CSLT_SEARCH_BUDGET_S={value!r}: give seconds >= 0 (0 = search every id)")
+    return budget
 
 
 # ----- the op a layer calls -----------------------------------------------------------------------------------
