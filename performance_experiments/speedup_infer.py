@@ -29,8 +29,13 @@ def _linear_share(run, model, fn) -> float | None:
         return None
 
 
-def _ideal(share: float | None, gain: float) -> tuple[float | str, str]:
+_NO_DENSE = object()  # the dense variant did not run in this process (e.g. --variants slope)
+
+
+def _ideal(share, gain: float) -> tuple[float | str, str]:
     """Amdahl with ``gain`` on the sparse-able linears' share of the dense time."""
+    if share is _NO_DENSE:
+        return "", "unavailable (no dense run in this process to measure the linears' share)"
     if share is None:
         return "", "unavailable (instrumented pass failed)"
     return 1 / (1 - share + share / gain), f"Amdahl: {gain:.3g}x on the sparse-able linears ({share:.1%} of dense)"
@@ -77,7 +82,7 @@ def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
         if is_dense:
             ref["prefill"], ref["prefill_peak"] = stats["median_ms"], peak
             ref["prefill_share"] = _linear_share(run, model, fn)
-        ideal, basis = (1.0, "reference") if is_dense else _ideal(ref.get("prefill_share"), 2.0)
+        ideal, basis = (1.0, "reference") if is_dense else _ideal(ref.get("prefill_share", _NO_DENSE), 2.0)
         ratio = ref["prefill"] / stats["median_ms"] if "prefill" in ref else ""
         base = dict(common, experiment="prefill", batch=cfg.prefill_batch, tokens=tokens)
         rows.append(run.row(base, phase="forward (last-position logits)", metric="time", unit="ms",
@@ -135,7 +140,7 @@ def _decode_rows(run, model, common: dict, ref: dict, is_dense: bool, note: str)
         stats = time_fn(fn, run.device, warmup=cfg.warmup, repeats=cfg.repeats)
         if is_dense:
             ref[f"decode{batch}"], ref[f"decode{batch}_share"] = stats["median_ms"], _linear_share(run, model, fn)
-        ideal, basis = (1.0, "reference") if is_dense else _ideal(ref.get(f"decode{batch}_share"),
+        ideal, basis = (1.0, "reference") if is_dense else _ideal(ref.get(f"decode{batch}_share", _NO_DENSE),
                                                                   DECODE_MEMORY_BOUND_IDEAL)
         ratio = ref[f"decode{batch}"] / stats["median_ms"] if f"decode{batch}" in ref else ""
         base = dict(common, experiment="decode", batch=batch, tokens=batch, seq=cfg.decode_context)
