@@ -49,11 +49,12 @@ gpt2-zeroshot: venv data/evalsets/slope_perplexity/slope_perplexity.yaml
 		$(if $(RUNS_DIR),--runs $(RUNS_DIR)/gpt2_zeroshot)
 
 # Data-parallel pretraining checked against one process (loss and masks), a SIGKILLed run resumed on NGPU and on
-# 1 process, weak-scaling throughput: results/ddp_check_<scale>.{csv,md} (under $(OUT) when set). NGPU=2 default.
+# 1 process, weak-scaling throughput (PAIRS interleaved 1-vs-N run pairs, median; 3 on GPUs):
+# results/ddp_check_<scale>.{csv,md} (under $(OUT) when set). NGPU=2 default.
 .PHONY: ddp-check
 ddp-check:
 	$(PYTHON) -m experiments.ddp_check --nproc $(or $(NGPU),2) $(if $(SCALE),--scale $(SCALE)) \
-		$(if $(METHODS),--methods $(METHODS))
+		$(if $(METHODS),--methods $(METHODS)) $(if $(PAIRS),--throughput-pairs $(PAIRS))
 
 # results/CLAIMS.md: each accuracy claim of the paper with our numbers and a verdict (holds / does not hold /
 # inconclusive), from the results CSVs at the largest scale present per experiment; missing ones read "not run".

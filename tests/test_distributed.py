@@ -91,7 +91,7 @@ def test_gradient_accumulation_is_the_same_step(corpus, tmp_path):
 def test_two_processes_match_one_resume_after_a_kill_and_on_another_count(corpus, tmp_path):
     """The whole `make ddp-check` on two gloo processes: equivalence, SIGKILL + resume on 2 and on 1, throughput."""
     base = toy_config(corpus, tmp_path, steps=16)
-    results = ddp_check.run(nproc=2, scale="tiny", methods=["slope"], results=tmp_path / "ddp.csv",
+    results = ddp_check.run(nproc=2, scale="tiny", methods=["slope"], results=tmp_path / "ddp.csv", throughput_pairs=2,
                             runs=tmp_path / "runs", overrides={k: v for k, v in pretrain.asdict(base).items()
                                                                if k not in ("preset", "method", "out")})
     rows = list(csv.DictReader(results.open()))
@@ -107,7 +107,10 @@ def test_two_processes_match_one_resume_after_a_kill_and_on_another_count(corpus
         assert 8 < killed["checkpoint_step"] < 16
         assert f"checkpoint at step {killed['checkpoint_step']}," in checks[("resume", str(resume_on),
                                                                              "max_rel_loss_gap")]["note"]
-    assert float(checks[("throughput", "2", "weak_scaling_speedup")]["value"]) > 0
+    weak = checks[("throughput", "2", "weak_scaling_speedup")]
+    assert float(weak["value"]) > 0 and weak["note"].startswith("median of 2 interleaved pairs")
+    for folder in ("1proc", "weak2proc", "1proc_pair1", "weak2proc_pair1"):
+        assert (tmp_path / "runs/tiny/slope" / folder / "throughput.json").exists()
     final = torch.load(tmp_path / "runs/tiny/slope/2proc/checkpoint.pt", weights_only=False)
     assert final["world_size"] == 2 and len(final["rank_rng"]) == 2
     assert any("lora_left" in k for k in final["model"])  # the adapters joined mid-run under DDP
