@@ -86,6 +86,7 @@ def test_gradient_accumulation_is_the_same_step(corpus, tmp_path):
     b = torch.load(tmp_path / "k2/checkpoint.pt", weights_only=False)["model"]
     diff = ddp_check.compare_models(a, b)
     assert diff.masks == [] and diff.weights == [] and diff.max_rel_weight_diff < 1e-4
+    assert diff.global_rel_weight_diff <= diff.max_rel_weight_diff
 
 
 def test_two_processes_match_one_resume_after_a_kill_and_on_another_count(corpus, tmp_path):
@@ -116,3 +117,19 @@ def test_two_processes_match_one_resume_after_a_kill_and_on_another_count(corpus
     assert any("lora_left" in k for k in final["model"])  # the adapters joined mid-run under DDP
     assert results.with_suffix(".md").read_text().count("| slope |") == len(rows)
 
+
+
+def test_compare_models_separates_fixed_masks_from_weight_derived_buffers():
+    """Forward masks must match bit for bit; W_RCᵀ buffers follow the weights and are counted, not failed."""
+    a = {"l.values": torch.ones(4, 4), "l.mask_nibbles": torch.zeros(4, 1, dtype=torch.uint8),
+         "l.wt_nibbles": torch.zeros(4, 1, dtype=torch.uint8), "l.wt_packed": torch.zeros(8, dtype=torch.uint8),
+         "b": torch.zeros(2)}
+    b = {k: v.clone() for k, v in a.items()}
+    b["l.wt_nibbles"][0, 0], b["l.wt_packed"][3] = 9, 1
+    b["l.values"][0, 0] = 1.5
+    diff = ddp_check.compare_models(a, b)
+    assert diff.masks == [] and diff.derived_groups_differing == pytest.approx(0.25)
+    assert diff.weights == ["l.values"] and diff.worst_weight == "l.values"
+    assert diff.global_rel_weight_diff == pytest.approx(0.5 / (15 + 1.5 ** 2) ** 0.5)
+    b["l.mask_nibbles"][1, 0] = 3
+    assert ddp_check.compare_models(a, b).masks == ["l.mask_nibbles"]
