@@ -23,6 +23,8 @@ kernels a Hopper user trains with — the check that cuSPARSELt works under DDP 
 
 On CPU the same code runs with gloo (the CI test does, at toy size); the recorded check is for GPUs. Runs live in
 ``runs/ddp_check/<scale>/``; finished runs are reused when the script is rerun (delete the folder to start over).
+Every run's loss curve is copied to ``ddp_losses/<scale>/<method>/<run>.csv`` beside the CSV; ``make figures``
+draws them (``ddp_losses.png``: the curves, and each run's relative gap to its reference against the 1% goal).
 """
 from __future__ import annotations
 
@@ -264,7 +266,21 @@ def run(*, nproc: int, scale: str, methods: list[str], results: Path, runs: Path
     write_rows(results, rows, columns=COLUMNS, config=base, append=False,
                overrides={"device": f"{nproc} x {where}" if torch.cuda.is_available() else where})
     write_summary(results)
+    export_losses(runs / scale, results.parent / "ddp_losses" / scale, methods)
     return results
+
+
+def export_losses(runs: Path, target: Path, methods: list[str]) -> list[Path]:
+    """Every run's ``losses.csv`` to ``target/<method>/<run>.csv`` (`accuracy_experiments.ddp_curves` draws them)."""
+    written = []
+    for method in methods:
+        for losses in sorted((runs / method).glob("*/losses.csv")):
+            path = target / method / f"{losses.parent.name}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(path) as f:
+                f.write(losses.read_text())
+            written.append(path)
+    return written
 
 
 def write_summary(results: Path) -> Path:

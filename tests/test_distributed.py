@@ -112,6 +112,11 @@ def test_two_processes_match_one_resume_after_a_kill_and_on_another_count(corpus
     assert float(weak["value"]) > 0 and weak["note"].startswith("median of 2 interleaved pairs")
     for folder in ("1proc", "weak2proc", "1proc_pair1", "weak2proc_pair1"):
         assert (tmp_path / "runs/tiny/slope" / folder / "throughput.json").exists()
+    exported = tmp_path / "ddp_losses/tiny/slope"  # beside the CSV, for `make figures`
+    assert (exported / "2proc.csv").read_text() == (tmp_path / "runs/tiny/slope/2proc/losses.csv").read_text()
+    from accuracy_experiments.ddp_curves import fig_ddp_losses, reference_of
+    assert fig_ddp_losses(tmp_path) is not None
+    assert [reference_of(r) for r in ("2proc", "killed2_resumed1", "1proc", "weak2proc")] == ["1proc", "2proc", None, None]
     final = torch.load(tmp_path / "runs/tiny/slope/2proc/checkpoint.pt", weights_only=False)
     assert final["world_size"] == 2 and len(final["rank_rng"]) == 2
     assert any("lora_left" in k for k in final["model"])  # the adapters joined mid-run under DDP

@@ -12,7 +12,7 @@ def test_renders_from_the_committed_csvs(tmp_path):
     written = {p.stem for p in figures.render_all(ROOT / "results", tmp_path)}
     # kernel figures from bench_linear_h100.csv; paper-only end-to-end figures until a GPU speedup CSV exists
     assert {"linear_inference", "linear_training", "training_speedup", "inference_speedup", "memory",
-            "ablations"} <= written
+            "ablations", "ddp_losses"} <= written
     assert all((tmp_path / f"{name}.png").stat().st_size > 10_000 for name in written)
 
 
