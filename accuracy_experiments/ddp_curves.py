@@ -2,7 +2,8 @@
 
 ``results/ddp_losses/<scale>/<method>/<run>.csv`` holds each run's training loss per step, where ``<run>`` is
 ``1proc``, ``<N>proc`` (same global batch on N processes), ``killed<N>_resumed<M>`` (an N-process run SIGKILLed
-mid-way and resumed on M) or ``weak<N>proc`` (N times the batch: throughput only, not drawn). One column per
+mid-way and resumed on M), or a throughput-only run, not drawn: ``weak<N>proc`` (N times the batch) and the extra
+``*_pair<K>`` runs of ``--throughput-pairs``. One column per
 method: the curves on top, and below, each run's relative gap |loss − reference| / reference per step — the
 N-process run against one process, the resumed runs against the uninterrupted N-process run — beside the
 issue's 1% goal.
@@ -35,6 +36,10 @@ def reference_of(run: str) -> str | None:
     return None
 
 
+def throughput_only(run: str) -> bool:
+    return run.startswith("weak") or "_pair" in run
+
+
 def fig_ddp_losses(results: Path) -> Figure | None:
     root = next((results / "ddp_losses" / s for s in SCALES if any((results / "ddp_losses" / s).glob("*/*.csv"))),
                 None)
@@ -44,7 +49,7 @@ def fig_ddp_losses(results: Path) -> Figure | None:
     fig = Figure(figsize=(5 * len(methods), 6.5), layout="constrained")
     axes = fig.subplots(2, len(methods), squeeze=False, sharex="col")
     for column, method in enumerate(methods):
-        curves = {p.stem: load_losses(p) for p in sorted((root / method).glob("*.csv")) if not p.stem.startswith("weak")}
+        curves = {p.stem: load_losses(p) for p in sorted((root / method).glob("*.csv")) if not throughput_only(p.stem)}
         top, bottom = axes[0][column], axes[1][column]
         for run, losses in curves.items():
             steps = sorted(losses)

@@ -89,6 +89,9 @@ def _run_killed(cfg, nproc: int, kill_after_step: int) -> int:
             # a later checkpoint may have landed between the look and the kill: report the one left behind, and
             # keep it beside the run (the resume overwrites the checkpoint; a rerun of the check reads this)
             left_at = torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=False, map_location="cpu")["step"]
+            if left_at >= cfg.steps:  # the run finished before the kill landed: there is nothing to resume
+                raise RuntimeError(f"{cfg.out}: the SIGKILL came after the last checkpoint (step {left_at}); "
+                                   "raise --steps or lower --checkpoint-every so that the kill lands mid-run")
             with atomic_open(Path(cfg.out) / KILLED_AT) as f:
                 json.dump({"checkpoint_step": left_at, "killed_after_step": kill_after_step}, f)
             return left_at
