@@ -9,6 +9,14 @@ Benchmarks (rows of one long-form CSV, same columns as `bench_linear`, provenanc
                  same token count, calls issued back to back (host cost included); ideal 2x
 * ``infer_graph`` the same at 16–256 tokens with each call captured in a CUDA graph and replayed: the GPU time
                  without the host's per-call cost (eager calls at these sizes are host-bound for both sides)
+* ``decode``     a few tokens (one decode step, batch = tokens) on every MLP shape: dense ``F.linear`` vs the
+                 SLoPe layer through cuSPARSELt and through the few-token kernel (`slope.kernels.sparse_gemv`),
+                 eager and CUDA-graph replay, adapter ranks 0 and 1.56% (merged); the note gives the weight bytes
+                 read per µs (GB/s). Ideal 1.6x: 1.25 bytes per weight instead of 2 (memory-bound). Every weight
+                 here is ≥ 73 MB compressed, larger than the H100's 50 MB L2, so replays cannot hit in cache.
+* ``decode_host`` host time to issue one 1-token call (a 1024² layer, so the GPU keeps up and the wall time is
+                 the host's): dense nn.Linear vs the SLoPe layer through cuSPARSELt and the few-token kernel. In an
+                 eager decode step every layer pays this, and at small batch the step is host-bound.
 * ``crossover``  per shape: the largest token count at which dense beat the sparse layer (the value
                  ``dense_fallback_tokens="auto"`` picks), measured by the layer itself
 
@@ -23,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from experiments.bench import Rotating, cuda_time_ms
+from experiments.bench import Rotating, cuda_time_ms, host_time_us
 from experiments.cli import parse_config
 from experiments.results_io import write_rows
 from performance_experiments.bench_linear import COLUMNS, _row
@@ -41,13 +49,20 @@ class InferenceBenchConfig:
     fused_tokens: tuple[str, ...] = ("16", "256", "1024", "2048", "8192")
     ranks: tuple[str, ...] = tuple(RANK_FRACTIONS)
     crossover: bool = True
+    sections: tuple[str, ...] = ("fused", "layers", "decode_host", "decode")
+    decode_shapes: tuple[str, ...] = tuple(MLP_SHAPES)
+    decode_tokens: tuple[str, ...] = ("1", "8", "16", "32", "64")
+    decode_ranks: tuple[str, ...] = ("r0", "r1.56%")
     repeats: int = 30
     output: str = "runs/bench_inference.csv"
 
 
 PRESETS = {"h100": InferenceBenchConfig(),
            "quick": InferenceBenchConfig(shapes=("opt-13b.fc1",), tokens=("16", "8192"), ranks=("r0", "r1.56%"),
-                                         fused_tokens=("16", "8192"), crossover=False, repeats=10)}
+                                         fused_tokens=("16", "8192"), crossover=False, repeats=10,
+                                         decode_shapes=("opt-13b.fc1",), decode_tokens=("1", "16")),
+           "decode": InferenceBenchConfig(sections=("decode_host", "decode"), dtypes=("bfloat16", "float16"))}
+SECTIONS = ("fused", "layers", "decode_host", "decode")
 
 
 def _rank(shape: str, label: str) -> int:
@@ -168,19 +183,85 @@ def _graph_rows(rows, shape, d_in, d_out, tokens, dtype, layers, w, bias, cfg) -
                          note=f"tiles={layer.rows}; CUDA-graph replay; vs dense without adapters"))
 
 
+def _weight_bytes(layer, dense: bool, d_in: int, d_out: int, dtype: torch.dtype) -> int:
+    """Bytes a few-token call must read for the weight: dense 2 per weight; the sparse layer its kept values and
+    one mask byte per group of 4, adapter rows included."""
+    size = torch.finfo(dtype).bits // 8
+    if dense:
+        return d_in * d_out * size
+    rows = d_out + (layer.adapter_rows if layer.lora_left is not None else 0)
+    return rows * (d_in // 2 * size + d_in // 4)
+
+
+def bench_decode(rows: list[dict], shape: str, dtype: torch.dtype, cfg: InferenceBenchConfig) -> None:
+    from slope.inference import SLoPeInferenceLinear
+
+    d_in, d_out = MLP_SHAPES[shape]
+    dense = torch.nn.Linear(d_in, d_out, device="cuda", dtype=dtype)
+    w, bias = dense.weight.detach(), dense.bias.detach()
+    layers = {label: SLoPeInferenceLinear.from_layer(_simulated_layer(d_in, d_out, _rank(shape, label), dtype))
+              for label in cfg.decode_ranks}
+    dense_bytes = _weight_bytes(None, True, d_in, d_out, dtype)
+    for tokens in map(int, cfg.decode_tokens):
+        xs = Rotating(lambda: torch.randn(tokens, d_in, device="cuda", dtype=dtype))
+        x = xs()
+        with torch.no_grad():
+            reference = {"eager": cuda_time_ms(lambda: dense(xs()), repeats=cfg.repeats),
+                         "graph": _graph_time(lambda x: F.linear(x, w, bias), x, cfg.repeats)}
+        for mode, td in reference.items():
+            rows.append(_row("decode", shape, d_in, d_out, tokens, dtype, f"dense {mode}", td,
+                             note=f"{dense_bytes / td['median_ms'] / 1e6:.0f} GB/s"))
+        for label, layer in layers.items():
+            sparse_bytes = _weight_bytes(layer, False, d_in, d_out, dtype)
+            for kernel, threshold in (("cusparselt", 0), ("sparse_gemv", tokens)):
+                layer.set_few_token_kernel(threshold)
+                with torch.no_grad():
+                    layer(x)  # algorithm choice / autotuning for this shape happens here, outside the timing
+                    times = {"eager": cuda_time_ms(lambda: layer(xs()), repeats=cfg.repeats),
+                             "graph": _graph_time(layer, x, cfg.repeats)}
+                for mode, ts in times.items():
+                    rows.append(_row("decode", shape, d_in, d_out, tokens, dtype, f"slope {label} {kernel} {mode}",
+                                     ts, speedup=reference[mode]["median_ms"] / ts["median_ms"],
+                                     ideal=round(dense_bytes / sparse_bytes, 4),
+                                     note=f"tiles={layer.rows}; {sparse_bytes / ts['median_ms'] / 1e6:.0f} GB/s; "
+                                          f"vs dense {mode} without adapters"))
+
+
+def bench_decode_host(rows: list[dict], shape: str, dtype: torch.dtype, cfg: InferenceBenchConfig) -> None:
+    from slope.inference import SLoPeInferenceLinear
+
+    d = 1024
+    x = torch.randn(1, d, device="cuda", dtype=dtype)
+    dense = torch.nn.Linear(d, d, device="cuda", dtype=dtype)
+    calls = {"dense nn.Linear": dense}
+    for label in cfg.decode_ranks:
+        rank = max(1, round(RANK_FRACTIONS[label] * d)) if RANK_FRACTIONS[label] else 0
+        for kernel, threshold in (("cusparselt", 0), ("sparse_gemv", 1)):
+            calls[f"slope {label} {kernel}"] = SLoPeInferenceLinear.from_layer(
+                _simulated_layer(d, d, rank, dtype), few_token_kernel_tokens=threshold)
+    with torch.no_grad():
+        for name, fn in calls.items():
+            us = [host_time_us(lambda: fn(x)) for _ in range(5)]
+            stats = {"median_ms": sorted(us)[2], "iqr_ms": sorted(us)[3] - sorted(us)[1], "min_ms": min(us),
+                     "max_ms": max(us), "repeats": 5}
+            rows.append(_row("decode_host", f"{d}x{d}", d, d, 1, dtype, name, stats, unit="us_per_call",
+                             note="host wall time per call, 200 calls without sync, 5 runs"))
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_config(PRESETS, __doc__.splitlines()[0], argv)
+    unknown = set(cfg.sections) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"bench_inference: unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     if not torch.cuda.is_available():
         raise SystemExit("bench_inference needs a CUDA GPU")
     rows: list[dict] = []
-    blocks = [(shape, dtype) for shape in cfg.shapes for dtype in cfg.dtypes]
-    for shape, dtype in tqdm(blocks, desc="bench_inference", file=sys.stderr, disable=None):
+    blocks = [(section, shape, dtype) for section in cfg.sections for dtype in cfg.dtypes
+              for shape in {"decode": cfg.decode_shapes, "decode_host": ("1024x1024",)}.get(section, cfg.shapes)]
+    benches = {"fused": bench_fused, "layers": bench_layers, "decode_host": bench_decode_host, "decode": bench_decode}
+    for section, shape, dtype in tqdm(blocks, desc="bench_inference", file=sys.stderr, disable=None):
         block: list[dict] = []
-        bench_fused(block, shape, getattr(torch, dtype), cfg)
-        write_rows(cfg.output, block, columns=COLUMNS, config=cfg)
-        rows += block
-        block = []
-        bench_layers(block, shape, getattr(torch, dtype), cfg)
+        benches[section](block, shape, getattr(torch, dtype), cfg)
         write_rows(cfg.output, block, columns=COLUMNS, config=cfg)  # each block lands at once: a timeout loses little
         rows += block
     for row in rows:

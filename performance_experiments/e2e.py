@@ -139,13 +139,16 @@ def forward_backward(variant: Variant, input_ids: torch.Tensor, device) -> torch
 
 
 def to_inference(variant: Variant, dtype: torch.dtype, *, prepare: bool = True, tiling: bool = True,
-                 dense_fallback_tokens: int | str = 0, implementation: str = "auto") -> str:
+                 dense_fallback_tokens: int | str = 0, implementation: str = "auto",
+                 few_token_kernel_tokens: int | None = None) -> str:
     """Make a variant's model an inference model, in place; returns a note on the layers it now has.
 
     Optimizer state and gradients go; an amp model is cast to the 16-bit dtype; compressed training layers become
     the library's inference layers (`slope.prepare_inference`: no W_RCᵀ, adapters merged, square tiles when
     ``tiling``) when ``prepare`` — the unmerged-adapter comparison keeps the training layers instead.
+    ``few_token_kernel_tokens``: see `slope.SLoPeInferenceLinear` (None: the library's default).
     """
+    from slope.inference import FEW_TOKEN_KERNEL_TOKENS
     from slope.compressed import CompressedSLoPeLinear
 
     variant.optimizers.clear()
@@ -157,12 +160,15 @@ def to_inference(variant: Variant, dtype: torch.dtype, *, prepare: bool = True, 
         variant.autocast = None
     layers = slope.sparse_layers(model)
     if prepare and any(isinstance(layer, CompressedSLoPeLinear) for layer in layers.values()):
+        few = FEW_TOKEN_KERNEL_TOKENS if few_token_kernel_tokens is None else few_token_kernel_tokens
         slope.prepare_inference(model, tiling=tiling, dense_fallback_tokens=dense_fallback_tokens,
-                                implementation=implementation)
+                                implementation=implementation, few_token_kernel_tokens=few)
         layers = slope.sparse_layers(model)
     kinds = sorted({type(layer).__name__ for layer in layers.values()})
     tiles = sorted({len(layer.rows) for layer in layers.values() if hasattr(layer, "rows")})
-    return f"inference layers: {','.join(kinds) or 'dense'}" + (f" (tiles per layer: {tiles})" if tiles else "")
+    few = sorted({layer.few_token_kernel_tokens for layer in layers.values() if hasattr(layer, "few_token_kernel_tokens")})
+    return (f"inference layers: {','.join(kinds) or 'dense'}" + (f" (tiles per layer: {tiles})" if tiles else "")
+            + (f"; few-token kernel at <= {few} tokens" if few else ""))
 
 
 def prefill_fn(model, input_ids: torch.Tensor):

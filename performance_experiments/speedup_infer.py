@@ -1,5 +1,10 @@
 """Inference sections of `performance_experiments.speedup`: prefill, decode (with and without the dense
 fallback) and inference memory, for dense, SLoPe and SLoPe with merged / unmerged adapters.
+
+Decode has two figures per batch on a GPU: the wall-clock time of an eager step (what ``model(...)`` in a loop
+costs; at small batch it is bound by the host issuing kernels, for dense and SLoPe alike) and the GPU busy time
+of the same step (the sum of its kernels, `timing.kernel_time_fn`: what the step's GPU work costs once the host
+is out of the way, as a CUDA-graph replay would have it).
 """
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import slope
 from . import e2e
 from .models import param_counts
 from .reference import paper_value
-from .timing import LinearTimer, PhaseTimer, peak_bytes, reset_peak, round_or_blank, stat_fields, time_fn
+from .timing import (LinearTimer, PhaseTimer, is_cuda, kernel_time_fn, peak_bytes, reset_peak, round_or_blank,
+                     stat_fields, time_fn)
 
 DECODE_MEMORY_BOUND_IDEAL = 1 / 0.5625
 
@@ -44,7 +50,8 @@ def _ideal(share, gain: float) -> tuple[float | str, str]:
 def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
     cfg, device = run.cfg, run.device
     is_dense = variant.name == "dense"
-    layers_note = e2e.to_inference(variant, run.dtype, prepare="unmerged" not in variant.name, tiling=cfg.tiling)
+    layers_note = e2e.to_inference(variant, run.dtype, prepare="unmerged" not in variant.name, tiling=cfg.tiling,
+                                   few_token_kernel_tokens=cfg.few_token_kernel_tokens)
     model = variant.model
     ref = run.dense.get("infer", {})
     method_rank = rank
@@ -103,6 +110,15 @@ def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
         rows += _decode_rows(run, model, common, ref, is_dense, note)
         fallback_layers = [layer for layer in slope.sparse_layers(model).values()
                            if hasattr(layer, "set_dense_fallback")]
+        few_token = [layer for layer in fallback_layers if layer.few_token_kernel_tokens]
+        if cfg.decode_cusparselt_too and rank == "0" and few_token:
+            # the same layers with the few-token kernel off: cuSPARSELt at every size, in this process
+            for layer in few_token:
+                layer.set_few_token_kernel(0)
+            rows += _decode_rows(run, model, dict(common, variant=f"{variant.name} (cuSPARSELt decode)"), ref, False,
+                                 f"{note}; few-token kernel off")
+            for layer in few_token:
+                layer.set_few_token_kernel(cfg.few_token_kernel_tokens)
         if cfg.decode_fallback not in ("", "0") and rank == "0" and fallback_layers and run.over_budget():
             rows.append(_skipped_row(run, dict(common, variant=f"{variant.name} + dense fallback"),
                                      experiment="decode"))
@@ -150,6 +166,17 @@ def _decode_rows(run, model, common: dict, ref: dict, is_dense: bool, note: str)
         rows.append(run.row(base, phase="throughput", metric="throughput", unit="tokens/s",
                             median=round(batch / stats["median_ms"] * 1e3, 1), repeats=stats["repeats"],
                             ratio_vs_dense=round_or_blank(ratio), ideal=round_or_blank(ideal), ideal_basis=basis))
+        if cfg.decode_kernel_time and is_cuda(run.device):
+            busy = kernel_time_fn(fn, warmup=1, repeats=cfg.repeats)
+            if is_dense:
+                ref[f"decode{batch}_busy"] = busy["median_ms"]
+            dense_busy = ref.get(f"decode{batch}_busy")
+            rows.append(run.row(base, phase="one token with KV cache: GPU busy time", metric="time", unit="ms",
+                                **stat_fields(busy), ratio_vs_dense=round_or_blank(
+                                    dense_busy / busy["median_ms"] if dense_busy else ""),
+                                ideal=1.0 if is_dense else "", ideal_basis="reference" if is_dense else
+                                "none (the linears' share of the GPU time is not measured)",
+                                note=f"{note}; sum of kernel times per step (torch.profiler), host time excluded"))
         del cache, fn
     return rows
 

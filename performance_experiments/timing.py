@@ -3,6 +3,10 @@
 * `time_fn(fn, device)` — a callable's time per call: CUDA events via `experiments.bench.cuda_time_ms` on a GPU;
   on the CPU (toy runs in tests) ``time.perf_counter`` around each call, which is exact there because CPU
   kernels are synchronous. Both return the same statistics dict (median, IQR, min, max, repeats, in ms).
+* `kernel_time_fn(fn)` — the GPU's busy time per call: the sum of the durations of the kernels (and copies) one
+  call runs, from torch.profiler. Host time and the gaps between kernels are left out, so this is what a
+  host-bound call (one decode step, eager) would take if its launches were free — the figure a CUDA-graph replay
+  approaches. It is reported beside `time_fn`'s wall-clock figure, never instead of it.
 * `PhaseTimer` — named phases inside one step (forward, backward, optimizer), one interval per phase per repeat,
   so the breakdown and the total come from the same steps.
 * `LinearTimer` — in-situ time of chosen linear layers through module hooks: forward (pre-hook → hook) and
@@ -52,6 +56,26 @@ def time_fn(fn: Callable[[], object], device, *, warmup: int = 3, repeats: int =
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
+    return summarize(times)
+
+
+def kernel_time_fn(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> dict[str, float]:
+    """GPU busy time per call of ``fn`` (CUDA only; see the module docstring): one profiler session per repeat."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        device_events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+        if not device_events:
+            raise RuntimeError("kernel_time_fn: the profiler recorded no GPU activity (is CUPTI available?)")
+        times.append(sum(e.time_range.elapsed_us() for e in device_events) / 1e3)
     return summarize(times)
 
 

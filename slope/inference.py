@@ -23,6 +23,10 @@ with one compressed matrix and one fused multiply-add (the paper's merged path):
   folded in) runs through cuBLAS instead. It costs a dense weight's memory, so it is off by default; ``"auto"``
   measures the crossover against an ``nn.Linear`` for this shape once on this GPU (calls issued back to back,
   host cost included; cached on disk with the cuSPARSELt algorithm choices).
+* **Decode** (a few tokens, ``few_token_kernel_tokens``, default `FEW_TOKEN_KERNEL_TOKENS`): at that many tokens
+  or fewer the layer skips cuSPARSELt and runs `slope.kernels.sparse_gemv` on its own buffers (``values`` and
+  ``mask_nibbles``; the adapter rows' values in the last tile and their nibbles), which reads 1.25 bytes per
+  weight instead of dense's 2 — no extra memory, unlike the dense fallback. The adapters then merge as above.
 * **state_dict** holds the training layer's canonical entries (``values`` (d_out, d_in/2), ``mask_nibbles``,
   bias, adapters): it loads from a trained `CompressedSLoPeLinear` checkpoint (whose derived ``w_metadata`` /
   ``wt_*`` entries are ignored) and round-trips exactly; the packed buffers are rebuilt on load.
@@ -36,9 +40,14 @@ from torch import nn
 from .compressed import DIM_ALIGNMENT, CompressedSLoPeLinear, check_compressible
 from .kernels import fused, nm_pack
 from .kernels.cusparselt import SpMM, cached_choice
+from .kernels.sparse_gemv import sparse_gemv
 from .linear import SLoPeLinear, SparseLinearBase
 from .masks import nm_mask
 
+# Tokens up to which the few-token kernel replaces cuSPARSELt by default. On the H100 (bf16/fp16, OPT-13B and
+# LLaMA-3-8B shapes, CUDA-graph replay) it beat both cuSPARSELt and dense F.linear up to this count
+# (`performance_experiments/bench_inference.py`, ``infer_graph`` rows of results/bench_inference_h100.csv).
+FEW_TOKEN_KERNEL_TOKENS = 32
 _DERIVED_KEYS = ("w_metadata", "wt_packed", "wt_nibbles")  # a training layer's entries that the values determine
 
 
@@ -84,6 +93,8 @@ class SLoPeInferenceLinear(SparseLinearBase):
             self.add_adapter(lora_rank)  # overwritten by `from_layer` / load_state_dict
             self.lora_merged = True
         self.dense_fallback_tokens = 0
+        self.few_token_kernel_tokens = FEW_TOKEN_KERNEL_TOKENS
+        self.register_buffer("adapter_nibbles", None, persistent=False)  # the adapter rows' mask (few-token kernel)
         self.addmm_impl = "auto"  # slope.kernels.fused: "auto" (by measured size), "triton" or "torch"
         self.register_buffer("dense_weight", None, persistent=False)
         self._built_from: tuple | None = None
@@ -97,6 +108,11 @@ class SLoPeInferenceLinear(SparseLinearBase):
         self._tiles = [(op, self.packed[self.offsets[i]:self.offsets[i + 1]],
                         None if bias is None else bias[start:start + rows], start)
                        for i, (op, rows, start) in enumerate(zip(self.ops, self.rows, starts))]
+        # the adapter rows' kept values: the last rows of the last tile, right after W_R's
+        row_bytes = self.in_features // 2 * torch.finfo(self.dtype).bits // 8
+        first = self.offsets[-2] + (self.rows[-1] - self.adapter_rows) * row_bytes
+        self._adapter_values = self.packed[first:first + self.adapter_rows * row_bytes].view(self.dtype).view(
+            self.adapter_rows, self.in_features // 2)
 
     def _values_view(self) -> torch.Tensor:
         # Every tile but the last has the same size, and W_R's rows of the last tile come first in it: so W_R's
@@ -117,7 +133,8 @@ class SLoPeInferenceLinear(SparseLinearBase):
     # ----- building -----------------------------------------------------------------------------------------
     @classmethod
     def from_layer(cls, layer: SparseLinearBase, *, tiling: bool = True, dense_fallback_tokens: int | str = 0,
-                   implementation: str = "auto") -> "SLoPeInferenceLinear":
+                   implementation: str = "auto",
+                   few_token_kernel_tokens: int = FEW_TOKEN_KERNEL_TOKENS) -> "SLoPeInferenceLinear":
         """From a trained `CompressedSLoPeLinear` or a 2:4 `SLoPeLinear` (fp16/bf16, CUDA); adapters are merged."""
         if not isinstance(layer, (CompressedSLoPeLinear, SLoPeLinear)) or layer.sparsity != "2:4":
             raise TypeError(f"{layer.layer_name}: inference layers are built from 2:4 SLoPe layers, got "
@@ -144,6 +161,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
                 new.lora_right.copy_(layer.lora_right)
         new.rebuild()
         new.set_dense_fallback(dense_fallback_tokens)
+        new.set_few_token_kernel(few_token_kernel_tokens)
         return new
 
     @torch.no_grad()
@@ -162,6 +180,9 @@ class SLoPeInferenceLinear(SparseLinearBase):
                                                extra_nibbles)
             nibbles = torch.cat([nibbles, extra_nibbles])
             values = torch.cat([values, extra_values])
+            self.adapter_nibbles = extra_nibbles.contiguous()
+        else:
+            self.adapter_nibbles = None
         start = 0
         for i, (op, rows) in enumerate(zip(self.ops, self.rows)):
             tile_nibbles = nibbles[start:start + rows]
@@ -199,6 +220,12 @@ class SLoPeInferenceLinear(SparseLinearBase):
             self._build_dense()
         else:
             self.dense_weight = None
+
+    def set_few_token_kernel(self, tokens: int) -> None:
+        """Run `slope.kernels.sparse_gemv` instead of cuSPARSELt at ≤ ``tokens`` tokens (0: never)."""
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise ValueError(f"{self.layer_name}: few_token_kernel_tokens must be an int >= 0, got {tokens!r}")
+        self.few_token_kernel_tokens = tokens
 
     def _measure_crossover(self) -> int:
         key = (f"{torch.cuda.get_device_name()}|{self.out_features}x{self.in_features}|{self.dtype}|r{self.lora_rank}"
@@ -241,6 +268,18 @@ class SLoPeInferenceLinear(SparseLinearBase):
             out = torch.empty(x2d.shape[0], self.out_features + self.adapter_rows, device=x2d.device, dtype=self.dtype)
             for op, packed, bias, start in self._tiles:
                 op.into(packed, x2d, bias, out, start)
+        return self._merge_adapters(out)
+
+    def _few_token_forward(self, x2d: torch.Tensor) -> torch.Tensor:
+        adapters = self.lora_left is not None
+        out = torch.empty(x2d.shape[0], self.out_features + (self.adapter_rows if adapters else 0),
+                          device=x2d.device, dtype=self.dtype)
+        sparse_gemv(x2d, self.values, self.mask_nibbles, self._dense_bias, out=out[:, : self.out_features])
+        if adapters:
+            sparse_gemv(x2d, self._adapter_values, self.adapter_nibbles, out=out[:, self.out_features:])
+        return self._merge_adapters(out)
+
+    def _merge_adapters(self, out: torch.Tensor) -> torch.Tensor:
         if self.lora_left is None:
             return out
         # Y = Y₀ + Z·R / r, Y₀ and Z two column blocks of `out`; the result is contiguous for the next layer
@@ -259,6 +298,8 @@ class SLoPeInferenceLinear(SparseLinearBase):
         tokens = x2d.shape[0]
         if tokens <= self.dense_fallback_tokens:
             return F.linear(x2d, self.dense_weight, self._dense_bias).reshape(*x.shape[:-1], self.out_features)
+        if tokens <= self.few_token_kernel_tokens:
+            return self._few_token_forward(x2d).reshape(*x.shape[:-1], self.out_features)
         pad = -tokens % 8  # cuSPARSELt wants the token count to be a multiple of 8
         y = self._sparse_forward(F.pad(x2d, (0, 0, 0, pad)) if pad else x2d)
         return (y[:tokens] if pad else y).reshape(*x.shape[:-1], self.out_features)
@@ -281,7 +322,8 @@ class SLoPeInferenceLinear(SparseLinearBase):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", inference, tiles={self.rows}, dtype={self.dtype}" + (
-            f", dense_fallback_tokens={self.dense_fallback_tokens}" if self.dense_fallback_tokens else "")
+            f", dense_fallback_tokens={self.dense_fallback_tokens}" if self.dense_fallback_tokens else "") + (
+            f", few_token_kernel_tokens={self.few_token_kernel_tokens}")
 
 
 def _pipelined_ms(fn, x: torch.Tensor, calls: int = 20, repeats: int = 5) -> float:
@@ -298,7 +340,7 @@ def _pipelined_ms(fn, x: torch.Tensor, calls: int = 20, repeats: int = 5) -> flo
 
 
 def prepare_inference(model: nn.Module, *, tiling: bool = True, dense_fallback_tokens: int | str = 0,
-                      implementation: str = "auto") -> nn.Module:
+                      implementation: str = "auto", few_token_kernel_tokens: int = FEW_TOKEN_KERNEL_TOKENS) -> nn.Module:
     """Replace every compressed (or 2:4 simulated fp16/bf16 CUDA) SLoPe layer by its inference form, in place.
 
     Adapters are merged (L pruned 2:4, same 1/r scale). The model can no longer be trained afterwards.
@@ -310,5 +352,6 @@ def prepare_inference(model: nn.Module, *, tiling: bool = True, dense_fallback_t
         if isinstance(layer, SLoPeInferenceLinear):
             continue
         _set_submodule(model, name, SLoPeInferenceLinear.from_layer(
-            layer, tiling=tiling, dense_fallback_tokens=dense_fallback_tokens, implementation=implementation))
+            layer, tiling=tiling, dense_fallback_tokens=dense_fallback_tokens, implementation=implementation,
+            few_token_kernel_tokens=few_token_kernel_tokens))
     return model

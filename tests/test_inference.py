@@ -1,9 +1,12 @@
 """Compressed inference layers (merged adapters, tiling, dense fallback) against an fp64 masked-dense reference."""
+from unittest import mock
+
 import pytest
 import torch
 from torch import nn
 
 import slope
+from slope import inference
 from slope.inference import tile_rows
 
 DTYPES = [torch.float16, torch.bfloat16]
@@ -69,15 +72,18 @@ def _simulated(d_in, d_out, rank, bias, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tiling", [True, False])
 @pytest.mark.parametrize("rank,bias", [(0, True), (5, True), (40, False)])
-@pytest.mark.parametrize("tokens", [8, 13, 256])
-def test_merged_tiled_output_matches_fp64_reference(dtype, tiling, rank, bias, tokens):
+# few_token_kernel: the token count up to which slope.kernels.sparse_gemv replaces cuSPARSELt (0: never)
+@pytest.mark.parametrize("tokens,few_token_kernel", [(1, 32), (13, 32), (8, 0), (13, 0), (256, 32)])
+def test_merged_tiled_output_matches_fp64_reference(dtype, tiling, rank, bias, tokens, few_token_kernel):
     layer = _simulated(64, 256, rank, bias, dtype)
-    fast = slope.SLoPeInferenceLinear.from_layer(layer, tiling=tiling)
+    fast = slope.SLoPeInferenceLinear.from_layer(layer, tiling=tiling, few_token_kernel_tokens=few_token_kernel)
     assert fast.rows == tile_rows(256, 64, fast.adapter_rows, tiling)
     x = torch.randn(tokens, 64, device="cuda", dtype=dtype)
     reference = _reference(layer, x)
-    with torch.no_grad():
+    with torch.no_grad(), mock.patch.object(inference, "sparse_gemv", wraps=inference.sparse_gemv) as kernel:
         y = fast(x)
+    assert kernel.call_count == (0 if tokens > few_token_kernel else 2 if rank else 1)  # W_R (+ the adapter rows)
+    with torch.no_grad():
         layer.merge_adapter() if rank else None
         simulated = layer(x)
     assert y.dtype == dtype and y.shape == (tokens, 256)

@@ -1,0 +1,63 @@
+"""2:4 sparse matrix × a few tokens (decode), read straight from the compressed values and the nibble mask.
+
+    out = x · Wᵀ (+ bias)      x (T, K), W (N, K) 2:4 along K, T small (one decode step: T = batch)
+
+Why not cuSPARSELt here: at a few tokens a linear layer is bound by reading its weight, and a 2:4 weight needs only
+1.25 bytes per element (two of four 16-bit values + a mask byte per group) against dense's 2, so up to 1.6x.
+cuSPARSELt does not get that: on the H100, under CUDA-graph replay, its SpMM at 16 tokens ran at 0.95x of dense
+F.linear untiled and 0.71x tiled (results/bench_inference_h100.md). This kernel streams exactly those bytes:
+`values` (N, K/2), the kept entries in position order (the first N·K/2 elements of every cuSPARSELt tile, so a
+`SLoPeInferenceLinear` reads its own buffers, no copy), and `nibbles` (N, K/4), one byte per group (bit i = kept).
+
+``values`` may also be a (tiles, rows per tile, K/2) strided view (a tiled layer's W_R inside its packed buffer);
+``out`` may be a column block of a wider buffer (unit column stride). Triton is imported lazily; on CPU it runs
+only under ``TRITON_INTERPRET=1`` (the tests).
+"""
+from __future__ import annotations
+
+import torch
+
+MAX_BLOCK_T = 64  # tokens per program; more tokens take more programs along the grid's second axis
+
+
+def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bias: torch.Tensor | None = None, *,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """out (T, N) = x (T, K) · Wᵀ (+ bias), W given as kept ``values`` and mask ``nibbles`` (see the module doc)."""
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"sparse_gemv: x must be a (tokens, K) matrix with unit column stride, got shape "
+                         f"{tuple(x.shape)} strides {x.stride()}")
+    tokens, k = x.shape
+    if k % 4:
+        raise ValueError(f"sparse_gemv: K = {k} must be a multiple of 4 (2:4 groups)")
+    if values.dim() == 2:
+        n, tile_rows, tile_stride = values.shape[0], max(values.shape[0], 1), 0
+        row_major = values.stride() == (k // 2, 1)
+    elif values.dim() == 3:
+        n, tile_rows, tile_stride = values.shape[0] * values.shape[1], values.shape[1], values.stride(0)
+        row_major = values.stride()[1:] == (k // 2, 1)
+    else:
+        row_major = False
+    if not row_major or values.shape[-1] != k // 2:
+        raise ValueError(f"sparse_gemv: values must be (N, K/2 = {k // 2}) row-major, or a (tiles, rows, K/2) view "
+                         f"of row-major tiles; got shape {tuple(values.shape)} strides {values.stride()}")
+    if nibbles.shape != (n, k // 4) or nibbles.dtype != torch.uint8 or not nibbles.is_contiguous():
+        raise ValueError(f"sparse_gemv: nibbles must be contiguous uint8 ({n}, {k // 4}), got "
+                         f"{nibbles.dtype} {tuple(nibbles.shape)}")
+    if bias is not None and (bias.shape != (n,) or not bias.is_contiguous()):
+        raise ValueError(f"sparse_gemv: bias must be a contiguous vector of {n} outputs, got {tuple(bias.shape)}")
+    if out is None:
+        out = torch.empty(tokens, n, device=x.device, dtype=values.dtype)
+    elif out.shape != (tokens, n) or out.stride(1) != 1:
+        raise ValueError(f"sparse_gemv: out must be ({tokens}, {n}) with unit column stride, got shape "
+                         f"{tuple(out.shape)} strides {out.stride()}")
+    if tokens == 0 or n == 0:
+        return out
+    from . import sparse_gemv_triton
+
+    # ≥ 16: tl.dot's minimum; the padded token rows are masked out of the loads and the store
+    block_t = min(MAX_BLOCK_T, max(16, 1 << (tokens - 1).bit_length()))
+    grid = lambda meta: (-(-n // meta["BLOCK_N"]), -(-tokens // block_t))
+    sparse_gemv_triton.sparse_gemv_kernel[grid](
+        x, values, nibbles, bias if bias is not None else values, out, tokens, n, k, x.stride(0), tile_stride,
+        tile_rows, out.stride(0), HAS_BIAS=bias is not None, BLOCK_T=block_t)
+    return out

@@ -1,0 +1,67 @@
+"""Triton kernel behind `slope.kernels.sparse_gemv` (imported lazily: `import slope` never needs triton).
+
+`sparse_gemv_kernel`: out[t, n] = Σ_k x[t, k] · W[n, k] (+ bias[n]) for a few tokens t, W 2:4 sparse along k and
+stored as its kept values (n, k/2) plus one mask byte per group of 4 (bit i = position i kept), the layout of
+`slope.kernels.nm_pack`. Each program owns BLOCK_N rows of W and streams them once over k: per group it reads
+2 values and 1 byte instead of 4 dense values (1.25 bytes per weight instead of 2 at 16 bits), rebuilds the dense
+block in registers and multiplies it on the tensor cores against the token block (padded to ≥ 16 rows, which
+costs nothing here: at a few tokens the kernel is bound by reading W).
+
+Rebuilding a group from its nibble: with exactly two bits set, position 0 (if kept) is always the first kept
+value and position 3 always the second; position 1 is the second iff bit 0 is set; position 2 iff bit 0 or 1 is.
+"""
+import os
+
+import triton
+import triton.language as tl
+
+# The CPU interpreter runs every autotune candidate: one small config keeps the CPU tests quick.
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _CONFIGS = [triton.Config({"BLOCK_N": 16, "BLOCK_K": 64}, num_warps=4)]
+else:
+    # Few programs per SM and long k loops: deep pipelines and several row-block widths, so that enough loads
+    # are in flight to saturate HBM for both square (5120²) and tall/wide (4·5120 × 5120) weights.
+    _CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+                for bn, bk, w, s in ((16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 4), (32, 512, 8, 3),
+                                     (64, 128, 4, 4), (64, 256, 8, 3), (16, 128, 2, 5), (32, 128, 4, 5))]
+
+
+@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T"])
+@triton.jit
+def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride, tile_rows,
+                       stride_out, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+    GROUPS: tl.constexpr = BLOCK_K // 4
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rt = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_ok, token_ok = rn < N, rt < T
+    rows = rn.to(tl.int64)
+    # row n of W lives in tile n // tile_rows (tiles tile_stride elements apart), each tile row-major (k/2 per row)
+    value_rows = (rows // tile_rows) * tile_stride + (rows % tile_rows) * (K // 2)
+    nibble_rows = rows * (K // 4)
+    rv, rg, rk = tl.arange(0, BLOCK_K // 2), tl.arange(0, GROUPS), tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        v_ok = (k0 // 2 + rv) < K // 2
+        values = tl.load(values_ptr + value_rows[:, None] + (k0 // 2 + rv)[None, :],
+                         mask=row_ok[:, None] & v_ok[None, :], other=0.0)
+        g_ok = (k0 // 4 + rg) < K // 4
+        nib = tl.load(nibbles_ptr + nibble_rows[:, None] + (k0 // 4 + rg)[None, :],
+                      mask=row_ok[:, None] & g_ok[None, :], other=0).to(tl.int32)
+        first, second = tl.split(tl.reshape(values, (BLOCK_N, GROUPS, 2)))
+        zero = tl.zeros_like(first)
+        w0 = tl.where((nib & 1) != 0, first, zero)
+        w1 = tl.where((nib & 2) != 0, tl.where((nib & 1) != 0, second, first), zero)
+        w2 = tl.where((nib & 4) != 0, tl.where((nib & 3) != 0, second, first), zero)
+        w3 = tl.where((nib & 8) != 0, second, zero)
+        # join stacks along a new last axis: join(join(w0, w2), join(w1, w3))[..., i, j] = w_{2i+j}, so the
+        # row-major reshape puts position 4g+2i+j in place
+        dense = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
+        k_ok = (k0 + rk) < K
+        x = tl.load(x_ptr + rt[:, None].to(tl.int64) * stride_x + (k0 + rk)[None, :],
+                    mask=token_ok[:, None] & k_ok[None, :], other=0.0)
+        acc += tl.dot(dense, tl.trans(x.to(dense.dtype)))
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+    tl.store(out_ptr + rt[None, :].to(tl.int64) * stride_out + rn[:, None], acc.to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & token_ok[None, :])

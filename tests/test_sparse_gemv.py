@@ -1,0 +1,74 @@
+"""The few-token 2:4 kernel against a masked dense fp64 reference, under TRITON_INTERPRET=1 on CPU and on the GPU."""
+import pytest
+import torch
+
+from tests.conftest import DEVICES
+
+pytest.importorskip("triton")
+
+from slope import masks
+from slope.kernels import nm_pack
+from slope.kernels.sparse_gemv import sparse_gemv
+
+_CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+# bf16 only on the GPU: Triton's CPU interpreter returns garbage for bf16 (DESIGN §5).
+CASES = [pytest.param("cpu", torch.float16, id="cpu-fp16"), pytest.param("cpu", torch.float32, id="cpu-fp32")]
+CASES += [pytest.param("cuda", d, id=f"cuda-{n}", marks=_CUDA) for d, n in ((torch.float16, "fp16"),
+                                                                            (torch.bfloat16, "bf16"))]
+
+
+def _sparse(n, k, device, dtype):
+    w = torch.randn(n, k, device=device).to(dtype)
+    mask = masks.row_mask(w, 2, 4)
+    return w * mask, w[mask].view(n, k // 2), nm_pack.pack_nibbles(mask)
+
+
+def _check(result, x, dense, bias, dtype):
+    reference = x.double() @ dense.double().t() + (0 if bias is None else bias.double())
+    # torch's own rounding at this dtype (fp32 accumulation, one rounding) bounds ours, with 2x slack
+    torch_result = (x.float() @ dense.float().t() + (0 if bias is None else bias.float())).to(dtype)
+    bound = 2 * (torch_result.double() - reference).abs().max().item() + 1e-5 * reference.abs().max().item()
+    assert result.dtype == dtype
+    assert (result.double() - reference).abs().max().item() <= bound
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("tokens", [1, 5, 16, 70])  # 70: two token blocks of 64
+@pytest.mark.parametrize("bias", [False, True])
+def test_matches_masked_dense_fp64(device, dtype, tokens, bias):
+    n, k = 40, 200  # neither a multiple of the row block nor of the k block: both tails are masked
+    dense, values, nibbles = _sparse(n, k, device, dtype)
+    x = torch.randn(tokens, k, device=device).to(dtype)
+    b = torch.randn(n, device=device).to(dtype) if bias else None
+    _check(sparse_gemv(x, values, nibbles, b), x, dense, b, dtype)
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_tiled_values_view_and_column_block_output(device, dtype):
+    # a tiled layer's W_R: 3 tiles of 16 rows inside one buffer, with a gap (cuSPARSELt metadata) after each tile
+    tiles, rows, k, gap = 3, 16, 64, 96
+    dense, values, nibbles = _sparse(tiles * rows, k, device, dtype)
+    buffer = torch.full((tiles, rows * k // 2 + gap), float("nan"), device=device, dtype=dtype)
+    buffer[:, : rows * k // 2] = values.reshape(tiles, -1)
+    view = buffer.as_strided((tiles, rows, k // 2), (buffer.stride(0), k // 2, 1))
+    x = torch.randn(3, k, device=device).to(dtype)
+    wide = torch.zeros(3, tiles * rows + 32, device=device, dtype=dtype)
+    result = sparse_gemv(x, view, nibbles, out=wide[:, 8:8 + tiles * rows])
+    assert result.data_ptr() == wide[:, 8:].data_ptr()
+    _check(wide[:, 8:8 + tiles * rows], x, dense, None, dtype)
+    assert not wide[:, :8].any() and not wide[:, 8 + tiles * rows:].any()  # nothing written beside the block
+
+
+def test_bad_inputs_name_the_argument():
+    _, values, nibbles = _sparse(8, 16, "cpu", torch.float16)
+    x = torch.randn(2, 16).half()
+    with pytest.raises(ValueError, match="K = 18 must be a multiple of 4"):
+        sparse_gemv(torch.randn(2, 18).half(), values, nibbles)
+    with pytest.raises(ValueError, match="values must be"):
+        sparse_gemv(x, values.t(), nibbles)
+    with pytest.raises(ValueError, match="nibbles must be"):
+        sparse_gemv(x, values, nibbles[:4])
+    with pytest.raises(ValueError, match="bias must be"):
+        sparse_gemv(x, values, nibbles, torch.zeros(3).half())
+    with pytest.raises(ValueError, match="out must be"):
+        sparse_gemv(x, values, nibbles, out=torch.empty(8, 2).half().t())
