@@ -140,7 +140,7 @@ def forward_backward(variant: Variant, input_ids: torch.Tensor, device) -> torch
 
 def to_inference(variant: Variant, dtype: torch.dtype, *, prepare: bool = True, tiling: bool = True,
                  dense_fallback_tokens: int | str = 0, implementation: str = "auto",
-                 few_token_kernel_tokens: int | None = None) -> str:
+                 few_token_kernel_tokens: int | str | None = None) -> str:
     """Make a variant's model an inference model, in place; returns a note on the layers it now has.
 
     Optimizer state and gradients go; an amp model is cast to the 16-bit dtype; compressed training layers become

@@ -43,7 +43,6 @@ from pathlib import Path
 import torch
 
 import slope
-from slope.inference import FEW_TOKEN_KERNEL_TOKENS
 from experiments.cli import parse_config
 from experiments.results_io import write_rows
 
@@ -69,8 +68,9 @@ class SpeedupConfig:
     decode_batches: tuple[str, ...] = ("1", "8", "32")
     decode_context: int = 512            # KV-cache length each decode token attends to
     decode_kernel_time: bool = True      # also the GPU busy time of a decode step (profiler; GPU only)
-    # SLoPe inference layers run `slope.kernels.sparse_gemv` at <= this many tokens (the library's default; 0: off)
-    few_token_kernel_tokens: int = FEW_TOKEN_KERNEL_TOKENS
+    # SLoPe inference layers run `slope.kernels.sparse_gemv` instead of cuSPARSELt at <= this many tokens: an int
+    # (0: off), "default" (the library's), or "auto" (each layer shape times both at 1-64 tokens, cached on disk)
+    few_token_kernel_tokens: str = "auto"
     decode_cusparselt_too: bool = True   # SLoPe r=0 decode again with that kernel off (cuSPARSELt), same process
     adapter_ranks: tuple[str, ...] = ("0", "1.56%", "6.25%")
     adapter_modes: tuple[str, ...] = ("merged", "unmerged")

@@ -51,7 +51,7 @@ def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
     cfg, device = run.cfg, run.device
     is_dense = variant.name == "dense"
     layers_note = e2e.to_inference(variant, run.dtype, prepare="unmerged" not in variant.name, tiling=cfg.tiling,
-                                   few_token_kernel_tokens=cfg.few_token_kernel_tokens)
+                                   few_token_kernel_tokens=_few_token_setting(cfg.few_token_kernel_tokens))
     model = variant.model
     ref = run.dense.get("infer", {})
     method_rank = rank
@@ -113,12 +113,13 @@ def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
         few_token = [layer for layer in fallback_layers if layer.few_token_kernel_tokens]
         if cfg.decode_cusparselt_too and rank == "0" and few_token:
             # the same layers with the few-token kernel off: cuSPARSELt at every size, in this process
+            chosen = [layer.few_token_kernel_tokens for layer in few_token]
             for layer in few_token:
                 layer.set_few_token_kernel(0)
             rows += _decode_rows(run, model, dict(common, variant=f"{variant.name} (cuSPARSELt decode)"), ref, False,
                                  f"{note}; few-token kernel off")
-            for layer in few_token:
-                layer.set_few_token_kernel(cfg.few_token_kernel_tokens)
+            for layer, tokens in zip(few_token, chosen):
+                layer.set_few_token_kernel(tokens)
         if cfg.decode_fallback not in ("", "0") and rank == "0" and fallback_layers and run.over_budget():
             rows.append(_skipped_row(run, dict(common, variant=f"{variant.name} + dense fallback"),
                                      experiment="decode"))
@@ -139,6 +140,15 @@ def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
                                  f"{note}; dense_fallback_tokens={cfg.decode_fallback!r} (per layer: {crossovers})")
     run.dense["infer"] = ref if is_dense else run.dense.get("infer", ref)
     return rows
+
+
+def _few_token_setting(value: str) -> int | str | None:
+    """The config's text as `slope.SLoPeInferenceLinear.set_few_token_kernel` takes it (None: library default)."""
+    if value == "default":
+        return None
+    if value == "auto" or value.isdigit():
+        return value if value == "auto" else int(value)
+    raise ValueError(f"few_token_kernel_tokens must be an int >= 0, 'auto' or 'default', got {value!r}")
 
 
 def _skipped_row(run, common: dict, **fields) -> dict:

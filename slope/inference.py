@@ -134,7 +134,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
     @classmethod
     def from_layer(cls, layer: SparseLinearBase, *, tiling: bool = True, dense_fallback_tokens: int | str = 0,
                    implementation: str = "auto",
-                   few_token_kernel_tokens: int = FEW_TOKEN_KERNEL_TOKENS) -> "SLoPeInferenceLinear":
+                   few_token_kernel_tokens: int | str = FEW_TOKEN_KERNEL_TOKENS) -> "SLoPeInferenceLinear":
         """From a trained `CompressedSLoPeLinear` or a 2:4 `SLoPeLinear` (fp16/bf16, CUDA); adapters are merged."""
         if not isinstance(layer, (CompressedSLoPeLinear, SLoPeLinear)) or layer.sparsity != "2:4":
             raise TypeError(f"{layer.layer_name}: inference layers are built from 2:4 SLoPe layers, got "
@@ -160,8 +160,8 @@ class SLoPeInferenceLinear(SparseLinearBase):
                 new.lora_left.copy_(layer.lora_left)
                 new.lora_right.copy_(layer.lora_right)
         new.rebuild()
-        new.set_dense_fallback(dense_fallback_tokens)
         new.set_few_token_kernel(few_token_kernel_tokens)
+        new.set_dense_fallback(dense_fallback_tokens)  # after: its crossover is against the layer as it will run
         return new
 
     @torch.no_grad()
@@ -221,11 +221,37 @@ class SLoPeInferenceLinear(SparseLinearBase):
         else:
             self.dense_weight = None
 
-    def set_few_token_kernel(self, tokens: int) -> None:
-        """Run `slope.kernels.sparse_gemv` instead of cuSPARSELt at ≤ ``tokens`` tokens (0: never)."""
+    def set_few_token_kernel(self, tokens: int | str) -> None:
+        """Run `slope.kernels.sparse_gemv` instead of cuSPARSELt at ≤ ``tokens`` tokens (0: never); ``"auto"``
+        times both for this shape on this GPU at 1…64 tokens and keeps the kernel up to where it stops winning."""
+        if tokens == "auto":
+            tokens = self._measure_few_token_crossover()
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
-            raise ValueError(f"{self.layer_name}: few_token_kernel_tokens must be an int >= 0, got {tokens!r}")
+            raise ValueError(f"{self.layer_name}: few_token_kernel_tokens must be an int >= 0 or 'auto', "
+                             f"got {tokens!r}")
         self.few_token_kernel_tokens = tokens
+
+    def _measure_few_token_crossover(self) -> int:
+        key = (f"{torch.cuda.get_device_name()}|{self.out_features}x{self.in_features}|{self.dtype}|r{self.lora_rank}"
+               f"|tiles{len(self.rows)}|b{int(self.bias is not None)}|few_token_kernel")
+        return cached_choice(key, self._time_few_token_crossover)
+
+    @torch.no_grad()
+    def _time_few_token_crossover(self) -> int:
+        """Largest of 1, 8, 16, 32, 64 tokens up to which the few-token kernel beat cuSPARSELt at every count
+        tried (0 if it lost at 1 token); timed like `_time_crossover`, host cost included."""
+        fallback, self.dense_fallback_tokens = self.dense_fallback_tokens, 0
+        crossover = 0
+        for tokens in (1, 8, 16, 32, 64):
+            x = torch.randn(tokens, self.in_features, device=self.packed.device, dtype=self.dtype)
+            self.few_token_kernel_tokens = tokens
+            kernel = _pipelined_ms(self, x)
+            self.few_token_kernel_tokens = 0
+            if kernel >= _pipelined_ms(self, x):
+                break
+            crossover = tokens
+        self.dense_fallback_tokens = fallback
+        return crossover
 
     def _measure_crossover(self) -> int:
         key = (f"{torch.cuda.get_device_name()}|{self.out_features}x{self.in_features}|{self.dtype}|r{self.lora_rank}"
@@ -340,7 +366,8 @@ def _pipelined_ms(fn, x: torch.Tensor, calls: int = 20, repeats: int = 5) -> flo
 
 
 def prepare_inference(model: nn.Module, *, tiling: bool = True, dense_fallback_tokens: int | str = 0,
-                      implementation: str = "auto", few_token_kernel_tokens: int = FEW_TOKEN_KERNEL_TOKENS) -> nn.Module:
+                      implementation: str = "auto",
+                      few_token_kernel_tokens: int | str = FEW_TOKEN_KERNEL_TOKENS) -> nn.Module:
     """Replace every compressed (or 2:4 simulated fp16/bf16 CUDA) SLoPe layer by its inference form, in place.
 
     Adapters are merged (L pruned 2:4, same 1/r scale). The model can no longer be trained afterwards.

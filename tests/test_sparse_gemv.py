@@ -72,3 +72,19 @@ def test_bad_inputs_name_the_argument():
         sparse_gemv(x, values, nibbles, torch.zeros(3).half())
     with pytest.raises(ValueError, match="out must be"):
         sparse_gemv(x, values, nibbles, out=torch.empty(8, 2).half().t())
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("tokens", [1, 20])
+def test_split_k_for_few_rows_and_long_k(device, dtype, tokens):
+    from slope.kernels.sparse_gemv import split_k
+
+    n, k = 24, 2304  # an adapter-like block: one row block, so k is cut in two (chunks of 1536 and 768)
+    assert split_k(n, k) == 2 and split_k(20480, 5120) == 1
+    dense, values, nibbles = _sparse(n, k, device, dtype)
+    x = torch.randn(tokens, k, device=device).to(dtype)
+    b = torch.randn(n, device=device).to(dtype)
+    wide = torch.zeros(tokens, n + 8, device=device, dtype=dtype)
+    sparse_gemv(x, values, nibbles, b, out=wide[:, 8:])
+    _check(wide[:, 8:], x, dense, b, dtype)
+    assert not wide[:, :8].any()

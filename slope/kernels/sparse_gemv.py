@@ -18,6 +18,16 @@ from __future__ import annotations
 import torch
 
 MAX_BLOCK_T = 64  # tokens per program; more tokens take more programs along the grid's second axis
+# Split K when fewer than this many (row block x token block) programs would run: about two per SM of an H100.
+# Rows per program are autotuned (16-64); the split is decided for 32 rows, the middle of that range.
+TARGET_PROGRAMS = 264
+_SPLIT_ROWS, _K_CHUNK_ALIGN, MIN_K_CHUNK = 32, 512, 1024
+
+
+def split_k(n: int, k: int, token_blocks: int = 1) -> int:
+    """How many pieces to cut k into: enough programs for the GPU, each piece ≥ MIN_K_CHUNK long."""
+    programs = -(-n // _SPLIT_ROWS) * token_blocks
+    return max(1, min(-(-TARGET_PROGRAMS // programs), k // MIN_K_CHUNK))
 
 
 def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -56,8 +66,18 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
 
     # ≥ 16: tl.dot's minimum; the padded token rows are masked out of the loads and the store
     block_t = min(MAX_BLOCK_T, max(16, 1 << (tokens - 1).bit_length()))
-    grid = lambda meta: (-(-n // meta["BLOCK_N"]), -(-tokens // block_t))
+    token_blocks = -(-tokens // block_t)
+    splits = split_k(n, k, token_blocks)
+    k_chunk = -(-(-(-k // splits)) // _K_CHUNK_ALIGN) * _K_CHUNK_ALIGN  # ⌈k / splits⌉ rounded up to 512
+    splits = -(-k // k_chunk)
+    grid = lambda meta: (-(-n // meta["BLOCK_N"]), token_blocks, splits)
+    bias_arg = bias if bias is not None else values  # never read without HAS_BIAS
+    target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
     sparse_gemv_triton.sparse_gemv_kernel[grid](
-        x, values, nibbles, bias if bias is not None else values, out, tokens, n, k, x.stride(0), tile_stride,
-        tile_rows, out.stride(0), HAS_BIAS=bias is not None, BLOCK_T=block_t)
+        x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows, out.stride(0),
+        k_chunk, tokens * n, HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t)
+    if splits > 1:
+        block = 256
+        sparse_gemv_triton.sparse_gemv_finish_kernel[(-(-n // block), tokens)](
+            target, bias_arg, out, tokens, n, splits, out.stride(0), HAS_BIAS=bias is not None, BLOCK=block)
     return out

@@ -7,6 +7,11 @@ stored as its kept values (n, k/2) plus one mask byte per group of 4 (bit i = po
 block in registers and multiplies it on the tensor cores against the token block (padded to ≥ 16 rows, which
 costs nothing here: at a few tokens the kernel is bound by reading W).
 
+Split K (``SPLIT``): a weight with few rows and a long k (OPT-13B fc2: 5120 × 20480; an adapter's 32–96 rows)
+gives too few programs to keep enough loads in flight, so the k range is cut into ``k_chunk`` pieces along the
+grid's third axis; each writes an fp32 partial sum and `sparse_gemv_finish_kernel` adds them, the bias, and
+casts (one more launch, paid only where the split is used).
+
 Rebuilding a group from its nibble: with exactly two bits set, position 0 (if kept) is always the first kept
 value and position 3 always the second; position 1 is the second iff bit 0 is set; position 2 iff bit 0 or 1 is.
 """
@@ -29,8 +34,8 @@ else:
 @triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T"])
 @triton.jit
 def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride, tile_rows,
-                       stride_out, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+                       stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                       BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     GROUPS: tl.constexpr = BLOCK_K // 4
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rt = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -41,7 +46,8 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, 
     nibble_rows = rows * (K // 4)
     rv, rg, rk = tl.arange(0, BLOCK_K // 2), tl.arange(0, GROUPS), tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_start = tl.program_id(2) * k_chunk  # k_chunk: a multiple of every BLOCK_K (the wrapper rounds it to 512)
+    for k0 in range(k_start, tl.minimum(K, k_start + k_chunk), BLOCK_K):
         v_ok = (k0 // 2 + rv) < K // 2
         values = tl.load(values_ptr + value_rows[:, None] + (k0 // 2 + rv)[None, :],
                          mask=row_ok[:, None] & v_ok[None, :], other=0.0)
@@ -61,7 +67,27 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, 
         x = tl.load(x_ptr + rt[:, None].to(tl.int64) * stride_x + (k0 + rk)[None, :],
                     mask=token_ok[:, None] & k_ok[None, :], other=0.0)
         acc += tl.dot(dense, tl.trans(x.to(dense.dtype)))
+    inside = row_ok[:, None] & token_ok[None, :]
+    if SPLIT:  # fp32 partial sums, (splits, T, N) contiguous: the finish kernel adds them and the bias
+        tl.store(out_ptr + tl.program_id(2) * stride_split + rt[None, :].to(tl.int64) * N + rn[:, None], acc,
+                 mask=inside)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rn, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+        tl.store(out_ptr + rt[None, :].to(tl.int64) * stride_out + rn[:, None], acc.to(out_ptr.dtype.element_ty),
+                 mask=inside)
+
+
+@triton.jit
+def sparse_gemv_finish_kernel(partial_ptr, bias_ptr, out_ptr, T, N, splits, stride_out, HAS_BIAS: tl.constexpr,
+                              BLOCK: tl.constexpr):
+    # one program per BLOCK outputs of one token: out[t, n] = Σ_s partial[s, t, n] (+ bias[n]), cast to out's dtype
+    t = tl.program_id(1)
+    rn = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = rn < N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(0, splits):
+        acc += tl.load(partial_ptr + (s * T + t).to(tl.int64) * N + rn, mask=ok, other=0.0)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + rn, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-    tl.store(out_ptr + rt[None, :].to(tl.int64) * stride_out + rn[:, None], acc.to(out_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & token_ok[None, :])
+        acc += tl.load(bias_ptr + rn, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + t.to(tl.int64) * stride_out + rn, acc.to(out_ptr.dtype.element_ty), mask=ok)
