@@ -23,8 +23,9 @@ with one compressed matrix and one fused multiply-add (the paper's merged path):
   folded in) runs through cuBLAS instead. It costs a dense weight's memory, so it is off by default; ``"auto"``
   measures the crossover against an ``nn.Linear`` for this shape once on this GPU (calls issued back to back,
   host cost included; cached on disk with the cuSPARSELt algorithm choices).
-* **Decode** (a few tokens, ``few_token_kernel_tokens``, default `FEW_TOKEN_KERNEL_TOKENS`): at that many tokens
-  or fewer the layer skips cuSPARSELt and runs `slope.kernels.sparse_gemv` on its own buffers (``values`` and
+* **Decode** (a few tokens, ``few_token_kernel_tokens``: an int, or ``"auto"`` to time both per shape, the
+  setting for serving; off by default, `FEW_TOKEN_KERNEL_TOKENS`): at that many tokens or fewer the layer skips
+  cuSPARSELt and runs `slope.kernels.sparse_gemv` on its own buffers (``values`` and
   ``mask_nibbles``; the adapter rows' values in the last tile and their nibbles), which reads 1.25 bytes per
   weight instead of dense's 2 — no extra memory, unlike the dense fallback. The adapters then merge as above.
 * **state_dict** holds the training layer's canonical entries (``values`` (d_out, d_in/2), ``mask_nibbles``,
@@ -44,10 +45,12 @@ from .kernels.sparse_gemv import sparse_gemv
 from .linear import SLoPeLinear, SparseLinearBase
 from .masks import nm_mask
 
-# Tokens up to which the few-token kernel replaces cuSPARSELt by default. On the H100 (bf16/fp16, OPT-13B and
-# LLaMA-3-8B shapes, CUDA-graph replay) it beat both cuSPARSELt and dense F.linear up to this count
-# (`performance_experiments/bench_inference.py`, ``infer_graph`` rows of results/bench_inference_h100.csv).
-FEW_TOKEN_KERNEL_TOKENS = 32
+# Tokens up to which the few-token kernel replaces cuSPARSELt by default: 0 (off). Which one wins depends on the
+# shape and dtype (H100, CUDA-graph replay, ``decode`` rows of results/bench_inference_h100.csv): the kernel on tall
+# weights (OPT-13B fc1, LLaMA-3-8B up: 1.07-1.14x dense, cuSPARSELt 0.50-0.74x in bf16), cuSPARSELt on wide ones in
+# fp16 (fc2: 1.6-1.8x, the kernel 0.82-1.0x). ``"auto"`` measures it per shape (cached on disk); it is off by
+# default so that building a layer never pays that measurement unasked.
+FEW_TOKEN_KERNEL_TOKENS = 0
 _DERIVED_KEYS = ("w_metadata", "wt_packed", "wt_nibbles")  # a training layer's entries that the values determine
 
 

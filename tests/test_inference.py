@@ -136,6 +136,11 @@ def test_dense_fallback_runs_dense_at_few_tokens_and_auto_measures():
     assert fast.dense_weight is None
     fast.set_dense_fallback("auto")
     assert isinstance(fast.dense_fallback_tokens, int) and 0 <= fast.dense_fallback_tokens <= 4096
+    fast.set_dense_fallback(0)
+    fast.set_few_token_kernel("auto")  # the few-token kernel vs cuSPARSELt, measured for this shape
+    assert fast.few_token_kernel_tokens in (0, 1, 8, 16, 32, 64)
+    with pytest.raises(ValueError, match="few_token_kernel_tokens must be"):
+        fast.set_few_token_kernel(-2)
     with pytest.raises(ValueError, match="dense_fallback_tokens must be"):
         fast.set_dense_fallback(-1)
 
