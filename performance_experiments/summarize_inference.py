@@ -57,6 +57,12 @@ def summarize(path: Path) -> Path:
         for (shape, dtype, variant), values in bandwidth.items():
             lines.append(f"| {shape} | {dtype} | {variant} | " + " | ".join(values.get(t, "") for t in cols) + " |")
         lines.append("")
+    host = [r for r in rows if r["benchmark"] == "decode_host"]
+    if host:
+        lines += ["## Host time to issue one 1-token call (µs; a 1024² layer, so the GPU keeps up)", "",
+                  provenance("decode_host"), "", "| dtype | variant | µs per call |", "|---|---|---|"]
+        lines += [f"| {r['dtype']} | {r['variant']} | {float(r['median']):.1f} |" for r in host]
+        lines.append("")
     lines += ["## Fused ops: Triton vs torch (speedup of each over torch)", "",
               "| shape | tokens | op | torch ms | triton ms | triton speedup |", "|---|---|---|---|---|---|"]
     fused = defaultdict(dict)
