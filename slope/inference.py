@@ -47,7 +47,7 @@ from .masks import nm_mask
 
 # Tokens up to which the few-token kernel replaces cuSPARSELt by default: 0 (off). Which one wins depends on the
 # shape and dtype (H100, CUDA-graph replay, ``decode`` rows of results/bench_inference_h100.csv): the kernel on tall
-# weights (OPT-13B fc1, LLaMA-3-8B up: 1.07-1.14x dense, cuSPARSELt 0.50-0.74x in bf16), cuSPARSELt on wide ones in
+# weights (OPT-13B fc1, LLaMA-3-8B up: 1.06-1.14x dense, cuSPARSELt 0.50-0.71x in bf16), cuSPARSELt on wide ones in
 # fp16 (fc2: 1.6-1.8x, the kernel 0.82-1.0x). ``"auto"`` measures it per shape (cached on disk); it is off by
 # default so that building a layer never pays that measurement unasked.
 FEW_TOKEN_KERNEL_TOKENS = 0
@@ -245,15 +245,17 @@ class SLoPeInferenceLinear(SparseLinearBase):
         tried (0 if it lost at 1 token); timed like `_time_crossover`, host cost included."""
         fallback, self.dense_fallback_tokens = self.dense_fallback_tokens, 0
         crossover = 0
-        for tokens in (1, 8, 16, 32, 64):
-            x = torch.randn(tokens, self.in_features, device=self.packed.device, dtype=self.dtype)
-            self.few_token_kernel_tokens = tokens
-            kernel = _pipelined_ms(self, x)
-            self.few_token_kernel_tokens = 0
-            if kernel >= _pipelined_ms(self, x):
-                break
-            crossover = tokens
-        self.dense_fallback_tokens = fallback
+        try:
+            for tokens in (1, 8, 16, 32, 64):
+                x = torch.randn(tokens, self.in_features, device=self.packed.device, dtype=self.dtype)
+                self.few_token_kernel_tokens = tokens
+                kernel = _pipelined_ms(self, x)
+                self.few_token_kernel_tokens = 0
+                if kernel >= _pipelined_ms(self, x):
+                    break
+                crossover = tokens
+        finally:
+            self.dense_fallback_tokens = fallback  # the caller (set_few_token_kernel) sets the kernel's threshold
         return crossover
 
     def _measure_crossover(self) -> int:

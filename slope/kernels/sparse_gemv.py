@@ -5,8 +5,8 @@
 Why beside cuSPARSELt: at a few tokens a linear layer is bound by reading its weight, and a 2:4 weight needs only
 1.25 bytes per element (two of four 16-bit values + a mask byte per group) against dense's 2, so up to 1.6x.
 cuSPARSELt gets that on some shapes and not on others: on the H100, under CUDA-graph replay at 1-32 tokens, it
-ran at 0.50-0.74x of dense F.linear on tall weights in bf16 (OPT-13B fc1 tiled, LLaMA-3-8B up), where this kernel
-ran at 1.07-1.14x, but at 1.6-1.8x on fp16 OPT-13B fc2, where this kernel ran at 0.82-1.0x (``decode`` rows of
+ran at 0.50-0.71x of dense F.linear on tall weights in bf16 (OPT-13B fc1 tiled, LLaMA-3-8B up), where this kernel
+ran at 1.06-1.14x, but at 1.6-1.8x on fp16 OPT-13B fc2, where this kernel ran at 0.82-1.0x (``decode`` rows of
 results/bench_inference_h100.csv). So `SLoPeInferenceLinear` picks per shape (``few_token_kernel_tokens="auto"``).
 The kernel reaches ~1.8 TB/s of weight reads against dense cuBLAS's ~2.6 TB/s: the rebuild of each dense block in
 registers and its trip through the tensor cores cost more than the bytes saved would allow; a faster kernel is
