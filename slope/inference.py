@@ -234,10 +234,13 @@ class SLoPeInferenceLinear(SparseLinearBase):
                              f"got {tokens!r}")
         self.few_token_kernel_tokens = tokens
 
+    def _choice_key(self, what: str) -> str:
+        """Disk-cache key of a measured per-shape choice (`cached_choice`): GPU, shape, dtype, rank, tiles, bias."""
+        return (f"{torch.cuda.get_device_name()}|{self.out_features}x{self.in_features}|{self.dtype}|r{self.lora_rank}"
+                f"|tiles{len(self.rows)}|b{int(self.bias is not None)}|{what}")
+
     def _measure_few_token_crossover(self) -> int:
-        key = (f"{torch.cuda.get_device_name()}|{self.out_features}x{self.in_features}|{self.dtype}|r{self.lora_rank}"
-               f"|tiles{len(self.rows)}|b{int(self.bias is not None)}|few_token_kernel")
-        return cached_choice(key, self._time_few_token_crossover)
+        return cached_choice(self._choice_key("few_token_kernel"), self._time_few_token_crossover)
 
     @torch.no_grad()
     def _time_few_token_crossover(self) -> int:
@@ -259,9 +262,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
         return crossover
 
     def _measure_crossover(self) -> int:
-        key = (f"{torch.cuda.get_device_name()}|{self.out_features}x{self.in_features}|{self.dtype}|r{self.lora_rank}"
-               f"|tiles{len(self.rows)}|b{int(self.bias is not None)}|dense_crossover")
-        return cached_choice(key, self._time_crossover)
+        return cached_choice(self._choice_key("dense_crossover"), self._time_crossover)
 
     @torch.no_grad()
     def _time_crossover(self) -> int:
