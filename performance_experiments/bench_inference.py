@@ -10,7 +10,8 @@ Benchmarks (rows of one long-form CSV, same columns as `bench_linear`, provenanc
 * ``infer_graph`` the same at 16–256 tokens with each call captured in a CUDA graph and replayed: the GPU time
                  without the host's per-call cost (eager calls at these sizes are host-bound for both sides)
 * ``decode``     a few tokens (one decode step, batch = tokens) on every MLP shape: dense ``F.linear`` vs the
-                 SLoPe layer through cuSPARSELt and through the few-token kernel (`slope.kernels.sparse_gemv`),
+                 SLoPe layer through cuSPARSELt and through the few-token kernel (`slope.kernels.sparse_gemv`;
+                 at rank 0 also each of its forms forced: fma, dot),
                  eager and CUDA-graph replay, adapter ranks 0 and 1.56% (merged); the note gives the weight bytes
                  read per µs (GB/s). Ideal 1.6x: 1.25 bytes per weight instead of 2 (memory-bound). Every weight
                  here is ≥ 73 MB compressed, larger than the H100's 50 MB L2, so replays cannot hit in cache.
@@ -213,8 +214,12 @@ def bench_decode(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
                              note=f"{dense_bytes / td['median_ms'] / 1e6:.0f} GB/s"))
         for label, layer in layers.items():
             sparse_bytes = _weight_bytes(layer, False, d_in, d_out, dtype)
-            for kernel, threshold in (("cusparselt", 0), ("sparse_gemv", tokens)):
+            kernels = [("cusparselt", 0, "auto"), ("sparse_gemv", tokens, "auto")]
+            if layer.lora_left is None:  # the kernel's two forms, each forced (auto picks by token count)
+                kernels += [("sparse_gemv fma", tokens, "fma"), ("sparse_gemv dot", tokens, "dot")]
+            for kernel, threshold, form in kernels:
                 layer.set_few_token_kernel(threshold)
+                layer.few_token_form = form
                 with torch.no_grad():
                     layer(x)  # algorithm choice / autotuning for this shape happens here, outside the timing
                     times = {"eager": cuda_time_ms(lambda: layer(xs()), repeats=cfg.repeats),

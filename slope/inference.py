@@ -25,7 +25,7 @@ with one compressed matrix and one fused multiply-add (the paper's merged path):
   host cost included; cached on disk with the cuSPARSELt algorithm choices).
 * **Decode** (a few tokens, ``few_token_kernel_tokens``: an int, or ``"auto"`` to time both per shape, the
   setting for serving; off by default, `FEW_TOKEN_KERNEL_TOKENS`): at that many tokens or fewer the layer skips
-  cuSPARSELt and runs `slope.kernels.sparse_gemv` on its own buffers (``values`` and
+  cuSPARSELt and runs `slope.kernels.sparse_gemv` (form ``few_token_form``) on its own buffers (``values`` and
   ``mask_nibbles``; the adapter rows' values in the last tile and their nibbles), which reads 1.25 bytes per
   weight instead of dense's 2 — no extra memory, unlike the dense fallback. The adapters then merge as above.
 * **state_dict** holds the training layer's canonical entries (``values`` (d_out, d_in/2), ``mask_nibbles``,
@@ -41,7 +41,7 @@ from torch import nn
 from .compressed import DIM_ALIGNMENT, CompressedSLoPeLinear, check_compressible
 from .kernels import fused, nm_pack
 from .kernels.cusparselt import SpMM, cached_choice
-from .kernels.sparse_gemv import sparse_gemv
+from .kernels import sparse_gemv as gemv
 from .linear import SLoPeLinear, SparseLinearBase
 from .masks import nm_mask
 
@@ -97,6 +97,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
             self.lora_merged = True
         self.dense_fallback_tokens = 0
         self.few_token_kernel_tokens = FEW_TOKEN_KERNEL_TOKENS
+        self.few_token_form = "auto"  # slope.kernels.sparse_gemv's kernel form: "auto", "fma" or "dot"
         self.register_buffer("adapter_nibbles", None, persistent=False)  # the adapter rows' mask (few-token kernel)
         self.addmm_impl = "auto"  # slope.kernels.fused: "auto" (by measured size), "triton" or "torch"
         self.register_buffer("dense_weight", None, persistent=False)
@@ -116,6 +117,9 @@ class SLoPeInferenceLinear(SparseLinearBase):
         first = self.offsets[-2] + (self.rows[-1] - self.adapter_rows) * row_bytes
         self._adapter_values = self.packed[first:first + self.adapter_rows * row_bytes].view(self.dtype).view(
             self.adapter_rows, self.in_features // 2)
+        # checked once here, so the few-token path launches without sparse_gemv's per-call checks
+        self._values_geometry = gemv.geometry(self.values, self.in_features)
+        self._adapter_geometry = gemv.geometry(self._adapter_values, self.in_features)
 
     def _values_view(self) -> torch.Tensor:
         # Every tile but the last has the same size, and W_R's rows of the last tile come first in it: so W_R's
@@ -306,9 +310,11 @@ class SLoPeInferenceLinear(SparseLinearBase):
         adapters = self.lora_left is not None
         out = torch.empty(x2d.shape[0], self.out_features + (self.adapter_rows if adapters else 0),
                           device=x2d.device, dtype=self.dtype)
-        sparse_gemv(x2d, self.values, self.mask_nibbles, self._dense_bias, out=out[:, : self.out_features])
+        gemv.launch(x2d, self.values, self.mask_nibbles, self._dense_bias, out[:, : self.out_features],
+                    *self._values_geometry[:1], self.in_features, *self._values_geometry[1:], self.few_token_form)
         if adapters:
-            sparse_gemv(x2d, self._adapter_values, self.adapter_nibbles, out=out[:, self.out_features:])
+            gemv.launch(x2d, self._adapter_values, self.adapter_nibbles, None, out[:, self.out_features:],
+                        *self._adapter_geometry[:1], self.in_features, *self._adapter_geometry[1:], self.few_token_form)
         return self._merge_adapters(out)
 
     def _merge_adapters(self, out: torch.Tensor) -> torch.Tensor:

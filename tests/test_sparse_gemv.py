@@ -35,16 +35,18 @@ def _check(result, x, dense, bias, dtype):
 @pytest.mark.parametrize("device,dtype", CASES)
 @pytest.mark.parametrize("tokens", [1, 5, 16, 70])  # 70: two token blocks of 64
 @pytest.mark.parametrize("bias", [False, True])
-def test_matches_masked_dense_fp64(device, dtype, tokens, bias):
+@pytest.mark.parametrize("form", ["fma", "dot"])
+def test_matches_masked_dense_fp64(device, dtype, tokens, bias, form):
     n, k = 40, 200  # neither a multiple of the row block nor of the k block: both tails are masked
     dense, values, nibbles = _sparse(n, k, device, dtype)
     x = torch.randn(tokens, k, device=device).to(dtype)
     b = torch.randn(n, device=device).to(dtype) if bias else None
-    _check(sparse_gemv(x, values, nibbles, b), x, dense, b, dtype)
+    _check(sparse_gemv(x, values, nibbles, b, form=form), x, dense, b, dtype)
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
-def test_tiled_values_view_and_column_block_output(device, dtype):
+@pytest.mark.parametrize("form", ["fma", "dot"])
+def test_tiled_values_view_and_column_block_output(device, dtype, form):
     # a tiled layer's W_R: 3 tiles of 16 rows inside one buffer, with a gap (cuSPARSELt metadata) after each tile
     tiles, rows, k, gap = 3, 16, 64, 96
     dense, values, nibbles = _sparse(tiles * rows, k, device, dtype)
@@ -53,7 +55,7 @@ def test_tiled_values_view_and_column_block_output(device, dtype):
     view = buffer.as_strided((tiles, rows, k // 2), (buffer.stride(0), k // 2, 1))
     x = torch.randn(3, k, device=device).to(dtype)
     wide = torch.zeros(3, tiles * rows + 32, device=device, dtype=dtype)
-    result = sparse_gemv(x, view, nibbles, out=wide[:, 8:8 + tiles * rows])
+    result = sparse_gemv(x, view, nibbles, out=wide[:, 8:8 + tiles * rows], form=form)
     assert result.data_ptr() == wide[:, 8:].data_ptr()
     _check(wide[:, 8:8 + tiles * rows], x, dense, None, dtype)
     assert not wide[:, :8].any() and not wide[:, 8 + tiles * rows:].any()  # nothing written beside the block
@@ -70,12 +72,14 @@ def test_bad_inputs_name_the_argument():
         sparse_gemv(x, values, nibbles[:4])
     with pytest.raises(ValueError, match="bias must be"):
         sparse_gemv(x, values, nibbles, torch.zeros(3).half())
+    with pytest.raises(ValueError, match="form must be"):
+        sparse_gemv(x, values, nibbles, form="wmma")
     with pytest.raises(ValueError, match="out must be"):
         sparse_gemv(x, values, nibbles, out=torch.empty(8, 2).half().t())
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
-@pytest.mark.parametrize("tokens", [1, 20])
+@pytest.mark.parametrize("tokens", [1, 3, 20])  # fma, fma with a padded token block, dot
 def test_split_k_for_few_rows_and_long_k(device, dtype, tokens):
     from slope.kernels.sparse_gemv import split_k
 

@@ -23,8 +23,11 @@ from __future__ import annotations
 import torch
 
 MAX_BLOCK_T = 64  # tokens per program; more tokens take more programs along the grid's second axis
+# Up to this many tokens the FMA form runs (no tensor cores, no rebuilt dense block), above it the tl.dot form.
+FMA_MAX_TOKENS = 8
+FORMS = ("auto", "fma", "dot")
 # Split K when fewer than this many (row block x token block) programs would run: about two per SM of an H100.
-# Rows per program are autotuned (16-64); the split is decided for 32 rows, the middle of that range.
+# Rows per program are autotuned (16-128); the split is decided for 32 rows.
 TARGET_PROGRAMS = 264
 _SPLIT_ROWS, _K_CHUNK_ALIGN, MIN_K_CHUNK = 32, 512, 1024
 
@@ -35,15 +38,8 @@ def split_k(n: int, k: int, token_blocks: int = 1) -> int:
     return max(1, min(-(-TARGET_PROGRAMS // programs), k // MIN_K_CHUNK))
 
 
-def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bias: torch.Tensor | None = None, *,
-                out: torch.Tensor | None = None) -> torch.Tensor:
-    """out (T, N) = x (T, K) · Wᵀ (+ bias), W given as kept ``values`` and mask ``nibbles`` (see the module doc)."""
-    if x.dim() != 2 or x.stride(1) != 1:
-        raise ValueError(f"sparse_gemv: x must be a (tokens, K) matrix with unit column stride, got shape "
-                         f"{tuple(x.shape)} strides {x.stride()}")
-    tokens, k = x.shape
-    if k % 4:
-        raise ValueError(f"sparse_gemv: K = {k} must be a multiple of 4 (2:4 groups)")
+def geometry(values: torch.Tensor, k: int) -> tuple[int, int, int]:
+    """(rows N, rows per tile, elements between tiles) of a ``values`` operand; raises if it is not one."""
     if values.dim() == 2:
         n, tile_rows, tile_stride = values.shape[0], max(values.shape[0], 1), 0
         row_major = values.stride() == (k // 2, 1)
@@ -55,6 +51,24 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
     if not row_major or values.shape[-1] != k // 2:
         raise ValueError(f"sparse_gemv: values must be (N, K/2 = {k // 2}) row-major, or a (tiles, rows, K/2) view "
                          f"of row-major tiles; got shape {tuple(values.shape)} strides {values.stride()}")
+    return n, tile_rows, tile_stride
+
+
+def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bias: torch.Tensor | None = None, *,
+                out: torch.Tensor | None = None, form: str = "auto") -> torch.Tensor:
+    """out (T, N) = x (T, K) · Wᵀ (+ bias), W given as kept ``values`` and mask ``nibbles`` (see the module doc).
+
+    ``form``: ``"fma"`` or ``"dot"`` (tensor cores) kernel; ``"auto"`` takes fma up to `FMA_MAX_TOKENS` tokens.
+    """
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"sparse_gemv: x must be a (tokens, K) matrix with unit column stride, got shape "
+                         f"{tuple(x.shape)} strides {x.stride()}")
+    tokens, k = x.shape
+    if k % 4:
+        raise ValueError(f"sparse_gemv: K = {k} must be a multiple of 4 (2:4 groups)")
+    if form not in FORMS:
+        raise ValueError(f"sparse_gemv: form must be one of {FORMS}, got {form!r}")
+    n, tile_rows, tile_stride = geometry(values, k)
     if nibbles.shape != (n, k // 4) or nibbles.dtype != torch.uint8 or not nibbles.is_contiguous():
         raise ValueError(f"sparse_gemv: nibbles must be contiguous uint8 ({n}, {k // 4}), got "
                          f"{nibbles.dtype} {tuple(nibbles.shape)}")
@@ -65,12 +79,22 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
     elif out.shape != (tokens, n) or out.stride(1) != 1:
         raise ValueError(f"sparse_gemv: out must be ({tokens}, {n}) with unit column stride, got shape "
                          f"{tuple(out.shape)} strides {out.stride()}")
-    if tokens == 0 or n == 0:
-        return out
+    if tokens and n:
+        launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form)
+    return out
+
+
+def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_stride: int, form: str = "auto"):
+    """The kernel launch behind `sparse_gemv`, without its checks: for callers that checked their operands once
+    (`slope.SLoPeInferenceLinear` does at build time), since at one decode token the host cost is the step's cost."""
     from . import sparse_gemv_triton
 
-    # ≥ 16: tl.dot's minimum; the padded token rows are masked out of the loads and the store
-    block_t = min(MAX_BLOCK_T, max(16, 1 << (tokens - 1).bit_length()))
+    tokens = x.shape[0]
+    fma = form == "fma" or (form == "auto" and tokens <= FMA_MAX_TOKENS)
+    if fma:
+        kernel, block_t = sparse_gemv_triton.sparse_gemv_fma_kernel, min(FMA_MAX_TOKENS, 1 << (tokens - 1).bit_length())
+    else:  # ≥ 16: tl.dot's minimum; the padded token rows are masked out of the loads and the store
+        kernel, block_t = sparse_gemv_triton.sparse_gemv_kernel, min(MAX_BLOCK_T, max(16, 1 << (tokens - 1).bit_length()))
     token_blocks = -(-tokens // block_t)
     splits = split_k(n, k, token_blocks)
     k_chunk = -(-(-(-k // splits)) // _K_CHUNK_ALIGN) * _K_CHUNK_ALIGN  # ⌈k / splits⌉ rounded up to 512
@@ -78,9 +102,8 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
     grid = lambda meta: (-(-n // meta["BLOCK_N"]), token_blocks, splits)
     bias_arg = bias if bias is not None else values  # never read without HAS_BIAS
     target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
-    sparse_gemv_triton.sparse_gemv_kernel[grid](
-        x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows, out.stride(0),
-        k_chunk, tokens * n, HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t)
+    kernel[grid](x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows,
+                 out.stride(0), k_chunk, tokens * n, HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t)
     if splits > 1:
         block = 256
         sparse_gemv_triton.sparse_gemv_finish_kernel[(-(-n // block), tokens)](

@@ -29,46 +29,41 @@ else:
     _CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
                 for bn, bk, w, s in ((16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 4), (32, 512, 8, 3),
                                      (64, 128, 4, 4), (64, 256, 8, 3), (16, 128, 2, 5), (32, 128, 4, 5))]
+# The FMA form keeps four fp32 (rows, groups) blocks live: wider row blocks, shorter k blocks.
+_FMA_CONFIGS = _CONFIGS if os.environ.get("TRITON_INTERPRET") == "1" else [
+    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+    for bn, bk, w, s in ((32, 256, 4, 3), (64, 128, 4, 3), (64, 256, 8, 3), (128, 128, 8, 3), (32, 512, 8, 2),
+                         (16, 512, 4, 3), (128, 64, 4, 4), (64, 512, 8, 2))]
 
 
-@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T"])
 @triton.jit
-def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride, tile_rows,
-                       stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                       BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, K, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+    """W at positions 0..3 of each group of the (BLOCK_N, BLOCK_K) block starting at k0: four (BLOCK_N, BLOCK_K/4)
+    tensors in the values' dtype, zero where the mask drops the weight (and past K or N)."""
     GROUPS: tl.constexpr = BLOCK_K // 4
-    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rt = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    row_ok, token_ok = rn < N, rt < T
-    rows = rn.to(tl.int64)
-    # row n of W lives in tile n // tile_rows (tiles tile_stride elements apart), each tile row-major (k/2 per row)
-    value_rows = (rows // tile_rows) * tile_stride + (rows % tile_rows) * (K // 2)
-    nibble_rows = rows * (K // 4)
-    rv, rg, rk = tl.arange(0, BLOCK_K // 2), tl.arange(0, GROUPS), tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
-    k_start = tl.program_id(2) * k_chunk  # k_chunk: a multiple of every BLOCK_K (the wrapper rounds it to 512)
-    for k0 in range(k_start, tl.minimum(K, k_start + k_chunk), BLOCK_K):
-        v_ok = (k0 // 2 + rv) < K // 2
-        values = tl.load(values_ptr + value_rows[:, None] + (k0 // 2 + rv)[None, :],
-                         mask=row_ok[:, None] & v_ok[None, :], other=0.0)
-        g_ok = (k0 // 4 + rg) < K // 4
-        nib = tl.load(nibbles_ptr + nibble_rows[:, None] + (k0 // 4 + rg)[None, :],
-                      mask=row_ok[:, None] & g_ok[None, :], other=0).to(tl.int32)
-        first, second = tl.split(tl.reshape(values, (BLOCK_N, GROUPS, 2)))
-        zero = tl.zeros_like(first)
-        w0 = tl.where((nib & 1) != 0, first, zero)
-        w1 = tl.where((nib & 2) != 0, tl.where((nib & 1) != 0, second, first), zero)
-        w2 = tl.where((nib & 4) != 0, tl.where((nib & 3) != 0, second, first), zero)
-        w3 = tl.where((nib & 8) != 0, second, zero)
-        # join stacks along a new last axis: join(join(w0, w2), join(w1, w3))[..., i, j] = w_{2i+j}, so the
-        # row-major reshape puts position 4g+2i+j in place
-        dense = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
-        k_ok = (k0 + rk) < K
-        x = tl.load(x_ptr + rt[:, None].to(tl.int64) * stride_x + (k0 + rk)[None, :],
-                    mask=token_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += tl.dot(dense, tl.trans(x.to(dense.dtype)))
+    rv, rg = tl.arange(0, BLOCK_K // 2), tl.arange(0, GROUPS)
+    v_ok = (k0 // 2 + rv) < K // 2
+    values = tl.load(values_ptr + value_rows[:, None] + (k0 // 2 + rv)[None, :],
+                     mask=row_ok[:, None] & v_ok[None, :], other=0.0)
+    g_ok = (k0 // 4 + rg) < K // 4
+    nib = tl.load(nibbles_ptr + nibble_rows[:, None] + (k0 // 4 + rg)[None, :],
+                  mask=row_ok[:, None] & g_ok[None, :], other=0).to(tl.int32)
+    first, second = tl.split(tl.reshape(values, (BLOCK_N, GROUPS, 2)))
+    zero = tl.zeros_like(first)
+    w0 = tl.where((nib & 1) != 0, first, zero)
+    w1 = tl.where((nib & 2) != 0, tl.where((nib & 1) != 0, second, first), zero)
+    w2 = tl.where((nib & 4) != 0, tl.where((nib & 3) != 0, second, first), zero)
+    w3 = tl.where((nib & 8) != 0, second, zero)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS: tl.constexpr,
+           SPLIT: tl.constexpr):
+    """acc (BLOCK_N, BLOCK_T) fp32 -> out[t, n]; under SPLIT an fp32 partial in (splits, T, N) for the finish kernel."""
     inside = row_ok[:, None] & token_ok[None, :]
-    if SPLIT:  # fp32 partial sums, (splits, T, N) contiguous: the finish kernel adds them and the bias
+    if SPLIT:
         tl.store(out_ptr + tl.program_id(2) * stride_split + rt[None, :].to(tl.int64) * N + rn[:, None], acc,
                  mask=inside)
     else:
@@ -76,6 +71,71 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, 
             acc += tl.load(bias_ptr + rn, mask=row_ok, other=0.0).to(tl.float32)[:, None]
         tl.store(out_ptr + rt[None, :].to(tl.int64) * stride_out + rn[:, None], acc.to(out_ptr.dtype.element_ty),
                  mask=inside)
+
+
+@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T"])
+@triton.jit
+def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride, tile_rows,
+                       stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                       BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rt = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_ok, token_ok = rn < N, rt < T
+    rows = rn.to(tl.int64)
+    # row n of W lives in tile n // tile_rows (tiles tile_stride elements apart), each tile row-major (k/2 per row)
+    value_rows = (rows // tile_rows) * tile_stride + (rows % tile_rows) * (K // 2)
+    nibble_rows = rows * (K // 4)
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+    k_start = tl.program_id(2) * k_chunk  # k_chunk: a multiple of every BLOCK_K (the wrapper rounds it to 512)
+    for k0 in range(k_start, tl.minimum(K, k_start + k_chunk), BLOCK_K):
+        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, K, BLOCK_N,
+                                        BLOCK_K)
+        # join stacks along a new last axis: join(join(w0, w2), join(w1, w3))[..., i, j] = w_{2i+j}, so the
+        # row-major reshape puts position 4g+2i+j in place
+        dense = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
+        k_ok = (k0 + rk) < K
+        x = tl.load(x_ptr + rt[:, None].to(tl.int64) * stride_x + (k0 + rk)[None, :],
+                    mask=token_ok[:, None] & k_ok[None, :], other=0.0)
+        acc += tl.dot(dense, tl.trans(x.to(dense.dtype)))
+    _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS, SPLIT)
+
+
+@triton.autotune(configs=_FMA_CONFIGS, key=["N", "K", "BLOCK_T"])
+@triton.jit
+def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride,
+                           tile_rows, stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                           BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores. Each position i of a group multiplies
+    the token's x at 4g+i (a stride-4 load of the small, cached x), summed over the groups of the block."""
+    GROUPS: tl.constexpr = BLOCK_K // 4
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rt = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_ok, token_ok = rn < N, rt < T
+    rows = rn.to(tl.int64)
+    value_rows = (rows // tile_rows) * tile_stride + (rows % tile_rows) * (K // 2)
+    nibble_rows = rows * (K // 4)
+    rg = tl.arange(0, GROUPS)
+    cols = tl.arange(0, BLOCK_T)
+    acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+    k_start = tl.program_id(2) * k_chunk
+    for k0 in range(k_start, tl.minimum(K, k_start + k_chunk), BLOCK_K):
+        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, K, BLOCK_N,
+                                        BLOCK_K)
+        w0, w1, w2, w3 = w0.to(tl.float32), w1.to(tl.float32), w2.to(tl.float32), w3.to(tl.float32)
+        g_ok = (k0 // 4 + rg) < K // 4
+        for t in tl.static_range(BLOCK_T):
+            token = tl.program_id(1) * BLOCK_T + t
+            x_at = x_ptr + token.to(tl.int64) * stride_x + k0 + 4 * rg
+            ok = g_ok & ((token + 0 * rg) < T)  # a vector compare: the interpreter refuses a scalar-bool mask
+            x0 = tl.load(x_at, mask=ok, other=0.0).to(tl.float32)
+            x1 = tl.load(x_at + 1, mask=ok, other=0.0).to(tl.float32)
+            x2 = tl.load(x_at + 2, mask=ok, other=0.0).to(tl.float32)
+            x3 = tl.load(x_at + 3, mask=ok, other=0.0).to(tl.float32)
+            part = tl.sum(w0 * x0[None, :] + w1 * x1[None, :] + w2 * x2[None, :] + w3 * x3[None, :], axis=1)
+            acc += tl.where(cols[None, :] == t, part[:, None], 0.0)
+    _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS, SPLIT)
 
 
 @triton.jit
