@@ -244,7 +244,8 @@ class SLoPeInferenceLinear(SparseLinearBase):
                 f"|tiles{len(self.rows)}|b{int(self.bias is not None)}|{what}")
 
     def _measure_few_token_crossover(self) -> int:
-        return cached_choice(self._choice_key("few_token_kernel"), self._time_few_token_crossover)
+        return cached_choice(self._choice_key(f"few_token_kernel_v{gemv.KERNEL_VERSION}"),
+                             self._time_few_token_crossover)
 
     @torch.no_grad()
     def _time_few_token_crossover(self) -> int:

@@ -24,7 +24,13 @@ import torch
 
 MAX_BLOCK_T = 64  # tokens per program; more tokens take more programs along the grid's second axis
 # Up to this many tokens the FMA form runs (no tensor cores, no rebuilt dense block), above it the tl.dot form.
-FMA_MAX_TOKENS = 8
+# H100, bf16, CUDA-graph replay (``decode`` rows of results/bench_inference_h100.csv, 9854dec): at 1 token the FMA
+# form ran 1.26-1.73x dense F.linear on the four MLP shapes (~2.5 TB/s of weight reads) and the dot form 0.84-1.27x;
+# at 8 tokens FMA fell to 0.38-0.49x (its per-token loop is compute-bound) and dot ran 0.82-1.16x. 2-7 tokens are
+# not measured, so they take the dot form.
+FMA_MAX_TOKENS = 1
+# Part of the cache key of measured kernel-vs-cuSPARSELt choices: bump it when the kernel's speed changes.
+KERNEL_VERSION = 2
 FORMS = ("auto", "fma", "dot")
 # Split K when fewer than this many (row block x token block) programs would run: about two per SM of an H100.
 # Rows per program are autotuned (16-128); the split is decided for 32 rows.
