@@ -144,8 +144,9 @@ def claim_decode(inp: Inputs) -> Claim:
                "free, as a CUDA-graph replay would have it. Which kernel the SLoPe layers decode with: before commit "
                "57861b2 cuSPARSELt; at 57861b2 the few-token kernel (`slope.kernels.sparse_gemv`) in every layer; "
                "from ca6cdf5 on, per layer shape, whichever was faster when measured (`few_token_kernel_tokens="
-               "\"auto\"`). The *cuSPARSELt only* lines are the same layers with that kernel off, in the same "
-               "process.", ""]
+               "\"auto\"`), timed back to back with host cost until 4937eff and on the GPU alone (CUDA-graph "
+               "replay) from f48ffff; from 9854dec the kernel has its FMA form for one token. The *cuSPARSELt only* "
+               "lines are the same layers with that kernel off, in the same process.", ""]
     small = layer_infer(inp, rows[0]["dtype"], 16)
     graph = pair(select(inp.inference, benchmark="infer_graph", variant="dense F.linear", tokens="16"),
                  select(inp.inference, benchmark="infer_graph", variant="slope r0 untiled", tokens="16"), BENCH_KEYS)

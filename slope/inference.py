@@ -24,7 +24,7 @@ with one compressed matrix and one fused multiply-add (the paper's merged path):
   measures the crossover against an ``nn.Linear`` for this shape once on this GPU (calls issued back to back,
   host cost included; cached on disk with the cuSPARSELt algorithm choices).
 * **Decode** (a few tokens, ``few_token_kernel_tokens``: an int, or ``"auto"`` to time both per shape, the
-  setting for serving; off by default, `FEW_TOKEN_KERNEL_TOKENS`): at that many tokens or fewer the layer skips
+  setting for serving; default 1 token, `FEW_TOKEN_KERNEL_TOKENS`): at that many tokens or fewer the layer skips
   cuSPARSELt and runs `slope.kernels.sparse_gemv` (form ``few_token_form``) on its own buffers (``values`` and
   ``mask_nibbles``; the adapter rows' values in the last tile and their nibbles), which reads 1.25 bytes per
   weight instead of dense's 2 — no extra memory, unlike the dense fallback. The adapters then merge as above.
@@ -45,12 +45,13 @@ from .kernels import sparse_gemv as gemv
 from .linear import SLoPeLinear, SparseLinearBase
 from .masks import nm_mask
 
-# Tokens up to which the few-token kernel replaces cuSPARSELt by default: 0 (off). Which one wins depends on the
-# shape and dtype (H100, CUDA-graph replay, ``decode`` rows of results/bench_inference_h100.csv): the kernel on tall
-# weights (OPT-13B fc1, LLaMA-3-8B up: 1.06-1.14x dense, cuSPARSELt 0.50-0.71x in bf16), cuSPARSELt on wide ones in
-# fp16 (fc2: 1.6-1.8x, the kernel 0.82-1.0x). ``"auto"`` measures it per shape (cached on disk); it is off by
-# default so that building a layer never pays that measurement unasked.
-FEW_TOKEN_KERNEL_TOKENS = 0
+# Tokens up to which the few-token kernel replaces cuSPARSELt by default: 1 (a decode step at batch 1). H100,
+# CUDA-graph replay, ``decode`` rows of results/bench_inference_h100.csv: at 1 token the kernel (its FMA form) ran
+# 1.26-1.73x dense F.linear in bf16 (cuSPARSELt 0.51-0.88x) and 1.39-1.67x in fp16 (cuSPARSELt 0.78-1.74x: it won
+# only on fp16 OPT-13B fc2, 1.74 vs 1.67) on the four MLP shapes. From 8 tokens the winner depends on shape and
+# dtype (cuSPARSELt: 1.2-1.7x on fp16 wide weights; the kernel's dot form 0.8-1.2x), so ``"auto"`` measures it per
+# shape (GPU time, cached on disk); the default stays at 1 so that building a layer never pays that unasked.
+FEW_TOKEN_KERNEL_TOKENS = 1
 _DERIVED_KEYS = ("w_metadata", "wt_packed", "wt_nibbles")  # a training layer's entries that the values determine
 
 

@@ -8,9 +8,12 @@ cuSPARSELt gets that on some shapes and not on others: on the H100, under CUDA-g
 ran at 0.50-0.71x of dense F.linear on tall weights in bf16 (OPT-13B fc1 tiled, LLaMA-3-8B up), where this kernel
 ran at 1.06-1.14x, but at 1.6-1.8x on fp16 OPT-13B fc2, where this kernel ran at 0.82-1.0x (``decode`` rows of
 results/bench_inference_h100.csv). So `SLoPeInferenceLinear` picks per shape (``few_token_kernel_tokens="auto"``).
-The kernel reaches ~1.8 TB/s of weight reads against dense cuBLAS's ~2.6 TB/s: the rebuild of each dense block in
-registers and its trip through the tensor cores cost more than the bytes saved would allow; a faster kernel is
-left for later. This kernel streams exactly those bytes:
+
+Two forms. At one token the **FMA** form multiplies each kept value by x at its position (no tensor cores, nothing
+rebuilt) and reads ~2.4-2.5 TB/s of weight bytes, close to dense cuBLAS's ~2.6 TB/s: 1.26-1.73x dense on the
+OPT-13B / LLaMA-3-8B MLP shapes. From 2 tokens the **dot** form rebuilds each dense block in registers and runs it
+through the tensor cores; that trip costs more than the bytes saved allow (~1.8 TB/s, 0.8-1.2x dense at 8-32
+tokens), so a faster multi-token kernel is left for later. Both stream exactly these bytes:
 `values` (N, K/2), the kept entries in position order (the first N·K/2 elements of every cuSPARSELt tile, so a
 `SLoPeInferenceLinear` reads its own buffers, no copy), and `nibbles` (N, K/4), one byte per group (bit i = kept).
 
