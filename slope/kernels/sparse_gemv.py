@@ -4,10 +4,11 @@
 
 Why beside cuSPARSELt: at a few tokens a linear layer is bound by reading its weight, and a 2:4 weight needs only
 1.25 bytes per element (two of four 16-bit values + a mask byte per group) against dense's 2, so up to 1.6x.
-cuSPARSELt gets that on some shapes and not on others: on the H100, under CUDA-graph replay at 1-32 tokens, it
-ran at 0.50-0.71x of dense F.linear on tall weights in bf16 (OPT-13B fc1 tiled, LLaMA-3-8B up), where this kernel
-ran at 1.06-1.14x, but at 1.6-1.8x on fp16 OPT-13B fc2, where this kernel ran at 0.82-1.0x (``decode`` rows of
-results/bench_inference_h100.csv). So `SLoPeInferenceLinear` picks per shape (``few_token_kernel_tokens="auto"``).
+cuSPARSELt gets that on some shapes and not on others: on the H100, under CUDA-graph replay at 1 token, it ran the
+OPT-13B / LLaMA-3-8B MLP shapes at 0.51-0.88x of dense F.linear in bf16 and 0.78-1.74x in fp16, this kernel at
+1.26-1.73x and 1.39-1.67x; at 8-32 tokens cuSPARSELt wins fp16 wide weights (1.2-1.7x) and this kernel tall ones
+(``decode`` rows of results/bench_inference_h100.csv). So `SLoPeInferenceLinear` uses it at 1 token by default and
+picks per shape beyond that with ``few_token_kernel_tokens="auto"``.
 
 Two forms. At one token the **FMA** form multiplies each kept value by x at its position (no tensor cores, nothing
 rebuilt) and reads ~2.4-2.5 TB/s of weight bytes, close to dense cuBLAS's ~2.6 TB/s: 1.26-1.73x dense on the
