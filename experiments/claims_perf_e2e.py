@@ -114,7 +114,8 @@ def claim_prefill(inp: Inputs) -> Claim:
     return Claim("P2", title, lines)
 
 
-WALL, BUSY = "one token with KV cache", "one token with KV cache: GPU busy time"
+WALL, BUSY, GRAPH = ("one token with KV cache", "one token with KV cache: GPU busy time",
+                     "one token with KV cache: CUDA graph")
 
 
 def claim_decode(inp: Inputs) -> Claim:
@@ -123,8 +124,9 @@ def claim_decode(inp: Inputs) -> Claim:
     # kernel times (profiler), i.e. the step with its launches free, as a CUDA-graph replay would have it
     how = {("slope", WALL): "eager", ("slope + dense fallback", WALL): "dense fallback",
            ("slope (cuSPARSELt decode)", WALL): "eager, cuSPARSELt only",
-           ("slope", BUSY): "GPU busy time", ("slope (cuSPARSELt decode)", BUSY): "GPU busy time, cuSPARSELt only"}
-    rows = select(inp.e2e, experiment="decode", status="ok", phase=lambda p: p in (WALL, BUSY),
+           ("slope", BUSY): "GPU busy time", ("slope (cuSPARSELt decode)", BUSY): "GPU busy time, cuSPARSELt only",
+           ("slope", GRAPH): "CUDA graph", ("slope (cuSPARSELt decode)", GRAPH): "CUDA graph, cuSPARSELt only"}
+    rows = select(inp.e2e, experiment="decode", status="ok", phase=lambda p: p in (WALL, BUSY, GRAPH),
                   variant=lambda v: v in {variant for variant, _ in how})
     rows = [r for r in rows if (r["variant"], r["phase"]) in how]
     if not rows:
@@ -141,7 +143,10 @@ def claim_decode(inp: Inputs) -> Claim:
                "`decode_host` rows: dense nn.Linear ~20 µs, the SLoPe layer ~70-120 µs at rank 0 and 140-300 µs with "
                "merged adapters). *GPU busy time* is the sum "
                "of the step's kernel times (torch.profiler, same process, same step): the step with its launches "
-               "free, as a CUDA-graph replay would have it. Which kernel the SLoPe layers decode with: before commit "
+               "free, as a CUDA-graph replay would have it. *CUDA graph* is the wall-clock time of the same step "
+               "captured once in a CUDA graph and replayed, as serving engines run decode (static KV cache, "
+               "explicit positions and mask; `e2e.graph_decode_fn`): the measured form of the GPU-busy figure, "
+               "gaps between kernels included. Which kernel the SLoPe layers decode with: before commit "
                "57861b2 cuSPARSELt; at 57861b2 the few-token kernel (`slope.kernels.sparse_gemv`) in every layer; "
                "from ca6cdf5 on, per layer shape, whichever was faster when measured (`few_token_kernel_tokens="
                "\"auto\"`), timed back to back with host cost until 4937eff and on the GPU alone (CUDA-graph "

@@ -196,6 +196,68 @@ def decode_fn(model, batch: int, context: int, vocab: int, device):
     return run, cache
 
 
+def static_decode_step(model, batch: int, context: int, vocab: int, device):
+    """The decode step of `decode_fn` over a static KV cache, written so that it can be captured in a CUDA graph.
+
+    Returns (step, cache); ``step()`` runs one token against a ``context``-token cache and returns its logits,
+    the same token and prompt as `decode_fn` (so the same logits). What makes it capturable and repeatable:
+
+    * a `transformers.StaticCache` of exactly ``context + 1`` slots: fixed addresses, and after the step every slot
+      is filled, so attending to the whole cache is exact;
+    * the positions and a prepared 4-D all-ones mask are given, so neither the model nor `create_causal_mask`
+      reads the cache length on the host (a GPU→host copy, illegal while capturing; transformers 5.x keeps it
+      on the GPU in ``cumulative_length``). The explicit mask makes SDPA take its masked (memory-efficient)
+      kernel, on both sides of a dense-vs-SLoPe comparison;
+    * each step first puts the cache's write position back to ``context`` (the tensor counter and, for
+      sliding-window layers, its host twin), so every call or replay writes the same slot.
+    """
+    from transformers import StaticCache
+
+    generator = torch.Generator(device="cpu").manual_seed(1)
+    prompt = torch.randint(0, vocab, (batch, context), generator=generator).to(device)
+    token = torch.randint(0, vocab, (batch, 1), generator=generator).to(device)
+    positions = torch.full((batch, 1), context, device=device, dtype=torch.long)
+    mask = torch.ones(batch, 1, 1, context + 1, device=device, dtype=torch.bool)
+    cache = StaticCache(config=model.config, max_cache_len=context + 1)
+    with torch.no_grad():
+        model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    del prompt
+
+    def rewind():
+        for layer in cache.layers:
+            for name in ("cumulative_length", "cumulative_length_int"):
+                counter = getattr(layer, name, None)
+                if isinstance(counter, torch.Tensor):
+                    counter.fill_(context)
+                elif isinstance(counter, int):
+                    setattr(layer, name, context)
+
+    def step():
+        rewind()
+        with torch.no_grad():
+            return model(input_ids=token, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1).logits
+    return step, cache
+
+
+def graph_decode_fn(model, batch: int, context: int, vocab: int, device, warmup: int = 3):
+    """`static_decode_step` captured in one CUDA graph: returns (replay, held). Replaying costs the step's GPU
+    work plus one launch, which is how serving engines run decode; the warm-up calls run first on a side stream
+    (cuSPARSELt algorithm choice, Triton autotuning and compilation must not happen inside the capture).
+    ``held`` keeps the graph and its cache alive; ``held["logits"]`` is the buffer each replay writes."""
+    step, cache = static_decode_step(model, batch, context, vocab, device)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        logits = step()
+    return graph.replay, {"graph": graph, "cache": cache, "logits": logits}
+
+
 # ----- static state --------------------------------------------------------------------------------------------
 
 def state_bytes(model: torch.nn.Module, optimizers=()) -> dict[str, int]:

@@ -68,6 +68,7 @@ class SpeedupConfig:
     decode_batches: tuple[str, ...] = ("1", "8", "32")
     decode_context: int = 512            # KV-cache length each decode token attends to
     decode_kernel_time: bool = True      # also the GPU busy time of a decode step (profiler; GPU only)
+    decode_graph: bool = True            # also the decode step captured in a CUDA graph, replayed (GPU only)
     # SLoPe inference layers run `slope.kernels.sparse_gemv` instead of cuSPARSELt at <= this many tokens: an int
     # (0: off), "default" (the library's), or "auto" (each layer shape times both at 1-64 tokens, cached on disk)
     few_token_kernel_tokens: str = "auto"

@@ -4,7 +4,8 @@ fallback) and inference memory, for dense, SLoPe and SLoPe with merged / unmerge
 Decode has two figures per batch on a GPU: the wall-clock time of an eager step (what ``model(...)`` in a loop
 costs; at small batch it is bound by the host issuing kernels, for dense and SLoPe alike) and the GPU busy time
 of the same step (the sum of its kernels, `timing.kernel_time_fn`: what the step's GPU work costs once the host
-is out of the way, as a CUDA-graph replay would have it).
+is out of the way, as a CUDA-graph replay would have it), and the wall-clock time of the same step captured in a
+CUDA graph and replayed (how serving engines run decode; `e2e.graph_decode_fn`).
 """
 from __future__ import annotations
 
@@ -188,6 +189,36 @@ def _decode_rows(run, model, common: dict, ref: dict, is_dense: bool, note: str)
                                 "none (the linears' share of the GPU time is not measured)",
                                 note=f"{note}; sum of kernel times per step (torch.profiler), host time excluded"))
         del cache, fn
+        if cfg.decode_graph and is_cuda(run.device):
+            rows.append(_graph_decode_row(run, model, base, ref, is_dense, note, batch))
     return rows
+
+
+GRAPH_PHASE = "one token with KV cache: CUDA graph"
+
+
+def _graph_decode_row(run, model, base: dict, ref: dict, is_dense: bool, note: str, batch: int) -> dict:
+    """The decode step captured in a CUDA graph and replayed (`e2e.graph_decode_fn`): wall-clock per token with
+    the host out of the way, as serving engines run decode. A step that cannot be captured gets an error row."""
+    cfg = run.cfg
+    fields = dict(phase=GRAPH_PHASE, metric="time", unit="ms")
+    try:
+        replay, keep = e2e.graph_decode_fn(model, batch, cfg.decode_context, run.spec.vocab, run.device)
+        stats = time_fn(replay, run.device, warmup=cfg.warmup, repeats=cfg.repeats)
+        del replay, keep
+    except Exception as error:  # noqa: BLE001 - recorded in the row; the other decode rows stand
+        return run.row(base, **fields, status="error", note=f"{note}; CUDA graph capture or replay failed: "
+                                                             f"{e2e.describe(error)}")
+    finally:
+        e2e.free_memory()
+    if is_dense:
+        ref[f"decode{batch}_graph"] = stats["median_ms"]
+    dense = ref.get(f"decode{batch}_graph")
+    return run.row(base, **fields, **stat_fields(stats),
+                   ratio_vs_dense=round_or_blank(dense / stats["median_ms"] if dense else ""),
+                   ideal=1.0 if is_dense else "", ideal_basis="reference" if is_dense else
+                   "none (the linears' share of the GPU time is not measured)",
+                   note=f"{note}; one CUDA-graph replay per token: static KV cache of context + 1 slots, "
+                        "explicit positions and all-ones mask (SDPA's masked kernel on both sides)")
 
 

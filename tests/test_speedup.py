@@ -201,3 +201,45 @@ def test_data_parallel_step_benchmark_refuses_one_process():
 
     with pytest.raises(SystemExit, match="torchrun"):
         speedup_ddp.main(TOY_ARGS)
+
+
+@pytest.mark.parametrize("name", sorted(TOY_MODELS))
+def test_static_decode_step_equals_the_full_forward_and_repeats(name):
+    """The capturable decode step (static cache, explicit positions and mask) computes the next-token logits of
+    prompt + token, and a second call gives the same: the cache's write position is rewound every call."""
+    spec = TOY_MODELS[name]
+    model = build_model(spec, 2).eval()
+    step, _ = e2e.static_decode_step(model, 2, 8, spec.vocab, "cpu")
+    generator = torch.Generator().manual_seed(1)  # the prompt and token `static_decode_step` draws
+    prompt = torch.randint(0, spec.vocab, (2, 8), generator=generator)
+    token = torch.randint(0, spec.vocab, (2, 1), generator=generator)
+    with torch.no_grad():
+        reference = model(input_ids=torch.cat([prompt, token], dim=1)).logits[:, -1:]
+    first = step().clone()
+    torch.testing.assert_close(first, reference, rtol=1e-4, atol=1e-5)
+    assert torch.equal(step(), first)
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
+                               reason="needs an sm_80+ CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("name", ["opt-toy", "llama-toy"])
+def test_graph_replayed_decode_equals_eager_with_slope_inference_layers(name):
+    """The CUDA-graph decode row's step: captured with SLoPe inference layers (few-token kernel at 1-2 tokens,
+    cuSPARSELt at 8), each replay gives the eager step's logits."""
+    spec = TOY_MODELS[name]
+    variant = e2e.build_variant("slope", lambda: build_model(spec, 2, dtype=torch.float16, device="cuda"),
+                                device="cuda", dtype=torch.float16, train=False)
+    e2e.to_inference(variant, torch.float16, few_token_kernel_tokens=2)
+    assert any(isinstance(m, slope.SLoPeInferenceLinear) for m in variant.model.modules())
+    for batch in (1, 2, 8):
+        step, _ = e2e.static_decode_step(variant.model, batch, 16, spec.vocab, "cuda")
+        eager = step().clone()
+        replay, held = e2e.graph_decode_fn(variant.model, batch, 16, spec.vocab, "cuda")
+        held["logits"].zero_()
+        replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(held["logits"], eager, rtol=2e-3, atol=2e-3)
