@@ -35,7 +35,9 @@ MAX_BLOCK_T = 64  # tokens per program; more tokens take more programs along the
 FMA_MAX_TOKENS = 1
 # Part of the cache key of measured kernel-vs-cuSPARSELt choices: bump it when the kernel's speed changes.
 KERNEL_VERSION = 2
-FORMS = ("auto", "fma", "dot")
+FORMS = ("auto", "fma", "dot", "dot4")
+# Read each group's two kept values as one integer word (see sparse_gemv_triton._group_weights) by default.
+WORD_LOADS = False
 # Split K when fewer than this many (row block x token block) programs would run: about two per SM of an H100.
 # Rows per program are autotuned (16-128); the split is decided for 32 rows.
 TARGET_PROGRAMS = 264
@@ -65,10 +67,12 @@ def geometry(values: torch.Tensor, k: int) -> tuple[int, int, int]:
 
 
 def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bias: torch.Tensor | None = None, *,
-                out: torch.Tensor | None = None, form: str = "auto") -> torch.Tensor:
+                out: torch.Tensor | None = None, form: str = "auto", words: bool | None = None) -> torch.Tensor:
     """out (T, N) = x (T, K) · Wᵀ (+ bias), W given as kept ``values`` and mask ``nibbles`` (see the module doc).
 
-    ``form``: ``"fma"`` or ``"dot"`` (tensor cores) kernel; ``"auto"`` takes fma up to `FMA_MAX_TOKENS` tokens.
+    ``form``: ``"fma"``, ``"dot"`` or ``"dot4"`` (tensor cores) kernel; ``"auto"`` takes fma up to
+    `FMA_MAX_TOKENS` tokens. ``words``: read the kept values in pairs as integer words (default `WORD_LOADS`);
+    needs ``values`` aligned to two elements.
     """
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"sparse_gemv: x must be a (tokens, K) matrix with unit column stride, got shape "
@@ -89,12 +93,23 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
     elif out.shape != (tokens, n) or out.stride(1) != 1:
         raise ValueError(f"sparse_gemv: out must be ({tokens}, {n}) with unit column stride, got shape "
                          f"{tuple(out.shape)} strides {out.stride()}")
+    if (WORD_LOADS if words is None else words) and not word_aligned(values, tile_stride):
+        raise ValueError(f"sparse_gemv: words=True reads values in pairs, so they must start on a "
+                         f"{2 * values.element_size()}-byte boundary with an even tile stride; got data_ptr % "
+                         f"{2 * values.element_size()} = {values.data_ptr() % (2 * values.element_size())}, tile "
+                         f"stride {tile_stride} (pass words=False)")
     if tokens and n:
-        launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form)
+        launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words)
     return out
 
 
-def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_stride: int, form: str = "auto"):
+def word_aligned(values: torch.Tensor, tile_stride: int) -> bool:
+    """Whether ``values`` can be read as pairs (`sparse_gemv`'s ``words``)."""
+    return values.data_ptr() % (2 * values.element_size()) == 0 and tile_stride % 2 == 0
+
+
+def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_stride: int, form: str = "auto",
+           words: bool | None = None):
     """The kernel launch behind `sparse_gemv`, without its checks: for callers that checked their operands once
     (`slope.SLoPeInferenceLinear` does at build time), since at one decode token the host cost is the step's cost."""
     from . import sparse_gemv_triton
@@ -104,7 +119,8 @@ def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_s
     if fma:
         kernel, block_t = sparse_gemv_triton.sparse_gemv_fma_kernel, min(FMA_MAX_TOKENS, 1 << (tokens - 1).bit_length())
     else:  # ≥ 16: tl.dot's minimum; the padded token rows are masked out of the loads and the store
-        kernel, block_t = sparse_gemv_triton.sparse_gemv_kernel, min(MAX_BLOCK_T, max(16, 1 << (tokens - 1).bit_length()))
+        kernel = sparse_gemv_triton.sparse_gemv_dot4_kernel if form == "dot4" else sparse_gemv_triton.sparse_gemv_kernel
+        block_t = min(MAX_BLOCK_T, max(16, 1 << (tokens - 1).bit_length()))
     token_blocks = -(-tokens // block_t)
     splits = split_k(n, k, token_blocks)
     k_chunk = -(-(-(-k // splits)) // _K_CHUNK_ALIGN) * _K_CHUNK_ALIGN  # ⌈k / splits⌉ rounded up to 512
@@ -113,7 +129,8 @@ def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_s
     bias_arg = bias if bias is not None else values  # never read without HAS_BIAS
     target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
     kernel[grid](x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows,
-                 out.stride(0), k_chunk, tokens * n, HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t)
+                 out.stride(0), k_chunk, tokens * n, HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t,
+                 WORDS=16 * values.element_size() if (WORD_LOADS if words is None else words) else 0)
     if splits > 1:
         block = 256
         sparse_gemv_triton.sparse_gemv_finish_kernel[(-(-n // block), tokens)](

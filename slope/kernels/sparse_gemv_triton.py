@@ -38,18 +38,35 @@ _FMA_CONFIGS = _CONFIGS if os.environ.get("TRITON_INTERPRET") == "1" else [
 
 @triton.jit
 def _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, K, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
+                   BLOCK_K: tl.constexpr, WORDS: tl.constexpr = 0):
     """W at positions 0..3 of each group of the (BLOCK_N, BLOCK_K) block starting at k0: four (BLOCK_N, BLOCK_K/4)
-    tensors in the values' dtype, zero where the mask drops the weight (and past K or N)."""
+    tensors in the values' dtype, zero where the mask drops the weight (and past K or N).
+
+    ``WORDS`` (32 for 16-bit values, 64 for fp32; 0: off) reads each group's two kept values as one integer word
+    and takes its halves apart (little endian: the first value is the low half), which gives the (rows, groups)
+    layout straight from the load instead of a reshape and split of a (rows, 2·groups) block. It needs the
+    values 2-element aligned (the wrapper checks)."""
     GROUPS: tl.constexpr = BLOCK_K // 4
-    rv, rg = tl.arange(0, BLOCK_K // 2), tl.arange(0, GROUPS)
-    v_ok = (k0 // 2 + rv) < K // 2
-    values = tl.load(values_ptr + value_rows[:, None] + (k0 // 2 + rv)[None, :],
-                     mask=row_ok[:, None] & v_ok[None, :], other=0.0)
+    rg = tl.arange(0, GROUPS)
     g_ok = (k0 // 4 + rg) < K // 4
-    nib = tl.load(nibbles_ptr + nibble_rows[:, None] + (k0 // 4 + rg)[None, :],
-                  mask=row_ok[:, None] & g_ok[None, :], other=0).to(tl.int32)
-    first, second = tl.split(tl.reshape(values, (BLOCK_N, GROUPS, 2)))
+    group_ok = row_ok[:, None] & g_ok[None, :]
+    nib = tl.load(nibbles_ptr + nibble_rows[:, None] + (k0 // 4 + rg)[None, :], mask=group_ok, other=0).to(tl.int32)
+    if WORDS == 32:
+        words = tl.load(values_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + value_rows[:, None] // 2
+                        + (k0 // 4 + rg)[None, :], mask=group_ok, other=0)
+        first = words.to(tl.int16).to(values_ptr.dtype.element_ty, bitcast=True)
+        second = (words >> 16).to(tl.int16).to(values_ptr.dtype.element_ty, bitcast=True)
+    elif WORDS == 64:
+        words = tl.load(values_ptr.to(tl.pointer_type(tl.int64), bitcast=True) + value_rows[:, None] // 2
+                        + (k0 // 4 + rg)[None, :], mask=group_ok, other=0)
+        first = words.to(tl.int32).to(values_ptr.dtype.element_ty, bitcast=True)
+        second = (words >> 32).to(tl.int32).to(values_ptr.dtype.element_ty, bitcast=True)
+    else:
+        rv = tl.arange(0, BLOCK_K // 2)
+        v_ok = (k0 // 2 + rv) < K // 2
+        values = tl.load(values_ptr + value_rows[:, None] + (k0 // 2 + rv)[None, :],
+                         mask=row_ok[:, None] & v_ok[None, :], other=0.0)
+        first, second = tl.split(tl.reshape(values, (BLOCK_N, GROUPS, 2)))
     zero = tl.zeros_like(first)
     w0 = tl.where((nib & 1) != 0, first, zero)
     w1 = tl.where((nib & 2) != 0, tl.where((nib & 1) != 0, second, first), zero)
@@ -73,11 +90,11 @@ def _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stri
                  mask=inside)
 
 
-@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T"])
+@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS"])
 @triton.jit
 def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride, tile_rows,
                        stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                       BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       BLOCK_T: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rt = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -91,7 +108,7 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, 
     k_start = tl.program_id(2) * k_chunk  # k_chunk: a multiple of every BLOCK_K (the wrapper rounds it to 512)
     for k0 in range(k_start, tl.minimum(K, k_start + k_chunk), BLOCK_K):
         w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, K, BLOCK_N,
-                                        BLOCK_K)
+                                        BLOCK_K, WORDS)
         # join stacks along a new last axis: join(join(w0, w2), join(w1, w3))[..., i, j] = w_{2i+j}, so the
         # row-major reshape puts position 4g+2i+j in place
         dense = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
@@ -102,11 +119,11 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, 
     _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS, SPLIT)
 
 
-@triton.autotune(configs=_FMA_CONFIGS, key=["N", "K", "BLOCK_T"])
+@triton.autotune(configs=_FMA_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS"])
 @triton.jit
 def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride,
                            tile_rows, stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                           BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                           BLOCK_T: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores. Each position i of a group multiplies
     the token's x at 4g+i (a stride-4 load of the small, cached x), summed over the groups of the block."""
     GROUPS: tl.constexpr = BLOCK_K // 4
@@ -122,7 +139,7 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T,
     k_start = tl.program_id(2) * k_chunk
     for k0 in range(k_start, tl.minimum(K, k_start + k_chunk), BLOCK_K):
         w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, K, BLOCK_N,
-                                        BLOCK_K)
+                                        BLOCK_K, WORDS)
         w0, w1, w2, w3 = w0.to(tl.float32), w1.to(tl.float32), w2.to(tl.float32), w3.to(tl.float32)
         g_ok = (k0 // 4 + rg) < K // 4
         for t in tl.static_range(BLOCK_T):
@@ -135,6 +152,37 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T,
             x3 = tl.load(x_at + 3, mask=ok, other=0.0).to(tl.float32)
             part = tl.sum(w0 * x0[None, :] + w1 * x1[None, :] + w2 * x2[None, :] + w3 * x3[None, :], axis=1)
             acc += tl.where(cols[None, :] == t, part[:, None], 0.0)
+    _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS, SPLIT)
+
+
+@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS"])
+@triton.jit
+def sparse_gemv_dot4_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride,
+                            tile_rows, stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                            BLOCK_T: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Tensor-core form without the rebuilt dense block: four products per k block, one per group position,
+    W's position-i entries (BLOCK_N, BLOCK_K/4) times x at positions 4g+i (a stride-4 load of the small, cached x).
+    Same products as the dot form, but no interleave (join + reshape) of the four blocks before the multiply."""
+    GROUPS: tl.constexpr = BLOCK_K // 4
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rt = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_ok, token_ok = rn < N, rt < T
+    rows = rn.to(tl.int64)
+    value_rows = (rows // tile_rows) * tile_stride + (rows % tile_rows) * (K // 2)
+    nibble_rows = rows * (K // 4)
+    rg = tl.arange(0, GROUPS)
+    x_cols = rt[None, :].to(tl.int64) * stride_x  # x read transposed: (groups, tokens)
+    acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+    k_start = tl.program_id(2) * k_chunk
+    for k0 in range(k_start, tl.minimum(K, k_start + k_chunk), BLOCK_K):
+        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, K, BLOCK_N,
+                                        BLOCK_K, WORDS)
+        ok = ((k0 // 4 + rg) < K // 4)[:, None] & token_ok[None, :]
+        x_at = x_ptr + x_cols + (k0 + 4 * rg)[:, None]
+        acc = tl.dot(w0, tl.load(x_at, mask=ok, other=0.0).to(w0.dtype), acc)
+        acc = tl.dot(w1, tl.load(x_at + 1, mask=ok, other=0.0).to(w0.dtype), acc)
+        acc = tl.dot(w2, tl.load(x_at + 2, mask=ok, other=0.0).to(w0.dtype), acc)
+        acc = tl.dot(w3, tl.load(x_at + 3, mask=ok, other=0.0).to(w0.dtype), acc)
     _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS, SPLIT)
 
 
