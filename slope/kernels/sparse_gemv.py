@@ -35,7 +35,7 @@ MAX_BLOCK_T = 64  # tokens per program; more tokens take more programs along the
 FMA_MAX_TOKENS = 1
 # Part of the cache key of measured kernel-vs-cuSPARSELt choices: bump it when the kernel's speed changes.
 KERNEL_VERSION = 2
-FORMS = ("auto", "fma", "dot", "dot4")
+FORMS = ("auto", "fma", "dot", "dot4", "prefetch")
 # Read each group's two kept values as one integer word (see sparse_gemv_triton._group_weights) by default.
 WORD_LOADS = False
 # Split K when fewer than this many (row block x token block) programs would run: about two per SM of an H100.
@@ -93,7 +93,7 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
     elif out.shape != (tokens, n) or out.stride(1) != 1:
         raise ValueError(f"sparse_gemv: out must be ({tokens}, {n}) with unit column stride, got shape "
                          f"{tuple(out.shape)} strides {out.stride()}")
-    if (WORD_LOADS if words is None else words) and not word_aligned(values, tile_stride):
+    if _word_loads(form, words) and not word_aligned(values, tile_stride):
         raise ValueError(f"sparse_gemv: words=True reads values in pairs, so they must start on a "
                          f"{2 * values.element_size()}-byte boundary with an even tile stride; got data_ptr % "
                          f"{2 * values.element_size()} = {values.data_ptr() % (2 * values.element_size())}, tile "
@@ -101,6 +101,10 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
     if tokens and n:
         launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words)
     return out
+
+
+def _word_loads(form: str, words: bool | None) -> bool:
+    return form == "prefetch" or (WORD_LOADS if words is None else words)
 
 
 def word_aligned(values: torch.Tensor, tile_stride: int) -> bool:
@@ -119,7 +123,8 @@ def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_s
     if fma:
         kernel, block_t = sparse_gemv_triton.sparse_gemv_fma_kernel, min(FMA_MAX_TOKENS, 1 << (tokens - 1).bit_length())
     else:  # ≥ 16: tl.dot's minimum; the padded token rows are masked out of the loads and the store
-        kernel = sparse_gemv_triton.sparse_gemv_dot4_kernel if form == "dot4" else sparse_gemv_triton.sparse_gemv_kernel
+        kernel = {"dot4": sparse_gemv_triton.sparse_gemv_dot4_kernel,
+                  "prefetch": sparse_gemv_triton.sparse_gemv_prefetch_kernel}.get(form, sparse_gemv_triton.sparse_gemv_kernel)
         block_t = min(MAX_BLOCK_T, max(16, 1 << (tokens - 1).bit_length()))
     token_blocks = -(-tokens // block_t)
     splits = split_k(n, k, token_blocks)
@@ -130,7 +135,7 @@ def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_s
     target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
     kernel[grid](x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows,
                  out.stride(0), k_chunk, tokens * n, HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t,
-                 WORDS=16 * values.element_size() if (WORD_LOADS if words is None else words) else 0)
+                 WORDS=16 * values.element_size() if _word_loads(form, words) else 0)
     if splits > 1:
         block = 256
         sparse_gemv_triton.sparse_gemv_finish_kernel[(-(-n // block), tokens)](

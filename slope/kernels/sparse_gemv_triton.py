@@ -187,6 +187,67 @@ def sparse_gemv_dot4_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T
 
 
 @triton.jit
+def _load_words(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, GROUPS: tl.constexpr,
+                WORDS: tl.constexpr):
+    """The raw bytes of one (rows, GROUPS groups) block at k0: each group's kept pair as one integer word and its
+    mask byte, masked past ``k_end`` (so a prefetch past the program's k range reads nothing)."""
+    rg = tl.arange(0, GROUPS)
+    ok = row_ok[:, None] & ((k0 // 4 + rg) < k_end // 4)[None, :]
+    word_type: tl.constexpr = tl.int32 if WORDS == 32 else tl.int64
+    words = tl.load(values_ptr.to(tl.pointer_type(word_type), bitcast=True) + value_rows[:, None] // 2
+                    + (k0 // 4 + rg)[None, :], mask=ok, other=0)
+    nib = tl.load(nibbles_ptr + nibble_rows[:, None] + (k0 // 4 + rg)[None, :], mask=ok, other=0)
+    return words, nib
+
+
+@triton.jit
+def _expand(words, nib, dtype: tl.constexpr, WORDS: tl.constexpr):
+    """`_group_weights`' four position blocks from `_load_words`' raw block."""
+    half: tl.constexpr = tl.int16 if WORDS == 32 else tl.int32
+    first = words.to(half).to(dtype, bitcast=True)
+    second = (words >> (WORDS // 2)).to(half).to(dtype, bitcast=True)
+    nib = nib.to(tl.int32)
+    zero = tl.zeros_like(first)
+    w0 = tl.where((nib & 1) != 0, first, zero)
+    w1 = tl.where((nib & 2) != 0, tl.where((nib & 1) != 0, second, first), zero)
+    w2 = tl.where((nib & 4) != 0, tl.where((nib & 3) != 0, second, first), zero)
+    w3 = tl.where((nib & 8) != 0, second, zero)
+    return w0, w1, w2, w3
+
+
+@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS"])
+@triton.jit
+def sparse_gemv_prefetch_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride,
+                                tile_rows, stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr,
+                                SPLIT: tl.constexpr, BLOCK_T: tl.constexpr, WORDS: tl.constexpr,
+                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The dot form with word loads, the next k block's bytes loaded before this block is multiplied (a register
+    double buffer: two blocks of W in flight per program instead of one)."""
+    GROUPS: tl.constexpr = BLOCK_K // 4
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rt = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_ok, token_ok = rn < N, rt < T
+    rows = rn.to(tl.int64)
+    value_rows = (rows // tile_rows) * tile_stride + (rows % tile_rows) * (K // 2)
+    nibble_rows = rows * (K // 4)
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+    k_start = tl.program_id(2) * k_chunk
+    k_end = tl.minimum(K, k_start + k_chunk)
+    words, nib = _load_words(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k_start, k_end, GROUPS, WORDS)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        next_words, next_nib = _load_words(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0 + BLOCK_K,
+                                           k_end, GROUPS, WORDS)
+        w0, w1, w2, w3 = _expand(words, nib, values_ptr.dtype.element_ty, WORDS)
+        dense = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
+        x = tl.load(x_ptr + rt[:, None].to(tl.int64) * stride_x + (k0 + rk)[None, :],
+                    mask=token_ok[:, None] & ((k0 + rk) < K)[None, :], other=0.0)
+        acc += tl.dot(dense, tl.trans(x.to(dense.dtype)))
+        words, nib = next_words, next_nib
+    _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS, SPLIT)
+
+
+@triton.jit
 def sparse_gemv_finish_kernel(partial_ptr, bias_ptr, out_ptr, T, N, splits, stride_out, HAS_BIAS: tl.constexpr,
                               BLOCK: tl.constexpr):
     # one program per BLOCK outputs of one token: out[t, n] = Σ_s partial[s, t, n] (+ bias[n]), cast to out's dtype
