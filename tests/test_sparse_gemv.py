@@ -36,12 +36,38 @@ def _check(result, x, dense, bias, dtype):
 @pytest.mark.parametrize("tokens", [1, 5, 16, 70])  # 70: two token blocks of 64
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("form", ["fma", "dot"])
-def test_matches_masked_dense_fp64(device, dtype, tokens, bias, form):
+@pytest.mark.parametrize("words", [False, True], ids=["values", "words"])  # the kept pairs read as values / words
+def test_matches_masked_dense_fp64(device, dtype, tokens, bias, form, words):
     n, k = 40, 200  # neither a multiple of the row block nor of the k block: both tails are masked
     dense, values, nibbles = _sparse(n, k, device, dtype)
     x = torch.randn(tokens, k, device=device).to(dtype)
     b = torch.randn(n, device=device).to(dtype) if bias else None
-    _check(sparse_gemv(x, values, nibbles, b, form=form), x, dense, b, dtype)
+    _check(sparse_gemv(x, values, nibbles, b, form=form, words=words), x, dense, b, dtype)
+
+
+def test_word_loads_need_aligned_values_and_default_to_the_dot_form(monkeypatch):
+    from slope.kernels import sparse_gemv as module
+
+    _, values, nibbles = _sparse(8, 16, "cpu", torch.float16)
+    x = torch.randn(2, 16).half()
+    shifted = torch.empty(values.numel() + 1, dtype=torch.float16)[1:].view(values.shape)  # 2-byte aligned only
+    shifted.copy_(values)
+    with pytest.raises(ValueError, match="words=True reads values in pairs"):
+        sparse_gemv(x, shifted, nibbles, words=True)
+    seen = []
+    monkeypatch.setattr(module, "split_k", lambda *a: seen.append(a[-1]) or 1)
+
+    class Kernel:  # records the launch instead of running it
+        def __getitem__(self, grid):
+            return lambda *args, **meta: seen.append(meta["WORDS"])
+
+    import slope.kernels.sparse_gemv_triton as triton_module
+    monkeypatch.setattr(triton_module, "sparse_gemv_kernel", Kernel())
+    monkeypatch.setattr(triton_module, "sparse_gemv_fma_kernel", Kernel())
+    sparse_gemv(x, values, nibbles, form="dot")
+    sparse_gemv(x, shifted, nibbles, form="dot")  # not aligned: read as values, no error
+    sparse_gemv(x, values, nibbles, form="fma")
+    assert seen == ["dot", 32, "dot", 0, "fma", 0]
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
@@ -85,6 +111,9 @@ def test_split_k_for_few_rows_and_long_k(device, dtype, tokens):
 
     n, k = 24, 2304  # an adapter-like block: one row block, so k is cut in two (chunks of 1536 and 768)
     assert split_k(n, k) == 2 and split_k(20480, 5120) == 1
+    # the dot form aims for more programs than the FMA form, but only where there were too few (measured)
+    assert split_k(5120, 20480, 1, "fma") == 2 and split_k(5120, 20480, 1, "dot") == 4
+    assert split_k(14336, 4096, 1, "dot") == 1
     dense, values, nibbles = _sparse(n, k, device, dtype)
     x = torch.randn(tokens, k, device=device).to(dtype)
     b = torch.randn(n, device=device).to(dtype)

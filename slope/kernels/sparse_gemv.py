@@ -34,20 +34,29 @@ MAX_BLOCK_T = 64  # tokens per program; more tokens take more programs along the
 # not measured, so they take the dot form.
 FMA_MAX_TOKENS = 1
 # Part of the cache key of measured kernel-vs-cuSPARSELt choices: bump it when the kernel's speed changes.
-KERNEL_VERSION = 2
-FORMS = ("auto", "fma", "dot", "dot4", "prefetch")
-# Read each group's two kept values as one integer word (see sparse_gemv_triton._group_weights) by default.
-WORD_LOADS = False
-# Split K when fewer than this many (row block x token block) programs would run: about two per SM of an H100.
-# Rows per program are autotuned (16-128); the split is decided for 32 rows.
-TARGET_PROGRAMS = 264
+KERNEL_VERSION = 3
+FORMS = ("auto", "fma", "dot")
+# Split K when fewer than MIN_PROGRAMS (row block x token block) programs would run (about two per SM of an H100),
+# into enough pieces for TARGET_PROGRAMS[form]. Rows per program are autotuned (16-128); the split is decided for
+# 32 rows. H100 bf16, CUDA-graph replay, 2-32 tokens (results/sparse_gemv_variants_h100.md): the dot form on
+# narrow weights gained from ~528 programs (OPT-13B fc2 0.91-1.00x -> 1.13-1.19x dense, 5120² 0.81-0.86x ->
+# 0.99-1.04x, LLaMA down 1.02-1.08x -> 1.07-1.16x), while splitting weights that already had >= 264 programs lost
+# ~10-15% (LLaMA up: the extra finish kernel and fp32 partials); the FMA form was tuned at 264 (9854dec).
+MIN_PROGRAMS = 264
+TARGET_PROGRAMS = {"fma": 264, "dot": 528}
 _SPLIT_ROWS, _K_CHUNK_ALIGN, MIN_K_CHUNK = 32, 512, 1024
+# The dot form reads each group's two kept values as one integer word (`sparse_gemv_triton._group_weights`'
+# WORDS) wherever the values are aligned for it: +2-11% over reading them as values at 2-32 tokens (same file);
+# the FMA form reads values (words measured no faster at 1 token).
+WORD_LOAD_FORMS = ("dot",)
 
 
-def split_k(n: int, k: int, token_blocks: int = 1) -> int:
+def split_k(n: int, k: int, token_blocks: int = 1, form: str = "fma") -> int:
     """How many pieces to cut k into: enough programs for the GPU, each piece ≥ MIN_K_CHUNK long."""
     programs = -(-n // _SPLIT_ROWS) * token_blocks
-    return max(1, min(-(-TARGET_PROGRAMS // programs), k // MIN_K_CHUNK))
+    if programs >= MIN_PROGRAMS:
+        return 1
+    return max(1, min(-(-TARGET_PROGRAMS[form] // programs), k // MIN_K_CHUNK))
 
 
 def geometry(values: torch.Tensor, k: int) -> tuple[int, int, int]:
@@ -70,9 +79,9 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
                 out: torch.Tensor | None = None, form: str = "auto", words: bool | None = None) -> torch.Tensor:
     """out (T, N) = x (T, K) · Wᵀ (+ bias), W given as kept ``values`` and mask ``nibbles`` (see the module doc).
 
-    ``form``: ``"fma"``, ``"dot"`` or ``"dot4"`` (tensor cores) kernel; ``"auto"`` takes fma up to
-    `FMA_MAX_TOKENS` tokens. ``words``: read the kept values in pairs as integer words (default `WORD_LOADS`);
-    needs ``values`` aligned to two elements.
+    ``form``: ``"fma"`` or ``"dot"`` (tensor cores) kernel; ``"auto"`` takes fma up to `FMA_MAX_TOKENS` tokens.
+    ``words``: read the kept values in pairs, as integer words (needs ``values`` aligned to two elements);
+    None: the forms in `WORD_LOAD_FORMS` do where the values allow.
     """
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"sparse_gemv: x must be a (tokens, K) matrix with unit column stride, got shape "
@@ -93,7 +102,7 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
     elif out.shape != (tokens, n) or out.stride(1) != 1:
         raise ValueError(f"sparse_gemv: out must be ({tokens}, {n}) with unit column stride, got shape "
                          f"{tuple(out.shape)} strides {out.stride()}")
-    if _word_loads(form, words) and not word_aligned(values, tile_stride):
+    if words and not word_aligned(values, tile_stride):
         raise ValueError(f"sparse_gemv: words=True reads values in pairs, so they must start on a "
                          f"{2 * values.element_size()}-byte boundary with an even tile stride; got data_ptr % "
                          f"{2 * values.element_size()} = {values.data_ptr() % (2 * values.element_size())}, tile "
@@ -101,10 +110,6 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
     if tokens and n:
         launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words)
     return out
-
-
-def _word_loads(form: str, words: bool | None) -> bool:
-    return form == "prefetch" or (WORD_LOADS if words is None else words)
 
 
 def word_aligned(values: torch.Tensor, tile_stride: int) -> bool:
@@ -123,11 +128,12 @@ def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_s
     if fma:
         kernel, block_t = sparse_gemv_triton.sparse_gemv_fma_kernel, min(FMA_MAX_TOKENS, 1 << (tokens - 1).bit_length())
     else:  # ≥ 16: tl.dot's minimum; the padded token rows are masked out of the loads and the store
-        kernel = {"dot4": sparse_gemv_triton.sparse_gemv_dot4_kernel,
-                  "prefetch": sparse_gemv_triton.sparse_gemv_prefetch_kernel}.get(form, sparse_gemv_triton.sparse_gemv_kernel)
-        block_t = min(MAX_BLOCK_T, max(16, 1 << (tokens - 1).bit_length()))
+        kernel, block_t = sparse_gemv_triton.sparse_gemv_kernel, min(MAX_BLOCK_T, max(16, 1 << (tokens - 1).bit_length()))
+    resolved = "fma" if fma else "dot"
+    if words is None:
+        words = resolved in WORD_LOAD_FORMS and word_aligned(values, tile_stride)
     token_blocks = -(-tokens // block_t)
-    splits = split_k(n, k, token_blocks)
+    splits = split_k(n, k, token_blocks, resolved)
     k_chunk = -(-(-(-k // splits)) // _K_CHUNK_ALIGN) * _K_CHUNK_ALIGN  # ⌈k / splits⌉ rounded up to 512
     splits = -(-k // k_chunk)
     grid = lambda meta: (-(-n // meta["BLOCK_N"]), token_blocks, splits)
@@ -135,7 +141,7 @@ def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_s
     target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
     kernel[grid](x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows,
                  out.stride(0), k_chunk, tokens * n, HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t,
-                 WORDS=16 * values.element_size() if _word_loads(form, words) else 0)
+                 WORDS=16 * values.element_size() if words else 0)
     if splits > 1:
         block = 256
         sparse_gemv_triton.sparse_gemv_finish_kernel[(-(-n // block), tokens)](

@@ -1,0 +1,121 @@
+"""Sweep the few-token 2:4 kernel's launch choices against dense F.linear on the GPU (`slope.kernels.sparse_gemv`).
+
+    python -m performance_experiments.sweep_sparse_gemv --output results/sparse_gemv_variants_h100.csv
+
+Per shape × token count × variant: the kernel's GPU time per call and its speedup over dense F.linear, both timed
+the same way in the same process. A variant is a form (``fma``, ``dot``), whether the kept pairs are read as
+integer words, and the split-K program target (`sparse_gemv.TARGET_PROGRAMS` for that form). Timing: ``calls``
+calls captured in one CUDA graph, the replay timed (median of 6 after a warm-up replay), so host cost is out;
+the calls rotate over ``copies`` weights of each shape so that no call finds its weight in L2 (a 5120² weight is
+33 MB compressed, an H100's L2 50 MB). This is how the defaults in `slope.kernels.sparse_gemv` were chosen.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+from experiments.results_io import write_rows
+from performance_experiments.shapes import MLP_SHAPES
+
+COLUMNS = ("shape", "d_in", "d_out", "dtype", "tokens", "variant", "form", "words", "target_programs", "median",
+           "iqr", "unit", "repeats", "speedup_vs_dense", "rel_error")
+SHAPES = {**MLP_SHAPES, "opt-13b.attn": (5120, 5120)}  # OPT-13B q/k/v/out_proj
+
+
+def graph_us(fn, copies: int, calls: int = 20, repeats: int = 6) -> dict:
+    """GPU µs per call of ``fn(i)`` (i = which weight copy), from CUDA-graph replays."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up outside the capture: autotuning and compilation
+        for i in range(copies):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(i % copies)
+    times = []
+    for _ in range(repeats + 1):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    times = sorted(times[1:])
+    return {"median": statistics.median(times), "iqr": times[(3 * len(times)) // 4] - times[len(times) // 4],
+            "repeats": len(times)}
+
+
+def variants(tokens: int, targets: list[int]) -> list[tuple[str, bool, int]]:
+    out = [("dot", words, target) for words in (False, True) for target in targets]
+    if tokens == 1:
+        out += [("fma", words, 264) for words in (False, True)]
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="runs/sweep_sparse_gemv.csv")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {sorted(SHAPES)}")
+    parser.add_argument("--tokens", default="1,2,8,16,32")
+    parser.add_argument("--dtypes", default="bfloat16")
+    parser.add_argument("--targets", default="264,528,1056", help="split-K program targets tried for the dot form")
+    parser.add_argument("--copies", type=int, default=4)
+    args = parser.parse_args(argv)
+    from slope.kernels import nm_pack
+    from slope.kernels import sparse_gemv as gemv
+    from slope.masks import row_mask
+
+    unknown = set(args.shapes.split(",")) - set(SHAPES)
+    if unknown:
+        raise SystemExit(f"--shapes: unknown {sorted(unknown)}; choose from {sorted(SHAPES)}")
+    targets = [int(t) for t in args.targets.split(",")]
+    defaults = dict(gemv.TARGET_PROGRAMS)
+    rows = []
+    for dtype_name in args.dtypes.split(","):
+        dtype = getattr(torch, dtype_name)
+        for shape in args.shapes.split(","):
+            d_in, d_out = SHAPES[shape]
+            dense, values, nibbles = [], [], []
+            for _ in range(args.copies):
+                weight = torch.randn(d_out, d_in, device="cuda", dtype=dtype)
+                mask = row_mask(weight, 2, 4)
+                dense.append(weight * mask)
+                nibbles.append(nm_pack.pack_nibbles(mask))
+                values.append(nm_pack.gather_kept(weight, nibbles[-1]).contiguous())
+            for tokens in map(int, args.tokens.split(",")):
+                x = torch.randn(tokens, d_in, device="cuda", dtype=dtype)
+                reference = x.float() @ dense[0].float().t()
+                base = graph_us(lambda i: F.linear(x, dense[i]), args.copies)
+                common = dict(shape=shape, d_in=d_in, d_out=d_out, dtype=dtype_name, tokens=tokens, unit="us")
+                rows.append(dict(common, variant="dense F.linear", form="", words="", target_programs="",
+                                 median=round(base["median"], 3), iqr=round(base["iqr"], 3), repeats=base["repeats"],
+                                 speedup_vs_dense=1.0, rel_error=""))
+                for form, words, target in variants(tokens, targets):
+                    gemv.TARGET_PROGRAMS[form] = target
+                    try:
+                        y = gemv.sparse_gemv(x, values[0], nibbles[0], form=form, words=words)
+                        error = ((y.float() - reference).norm() / reference.norm()).item()
+                        stats = graph_us(lambda i: gemv.sparse_gemv(x, values[i], nibbles[i], form=form, words=words),
+                                         args.copies)
+                    finally:
+                        gemv.TARGET_PROGRAMS.update(defaults)
+                    rows.append(dict(common, variant=f"{form}{' words' if words else ''} @{target}", form=form,
+                                     words=words, target_programs=target, median=round(stats["median"], 3),
+                                     iqr=round(stats["iqr"], 3), repeats=stats["repeats"],
+                                     speedup_vs_dense=round(base["median"] / stats["median"], 4),
+                                     rel_error=f"{error:.2e}"))
+                print(f"{dtype_name} {shape} {tokens} tokens: " + ", ".join(
+                    f"{r['variant']} {r['speedup_vs_dense']}" for r in rows[-len(variants(tokens, targets)):]),
+                    flush=True)
+            del dense, values, nibbles
+    write_rows(args.output, rows, columns=COLUMNS, config=vars(args))
+    print(f"wrote {len(rows)} rows to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
