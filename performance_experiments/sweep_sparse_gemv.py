@@ -112,7 +112,6 @@ def main(argv=None) -> None:
                 print(f"{dtype_name} {shape} {tokens} tokens: " + ", ".join(
                     f"{r['variant']} {r['speedup_vs_dense']}" for r in rows[-len(variants(tokens, targets)):]),
                     flush=True)
-            del dense, values, nibbles
     write_rows(args.output, rows, columns=COLUMNS, config=vars(args))
     print(f"wrote {len(rows)} rows to {args.output}")
 
