@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from experiments.results_io import write_rows
 from performance_experiments.shapes import MLP_SHAPES
 
-COLUMNS = ("shape", "d_in", "d_out", "dtype", "tokens", "variant", "form", "words", "target_programs", "median",
+COLUMNS = ("shape", "d_in", "d_out", "dtype", "tokens", "variant", "form", "words", "target_programs",
+           "k_chunk_align", "median",
            "iqr", "unit", "repeats", "speedup_vs_dense", "rel_error")
 SHAPES = {**MLP_SHAPES, "opt-13b.attn": (5120, 5120)}  # OPT-13B q/k/v/out_proj
 
@@ -50,10 +51,10 @@ def graph_us(fn, copies: int, calls: int = 20, repeats: int = 6) -> dict:
             "repeats": len(times)}
 
 
-def variants(tokens: int, targets: list[int]) -> list[tuple[str, bool, int]]:
-    out = [("dot", words, target) for words in (False, True) for target in targets]
+def variants(tokens: int, targets: list[int], aligns: list[int]) -> list[tuple[str, bool, int, int]]:
+    out = [("dot", words, target, align) for words in (False, True) for target in targets for align in aligns]
     if tokens == 1:
-        out += [("fma", words, 264) for words in (False, True)]
+        out += [("fma", words, 264, align) for words in (False, True) for align in aligns]
     return out
 
 
@@ -64,6 +65,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tokens", default="1,2,8,16,32")
     parser.add_argument("--dtypes", default="bfloat16")
     parser.add_argument("--targets", default="264,528,1056", help="split-K program targets tried for the dot form")
+    parser.add_argument("--chunk-aligns", default="64", help="split-K chunk roundings tried (K_CHUNK_ALIGN)")
     parser.add_argument("--copies", type=int, default=4)
     args = parser.parse_args(argv)
     from slope.kernels import nm_pack
@@ -74,7 +76,8 @@ def main(argv=None) -> None:
     if unknown:
         raise SystemExit(f"--shapes: unknown {sorted(unknown)}; choose from {sorted(SHAPES)}")
     targets = [int(t) for t in args.targets.split(",")]
-    defaults = dict(gemv.TARGET_PROGRAMS)
+    aligns = [int(a) for a in args.chunk_aligns.split(",")]
+    defaults = dict(gemv.TARGET_PROGRAMS), gemv.K_CHUNK_ALIGN
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -92,25 +95,28 @@ def main(argv=None) -> None:
                 reference = x.float() @ dense[0].float().t()
                 base = graph_us(lambda i: F.linear(x, dense[i]), args.copies)
                 common = dict(shape=shape, d_in=d_in, d_out=d_out, dtype=dtype_name, tokens=tokens, unit="us")
-                rows.append(dict(common, variant="dense F.linear", form="", words="", target_programs="",
+                rows.append(dict(common, variant="dense F.linear", form="", words="", target_programs="", k_chunk_align="",
                                  median=round(base["median"], 3), iqr=round(base["iqr"], 3), repeats=base["repeats"],
                                  speedup_vs_dense=1.0, rel_error=""))
-                for form, words, target in variants(tokens, targets):
-                    gemv.TARGET_PROGRAMS[form] = target
+                tried = variants(tokens, targets, aligns)
+                for form, words, target, align in tried:
+                    gemv.TARGET_PROGRAMS[form], gemv.K_CHUNK_ALIGN = target, align
                     try:
                         y = gemv.sparse_gemv(x, values[0], nibbles[0], form=form, words=words)
                         error = ((y.float() - reference).norm() / reference.norm()).item()
                         stats = graph_us(lambda i: gemv.sparse_gemv(x, values[i], nibbles[i], form=form, words=words),
                                          args.copies)
                     finally:
-                        gemv.TARGET_PROGRAMS.update(defaults)
-                    rows.append(dict(common, variant=f"{form}{' words' if words else ''} @{target}", form=form,
-                                     words=words, target_programs=target, median=round(stats["median"], 3),
+                        gemv.TARGET_PROGRAMS.update(defaults[0])
+                        gemv.K_CHUNK_ALIGN = defaults[1]
+                    rows.append(dict(common, variant=f"{form}{' words' if words else ''} @{target}/{align}", form=form,
+                                     words=words, target_programs=target, k_chunk_align=align,
+                                     median=round(stats["median"], 3),
                                      iqr=round(stats["iqr"], 3), repeats=stats["repeats"],
                                      speedup_vs_dense=round(base["median"] / stats["median"], 4),
                                      rel_error=f"{error:.2e}"))
                 print(f"{dtype_name} {shape} {tokens} tokens: " + ", ".join(
-                    f"{r['variant']} {r['speedup_vs_dense']}" for r in rows[-len(variants(tokens, targets)):]),
+                    f"{r['variant']} {r['speedup_vs_dense']}" for r in rows[-len(tried):]),
                     flush=True)
     write_rows(args.output, rows, columns=COLUMNS, config=vars(args))
     print(f"wrote {len(rows)} rows to {args.output}")

@@ -106,7 +106,8 @@ def test_bad_inputs_name_the_argument():
 
 @pytest.mark.parametrize("device,dtype", CASES)
 @pytest.mark.parametrize("tokens", [1, 3, 20])  # fma, fma with a padded token block, dot
-def test_split_k_for_few_rows_and_long_k(device, dtype, tokens):
+def test_split_k_for_few_rows_and_long_k(device, dtype, tokens, monkeypatch):
+    from slope.kernels import sparse_gemv as sparse_gemv_module
     from slope.kernels.sparse_gemv import split_k
 
     n, k = 24, 2304  # an adapter-like block: one row block, so k is cut in two (chunks of 1536 and 768)
@@ -114,10 +115,12 @@ def test_split_k_for_few_rows_and_long_k(device, dtype, tokens):
     # the dot form aims for more programs than the FMA form, but only where there were too few (measured)
     assert split_k(5120, 20480, 1, "fma") == 2 and split_k(5120, 20480, 1, "dot") == 4
     assert split_k(14336, 4096, 1, "dot") == 1
-    dense, values, nibbles = _sparse(n, k, device, dtype)
-    x = torch.randn(tokens, k, device=device).to(dtype)
-    b = torch.randn(n, device=device).to(dtype)
-    wide = torch.zeros(tokens, n + 8, device=device, dtype=dtype)
-    sparse_gemv(x, values, nibbles, b, out=wide[:, 8:])
-    _check(wide[:, 8:], x, dense, b, dtype)
-    assert not wide[:, :8].any()
+    for k, align in ((k, 64), (2208, 16)):  # 2208 in chunks of 1104: each chunk ends inside a k block
+        monkeypatch.setattr(sparse_gemv_module, "K_CHUNK_ALIGN", align)
+        dense, values, nibbles = _sparse(n, k, device, dtype)
+        x = torch.randn(tokens, k, device=device).to(dtype)
+        b = torch.randn(n, device=device).to(dtype)
+        wide = torch.zeros(tokens, n + 8, device=device, dtype=dtype)
+        sparse_gemv(x, values, nibbles, b, out=wide[:, 8:])
+        _check(wide[:, 8:], x, dense, b, dtype)
+        assert not wide[:, :8].any()

@@ -34,7 +34,7 @@ MAX_BLOCK_T = 64  # tokens per program; more tokens take more programs along the
 # not measured, so they take the dot form.
 FMA_MAX_TOKENS = 1
 # Part of the cache key of measured kernel-vs-cuSPARSELt choices: bump it when the kernel's speed changes.
-KERNEL_VERSION = 3
+KERNEL_VERSION = 4
 FORMS = ("auto", "fma", "dot")
 # Split K when fewer than MIN_PROGRAMS (row block x token block) programs would run (about two per SM of an H100),
 # into enough pieces for TARGET_PROGRAMS[form]. Rows per program are autotuned (16-128); the split is decided for
@@ -44,7 +44,10 @@ FORMS = ("auto", "fma", "dot")
 # ~10-15% (LLaMA up: the extra finish kernel and fp32 partials); the FMA form was tuned at 264 (9854dec).
 MIN_PROGRAMS = 264
 TARGET_PROGRAMS = {"fma": 264, "dot": 528}
-_SPLIT_ROWS, _K_CHUNK_ALIGN, MIN_K_CHUNK = 32, 512, 1024
+_SPLIT_ROWS, MIN_K_CHUNK = 32, 1024
+# Split-K chunk lengths are rounded up to this (16 bytes of mask per row); a chunk may end inside a k block, whose
+# loads are masked there. (Rounding to 512, every BLOCK_K, left uneven chunks: 5120 in 4 was 1536·3 + 512.)
+K_CHUNK_ALIGN = 64
 # The dot form reads each group's two kept values as one integer word (`sparse_gemv_triton._group_weights`'
 # WORDS) wherever the values are aligned for it: +2-11% over reading them as values at 2-32 tokens (same file);
 # the FMA form reads values (words measured no faster at 1 token).
@@ -134,7 +137,7 @@ def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_s
         words = resolved in WORD_LOAD_FORMS and word_aligned(values, tile_stride)
     token_blocks = -(-tokens // block_t)
     splits = split_k(n, k, token_blocks, resolved)
-    k_chunk = -(-(-(-k // splits)) // _K_CHUNK_ALIGN) * _K_CHUNK_ALIGN  # ⌈k / splits⌉ rounded up to 512
+    k_chunk = -(-(-(-k // splits)) // K_CHUNK_ALIGN) * K_CHUNK_ALIGN  # ⌈k / splits⌉ rounded up
     splits = -(-k // k_chunk)
     grid = lambda meta: (-(-n // meta["BLOCK_N"]), token_blocks, splits)
     bias_arg = bias if bias is not None else values  # never read without HAS_BIAS

@@ -37,10 +37,10 @@ _FMA_CONFIGS = _CONFIGS if os.environ.get("TRITON_INTERPRET") == "1" else [
 
 
 @triton.jit
-def _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, K, BLOCK_N: tl.constexpr,
+def _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, BLOCK_N: tl.constexpr,
                    BLOCK_K: tl.constexpr, WORDS: tl.constexpr = 0):
     """W at positions 0..3 of each group of the (BLOCK_N, BLOCK_K) block starting at k0: four (BLOCK_N, BLOCK_K/4)
-    tensors in the values' dtype, zero where the mask drops the weight (and past K or N).
+    tensors in the values' dtype, zero where the mask drops the weight (and from k_end on, or past N).
 
     ``WORDS`` (32 for 16-bit values, 64 for fp32; 0: off) reads each group's two kept values as one integer word
     and takes its halves apart (little endian: the first value is the low half), which gives the (rows, groups)
@@ -48,7 +48,7 @@ def _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0,
     values 2-element aligned (the wrapper checks)."""
     GROUPS: tl.constexpr = BLOCK_K // 4
     rg = tl.arange(0, GROUPS)
-    g_ok = (k0 // 4 + rg) < K // 4
+    g_ok = (k0 // 4 + rg) < k_end // 4
     group_ok = row_ok[:, None] & g_ok[None, :]
     nib = tl.load(nibbles_ptr + nibble_rows[:, None] + (k0 // 4 + rg)[None, :], mask=group_ok, other=0).to(tl.int32)
     if WORDS == 32:
@@ -63,7 +63,7 @@ def _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0,
         second = (words >> 32).to(tl.int32).to(values_ptr.dtype.element_ty, bitcast=True)
     else:
         rv = tl.arange(0, BLOCK_K // 2)
-        v_ok = (k0 // 2 + rv) < K // 2
+        v_ok = (k0 // 2 + rv) < k_end // 2
         values = tl.load(values_ptr + value_rows[:, None] + (k0 // 2 + rv)[None, :],
                          mask=row_ok[:, None] & v_ok[None, :], other=0.0)
         first, second = tl.split(tl.reshape(values, (BLOCK_N, GROUPS, 2)))
@@ -105,14 +105,15 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, 
     nibble_rows = rows * (K // 4)
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
-    k_start = tl.program_id(2) * k_chunk  # k_chunk: a multiple of every BLOCK_K (the wrapper rounds it to 512)
-    for k0 in range(k_start, tl.minimum(K, k_start + k_chunk), BLOCK_K):
-        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, K, BLOCK_N,
+    k_start = tl.program_id(2) * k_chunk
+    k_end = tl.minimum(K, k_start + k_chunk)  # a chunk may end inside a block: loads are masked at k_end
+    for k0 in range(k_start, k_end, BLOCK_K):
+        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, BLOCK_N,
                                         BLOCK_K, WORDS)
         # join stacks along a new last axis: join(join(w0, w2), join(w1, w3))[..., i, j] = w_{2i+j}, so the
         # row-major reshape puts position 4g+2i+j in place
         dense = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
-        k_ok = (k0 + rk) < K
+        k_ok = (k0 + rk) < k_end
         x = tl.load(x_ptr + rt[:, None].to(tl.int64) * stride_x + (k0 + rk)[None, :],
                     mask=token_ok[:, None] & k_ok[None, :], other=0.0)
         acc += tl.dot(dense, tl.trans(x.to(dense.dtype)))
@@ -137,11 +138,12 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T,
     cols = tl.arange(0, BLOCK_T)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     k_start = tl.program_id(2) * k_chunk
-    for k0 in range(k_start, tl.minimum(K, k_start + k_chunk), BLOCK_K):
-        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, K, BLOCK_N,
+    k_end = tl.minimum(K, k_start + k_chunk)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, BLOCK_N,
                                         BLOCK_K, WORDS)
         w0, w1, w2, w3 = w0.to(tl.float32), w1.to(tl.float32), w2.to(tl.float32), w3.to(tl.float32)
-        g_ok = (k0 // 4 + rg) < K // 4
+        g_ok = (k0 // 4 + rg) < k_end // 4
         for t in tl.static_range(BLOCK_T):
             token = tl.program_id(1) * BLOCK_T + t
             x_at = x_ptr + token.to(tl.int64) * stride_x + k0 + 4 * rg
