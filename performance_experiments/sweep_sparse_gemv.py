@@ -65,7 +65,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tokens", default="1,2,8,16,32")
     parser.add_argument("--dtypes", default="bfloat16")
     parser.add_argument("--targets", default="264,528,1056", help="split-K program targets tried for the dot form")
-    parser.add_argument("--chunk-aligns", default="64", help="split-K chunk roundings tried (K_CHUNK_ALIGN)")
+    parser.add_argument("--chunk-aligns", default="512", help="split-K chunk roundings tried (K_CHUNK_ALIGN)")
     parser.add_argument("--copies", type=int, default=4)
     args = parser.parse_args(argv)
     from slope.kernels import nm_pack

@@ -45,9 +45,11 @@ FORMS = ("auto", "fma", "dot")
 MIN_PROGRAMS = 264
 TARGET_PROGRAMS = {"fma": 264, "dot": 528}
 _SPLIT_ROWS, MIN_K_CHUNK = 32, 1024
-# Split-K chunk lengths are rounded up to this (16 bytes of mask per row); a chunk may end inside a k block, whose
-# loads are masked there. (Rounding to 512, every BLOCK_K, left uneven chunks: 5120 in 4 was 1536·3 + 512.)
-K_CHUNK_ALIGN = 64
+# Split-K chunk lengths are rounded up to this, a multiple of every BLOCK_K. The kernels mask each chunk at its
+# end, so any multiple of 4 works; even chunks measured slower (H100 bf16, 8/32 tokens, dot form at 528 programs:
+# rounding to 64 instead of 512 took LLaMA down 1.13/1.09x -> 1.04/1.00x dense, 5120² 1.03/0.98x -> 0.95/0.92x;
+# results/sparse_gemv_variants_h100.csv), so chunks stay whole blocks, the last one shorter.
+K_CHUNK_ALIGN = 512
 # The dot form reads each group's two kept values as one integer word (`sparse_gemv_triton._group_weights`'
 # WORDS) wherever the values are aligned for it: +2-11% over reading them as values at 2-32 tokens (same file);
 # the FMA form reads values (words measured no faster at 1 token).
