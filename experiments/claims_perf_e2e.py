@@ -150,7 +150,9 @@ def claim_decode(inp: Inputs) -> Claim:
                "57861b2 cuSPARSELt; at 57861b2 the few-token kernel (`slope.kernels.sparse_gemv`) in every layer; "
                "from ca6cdf5 on, per layer shape, whichever was faster when measured (`few_token_kernel_tokens="
                "\"auto\"`), timed back to back with host cost until 4937eff and on the GPU alone (CUDA-graph "
-               "replay) from f48ffff; from 9854dec the kernel has its FMA form for one token. The *cuSPARSELt only* "
+               "replay) from f48ffff; from 9854dec the kernel has its FMA form for one token; from a540681 its dot form "
+               "(2+ tokens) reads the kept pairs as words and splits k towards 528 programs on narrow weights "
+               "(results/sparse_gemv_variants_h100.md). The *cuSPARSELt only* "
                "lines are the same layers with that kernel off, in the same process.", ""]
     small = layer_infer(inp, rows[0]["dtype"], 16)
     graph = pair(select(inp.inference, benchmark="infer_graph", variant="dense F.linear", tokens="16"),

@@ -46,11 +46,12 @@ from .linear import SLoPeLinear, SparseLinearBase
 from .masks import nm_mask
 
 # Tokens up to which the few-token kernel replaces cuSPARSELt by default: 1 (a decode step at batch 1). H100,
-# CUDA-graph replay, ``decode`` rows of results/bench_inference_h100.csv: at 1 token the kernel (its FMA form) ran
-# 1.26-1.73x dense F.linear in bf16 (cuSPARSELt 0.51-0.88x) and 1.39-1.67x in fp16 (cuSPARSELt 0.78-1.74x: it won
-# only on fp16 OPT-13B fc2, 1.74 vs 1.67) on the four MLP shapes. From 8 tokens the winner depends on shape and
-# dtype (cuSPARSELt: 1.2-1.7x on fp16 wide weights; the kernel's dot form 0.8-1.2x), so ``"auto"`` measures it per
-# shape (GPU time, cached on disk); the default stays at 1 so that building a layer never pays that unasked.
+# CUDA-graph replay, ``decode`` rows of results/bench_inference_h100.csv (a9ca3cd): at 1 token the kernel (its FMA
+# form) ran 1.26-1.48x dense F.linear in bf16 (cuSPARSELt 0.50-0.86x) and 1.25-1.50x in fp16 (cuSPARSELt
+# 0.67-1.52x: it won only on fp16 OPT-13B fc2) on the four MLP shapes. From 8 tokens the winner depends on shape
+# and dtype (cuSPARSELt: 1.2-1.7x on fp16 wide weights; the kernel's dot form 1.0-1.2x, and cuSPARSELt 0.5-0.9x
+# in bf16), so ``"auto"`` measures it per shape (GPU time, cached on disk); the default stays at 1 so that
+# building a layer never pays that unasked.
 FEW_TOKEN_KERNEL_TOKENS = 1
 _DERIVED_KEYS = ("w_metadata", "wt_packed", "wt_nibbles")  # a training layer's entries that the values determine
 

@@ -4,17 +4,20 @@
 
 Why beside cuSPARSELt: at a few tokens a linear layer is bound by reading its weight, and a 2:4 weight needs only
 1.25 bytes per element (two of four 16-bit values + a mask byte per group) against dense's 2, so up to 1.6x.
-cuSPARSELt gets that on some shapes and not on others: on the H100, under CUDA-graph replay at 1 token, it ran the
-OPT-13B / LLaMA-3-8B MLP shapes at 0.51-0.88x of dense F.linear in bf16 and 0.78-1.74x in fp16, this kernel at
-1.26-1.73x and 1.39-1.67x; at 8-32 tokens cuSPARSELt wins fp16 wide weights (1.2-1.7x) and this kernel tall ones
-(``decode`` rows of results/bench_inference_h100.csv). So `SLoPeInferenceLinear` uses it at 1 token by default and
-picks per shape beyond that with ``few_token_kernel_tokens="auto"``.
+cuSPARSELt gets that on some shapes and not on others: on the H100, under CUDA-graph replay, it ran the OPT-13B /
+LLaMA-3-8B MLP shapes at 0.50-0.91x of dense F.linear in bf16 at 1-32 tokens (this kernel 0.98-1.48x), and in fp16
+at 0.67-1.66x (from 8 tokens it beats this kernel on every fp16 shape but LLaMA up; ``decode`` rows of results/bench_inference_h100.csv,
+a9ca3cd). So `SLoPeInferenceLinear` uses the kernel at 1 token by default and picks per shape beyond that with
+``few_token_kernel_tokens="auto"``.
 
 Two forms. At one token the **FMA** form multiplies each kept value by x at its position (no tensor cores, nothing
-rebuilt) and reads ~2.4-2.5 TB/s of weight bytes, close to dense cuBLAS's ~2.6 TB/s: 1.26-1.73x dense on the
-OPT-13B / LLaMA-3-8B MLP shapes. From 2 tokens the **dot** form rebuilds each dense block in registers and runs it
-through the tensor cores; that trip costs more than the bytes saved allow (~1.8 TB/s, 0.8-1.2x dense at 8-32
-tokens), so a faster multi-token kernel is left for later. Both stream exactly these bytes:
+rebuilt) and reads ~2.4-2.5 TB/s of weight bytes, close to dense cuBLAS's ~2.6 TB/s: 1.26-1.50x dense on the four
+MLP shapes, 1.22x on 5120² (a9ca3cd). From 2 tokens the **dot** form rebuilds each dense block in registers and
+runs it through the tensor cores: 0.99-1.17x dense at 8-32 tokens on the MLP shapes, 0.98-1.05x on 5120² (bf16;
+results/sparse_gemv_variants_h100.csv). It got there from 0.77-1.19x by reading the kept pairs as words and by
+splitting k on narrow weights (`TARGET_PROGRAMS`); two other forms measured slower and were dropped (a7fdc9c,
+c6cb64f: four products per block without the interleave, 0.41-0.91x; a register double buffer of the next block,
+from 17% slower to 8% faster). Both forms stream exactly these bytes:
 `values` (N, K/2), the kept entries in position order (the first N·K/2 elements of every cuSPARSELt tile, so a
 `SLoPeInferenceLinear` reads its own buffers, no copy), and `nibbles` (N, K/4), one byte per group (bit i = kept).
 
@@ -28,10 +31,10 @@ import torch
 
 MAX_BLOCK_T = 64  # tokens per program; more tokens take more programs along the grid's second axis
 # Up to this many tokens the FMA form runs (no tensor cores, no rebuilt dense block), above it the tl.dot form.
-# H100, bf16, CUDA-graph replay (``decode`` rows of results/bench_inference_h100.csv, 9854dec): at 1 token the FMA
-# form ran 1.26-1.73x dense F.linear on the four MLP shapes (~2.5 TB/s of weight reads) and the dot form 0.84-1.27x;
-# at 8 tokens FMA fell to 0.38-0.49x (its per-token loop is compute-bound) and dot ran 0.82-1.16x. 2-7 tokens are
-# not measured, so they take the dot form.
+# H100, bf16, CUDA-graph replay (``decode`` rows of results/bench_inference_h100.csv, a9ca3cd): at 1 token the FMA
+# form ran 1.26-1.48x dense F.linear on the four MLP shapes (~2.5 TB/s of weight reads) and the dot form 1.09-1.17x;
+# at 8 tokens FMA fell to 0.22-0.29x (its per-token loop is compute-bound) and dot ran 1.09-1.17x. At 2 tokens
+# (results/sparse_gemv_variants_h100.md) two FMA token blocks ran 0.74-1.00x, the dot form 1.03-1.20x.
 FMA_MAX_TOKENS = 1
 # Part of the cache key of measured kernel-vs-cuSPARSELt choices: bump it when the kernel's speed changes.
 KERNEL_VERSION = 4
@@ -39,9 +42,9 @@ FORMS = ("auto", "fma", "dot")
 # Split K when fewer than MIN_PROGRAMS (row block x token block) programs would run (about two per SM of an H100),
 # into enough pieces for TARGET_PROGRAMS[form]. Rows per program are autotuned (16-128); the split is decided for
 # 32 rows. H100 bf16, CUDA-graph replay, 2-32 tokens (results/sparse_gemv_variants_h100.md): the dot form on
-# narrow weights gained from ~528 programs (OPT-13B fc2 0.91-1.00x -> 1.13-1.19x dense, 5120² 0.81-0.86x ->
-# 0.99-1.04x, LLaMA down 1.02-1.08x -> 1.07-1.16x), while splitting weights that already had >= 264 programs lost
-# ~10-15% (LLaMA up: the extra finish kernel and fp32 partials); the FMA form was tuned at 264 (9854dec).
+# narrow weights gained from ~528 programs (OPT-13B fc2 0.91-0.98x -> 1.13-1.18x dense, 5120² 0.80-0.85x ->
+# 0.98-1.05x, LLaMA down 1.01-1.08x -> 1.08-1.14x), while splitting weights that already had >= 264 programs lost
+# 8-13% (LLaMA up: the extra finish kernel and fp32 partials); the FMA form was tuned at 264 (9854dec).
 MIN_PROGRAMS = 264
 TARGET_PROGRAMS = {"fma": 264, "dot": 528}
 _SPLIT_ROWS, MIN_K_CHUNK = 32, 1024
@@ -51,7 +54,7 @@ _SPLIT_ROWS, MIN_K_CHUNK = 32, 1024
 # results/sparse_gemv_variants_h100.csv), so chunks stay whole blocks, the last one shorter.
 K_CHUNK_ALIGN = 512
 # The dot form reads each group's two kept values as one integer word (`sparse_gemv_triton._group_weights`'
-# WORDS) wherever the values are aligned for it: +2-11% over reading them as values at 2-32 tokens (same file);
+# WORDS) wherever the values are aligned for it: about +1-11% over reading them as values at 2-32 tokens (same file);
 # the FMA form reads values (words measured no faster at 1 token).
 WORD_LOAD_FORMS = ("dot",)
 

@@ -12,6 +12,10 @@ gives too few programs to keep enough loads in flight, so the k range is cut int
 grid's third axis; each writes an fp32 partial sum and `sparse_gemv_finish_kernel` adds them, the bias, and
 casts (one more launch, paid only where the split is used).
 
+Word loads (``WORDS``, the dot form's default): a group's two kept values are read as one 32-bit word and split
+into halves, which hands the (rows, groups) layout straight to the rebuild instead of reshaping and splitting a
+(rows, 2·groups) block of values (about +1-11% at 2-32 tokens, H100 bf16).
+
 Rebuilding a group from its nibble: with exactly two bits set, position 0 (if kept) is always the first kept
 value and position 3 always the second; position 1 is the second iff bit 0 is set; position 2 iff bit 0 or 1 is.
 """
