@@ -316,11 +316,13 @@ class SLoPeInferenceLinear(SparseLinearBase):
         adapters = self.lora_left is not None
         out = torch.empty(x2d.shape[0], self.out_features + (self.adapter_rows if adapters else 0),
                           device=x2d.device, dtype=self.dtype)
-        gemv.launch(x2d, self.values, self.mask_nibbles, self._dense_bias, out[:, : self.out_features],
-                    *self._values_geometry[:1], self.in_features, *self._values_geometry[1:], self.few_token_form)
+        n, tile_rows, tile_stride = self._values_geometry
+        gemv.launch(x2d, self.values, self.mask_nibbles, self._dense_bias, out[:, : self.out_features], n,
+                    self.in_features, tile_rows, tile_stride, self.few_token_form)
         if adapters:
-            gemv.launch(x2d, self._adapter_values, self.adapter_nibbles, None, out[:, self.out_features:],
-                        *self._adapter_geometry[:1], self.in_features, *self._adapter_geometry[1:], self.few_token_form)
+            n, tile_rows, tile_stride = self._adapter_geometry
+            gemv.launch(x2d, self._adapter_values, self.adapter_nibbles, None, out[:, self.out_features:], n,
+                        self.in_features, tile_rows, tile_stride, self.few_token_form)
         return self._merge_adapters(out)
 
     def _merge_adapters(self, out: torch.Tensor) -> torch.Tensor:

@@ -80,6 +80,20 @@ def _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0,
 
 
 @triton.jit
+def _program_block(T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's rows (rn) and tokens (rt) with their bounds, where each of its rows starts in the values and
+    nibbles, and its k range [k_start, k_end) (one chunk under split K; a chunk may end inside a k block, so the
+    loads are masked at k_end)."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rt = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    rows = rn.to(tl.int64)
+    # row n of W lives in tile n // tile_rows (tiles tile_stride elements apart), each tile row-major (k/2 per row)
+    value_rows = (rows // tile_rows) * tile_stride + (rows % tile_rows) * (K // 2)
+    k_start = tl.program_id(2) * k_chunk
+    return rn, rt, rn < N, rt < T, value_rows, rows * (K // 4), k_start, tl.minimum(K, k_start + k_chunk)
+
+
+@triton.jit
 def _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS: tl.constexpr,
            SPLIT: tl.constexpr):
     """acc (BLOCK_N, BLOCK_T) fp32 -> out[t, n]; under SPLIT an fp32 partial in (splits, T, N) for the finish kernel."""
@@ -100,17 +114,10 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, 
                        stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
                        BLOCK_T: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
-    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rt = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    row_ok, token_ok = rn < N, rt < T
-    rows = rn.to(tl.int64)
-    # row n of W lives in tile n // tile_rows (tiles tile_stride elements apart), each tile row-major (k/2 per row)
-    value_rows = (rows // tile_rows) * tile_stride + (rows % tile_rows) * (K // 2)
-    nibble_rows = rows * (K // 4)
+    rn, rt, row_ok, token_ok, value_rows, nibble_rows, k_start, k_end = _program_block(
+        T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
-    k_start = tl.program_id(2) * k_chunk
-    k_end = tl.minimum(K, k_start + k_chunk)  # a chunk may end inside a block: loads are masked at k_end
     for k0 in range(k_start, k_end, BLOCK_K):
         w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, BLOCK_N,
                                         BLOCK_K, WORDS)
@@ -132,17 +139,11 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T,
     """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores. Each position i of a group multiplies
     the token's x at 4g+i (a stride-4 load of the small, cached x), summed over the groups of the block."""
     GROUPS: tl.constexpr = BLOCK_K // 4
-    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rt = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    row_ok, token_ok = rn < N, rt < T
-    rows = rn.to(tl.int64)
-    value_rows = (rows // tile_rows) * tile_stride + (rows % tile_rows) * (K // 2)
-    nibble_rows = rows * (K // 4)
+    rn, rt, row_ok, token_ok, value_rows, nibble_rows, k_start, k_end = _program_block(
+        T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
     rg = tl.arange(0, GROUPS)
     cols = tl.arange(0, BLOCK_T)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
-    k_start = tl.program_id(2) * k_chunk
-    k_end = tl.minimum(K, k_start + k_chunk)
     for k0 in range(k_start, k_end, BLOCK_K):
         w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, BLOCK_N,
                                         BLOCK_K, WORDS)
