@@ -57,7 +57,9 @@ def test_word_loads_need_aligned_values_and_default_to_the_dot_form(monkeypatch)
     seen = []
     monkeypatch.setattr(module, "split_k", lambda *a: seen.append(a[-1]) or 1)
 
-    class Kernel:  # records the launch instead of running it
+    class Kernel:  # records the launch instead of running it (an autotuner that has not chosen a config yet)
+        best_config = None
+
         def __getitem__(self, grid):
             return lambda *args, **meta: seen.append(meta["WORDS"])
 
@@ -124,3 +126,30 @@ def test_split_k_for_few_rows_and_long_k(device, dtype, tokens, monkeypatch):
         sparse_gemv(x, values, nibbles, b, out=wide[:, 8:])
         _check(wide[:, 8:], x, dense, b, dtype)
         assert not wide[:, :8].any()
+
+
+def test_launch_skips_the_autotuner_once_it_chose_a_config(monkeypatch):
+    """The first launch of a key goes through the autotuner; later ones straight to the JIT function with the
+    config it chose (same constexprs), and a new key goes through the autotuner again."""
+    import triton
+
+    from slope.kernels import sparse_gemv as module
+
+    calls = []
+
+    class JitFunction:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: calls.append(("jit", meta["BLOCK_T"], meta.get("BLOCK_N")))
+
+    class Autotuner:
+        fn = JitFunction()
+        best_config = triton.Config({"BLOCK_N": 32, "BLOCK_K": 256}, num_warps=4)
+
+        def __getitem__(self, grid):
+            return lambda *args, **meta: calls.append(("autotuner", meta["BLOCK_T"], None))
+
+    monkeypatch.setattr(module, "_TUNED", {})
+    kernel = Autotuner()
+    for block_t in (16, 16, 32, 16):
+        module._launch_tuned(kernel, None, (kernel, block_t), (), {"BLOCK_T": block_t})
+    assert calls == [("autotuner", 16, None), ("jit", 16, 32), ("autotuner", 32, None), ("jit", 16, 32)]
