@@ -1,7 +1,7 @@
 """Inference sections of `performance_experiments.speedup`: prefill, decode (with and without the dense
 fallback) and inference memory, for dense, SLoPe and SLoPe with merged / unmerged adapters.
 
-Decode has two figures per batch on a GPU: the wall-clock time of an eager step (what ``model(...)`` in a loop
+Decode has three figures per batch on a GPU: the wall-clock time of an eager step (what ``model(...)`` in a loop
 costs; at small batch it is bound by the host issuing kernels, for dense and SLoPe alike) and the GPU busy time
 of the same step (the sum of its kernels, `timing.kernel_time_fn`: what the step's GPU work costs once the host
 is out of the way, as a CUDA-graph replay would have it), and the wall-clock time of the same step captured in a

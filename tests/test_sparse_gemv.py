@@ -112,12 +112,12 @@ def test_split_k_for_few_rows_and_long_k(device, dtype, tokens, monkeypatch):
     from slope.kernels import sparse_gemv as sparse_gemv_module
     from slope.kernels.sparse_gemv import split_k
 
-    n, k = 24, 2304  # an adapter-like block: one row block, so k is cut in two (chunks of 1536 and 768)
+    n, k = 24, 2304  # an adapter-like block: one row block, so k is cut in two (whole 512 blocks: 1536 and 768)
     assert split_k(n, k) == 2 and split_k(20480, 5120) == 1
     # the dot form aims for more programs than the FMA form, but only where there were too few (measured)
     assert split_k(5120, 20480, 1, "fma") == 2 and split_k(5120, 20480, 1, "dot") == 4
     assert split_k(14336, 4096, 1, "dot") == 1
-    for k, align in ((k, 64), (2208, 16)):  # 2208 in chunks of 1104: each chunk ends inside a k block
+    for k, align in ((k, sparse_gemv_module.K_CHUNK_ALIGN), (2208, 16)):  # 2208 in 1104s: ends inside a k block
         monkeypatch.setattr(sparse_gemv_module, "K_CHUNK_ALIGN", align)
         dense, values, nibbles = _sparse(n, k, device, dtype)
         x = torch.randn(tokens, k, device=device).to(dtype)

@@ -166,8 +166,9 @@ def _launch_tuned(kernel, grid, key: tuple, args: tuple, meta: dict) -> None:
     """``kernel[grid](*args, **meta)``, past the autotuner once it has chosen a config for ``key``.
 
     The autotuner re-derives its cache key and looks the config up on every call; at one decode token that Python
-    was the largest single share of the layer's host time (H100, cProfile of 2000 one-token calls: 17% own time,
-    62% with the JIT dispatch under it). ``key`` holds everything the autotuner keys on (N, K, BLOCK_T, WORDS, the
+    was the largest single share of the layer's host time (H100 host, cProfile of 2000 one-token calls: 17% own
+    time, 62% with the JIT dispatch under it; past it, 82 Python calls per layer call instead of 110 — the µs saved
+    are not measured on one host yet). ``key`` holds everything the autotuner keys on (N, K, BLOCK_T, WORDS, the
     operand dtypes) plus the other constexprs, so the config reused is the one the autotuner would return."""
     config = _TUNED.get(key)
     if config is None:
