@@ -229,9 +229,13 @@ def fig_inference_speedup(rows: list[dict], paper_rows: list[dict]) -> Figure | 
     return fig if drawn else None
 
 
+# decode phases drawn: the eager step (dashed: host-bound at small batch) and the CUDA-graph replayed step (solid)
+DECODE_PHASES = {"one token with KV cache": ("eager", "--"), "one token with KV cache: CUDA graph": ("CUDA graph", "-")}
+
+
 def fig_decode_speedup(rows: list[dict]) -> Figure | None:
     decode = [r for r in latest(rows, RUN_KEY)
-              if r["experiment"] == "decode" and r["phase"] == "one token with KV cache" and r["variant"] != "dense"
+              if r["experiment"] == "decode" and r["phase"] in DECODE_PHASES and r["variant"] != "dense"
               and _float(r["ratio_vs_dense"])]
     if not decode:
         return None
@@ -244,11 +248,12 @@ def fig_decode_speedup(rows: list[dict]) -> Figure | None:
         lines = defaultdict(list)
         for r in decode:
             if r["model"] == model:
-                lines[f"{r['dtype']}{_precision(r)} {r['variant']} r={r['adapter_rank']}"].append(
+                how, style = DECODE_PHASES[r["phase"]]
+                lines[(f"{r['dtype']}{_precision(r)} {r['variant']} r={r['adapter_rank']}, {how}", style)].append(
                     (int(r["batch"]), float(r["ratio_vs_dense"])))
-        for label, points in sorted(lines.items()):
+        for (label, style), points in sorted(lines.items()):
             points.sort()
-            ax.plot(*zip(*points), marker="o", ms=3, label=label)
+            ax.plot(*zip(*points), style, marker="o", ms=3, label=label)
         ax.axhline(1.0, color="k", lw=0.8, label="dense (goal: never below)")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("decode batch")
@@ -258,7 +263,7 @@ def fig_decode_speedup(rows: list[dict]) -> Figure | None:
         ax.grid(alpha=0.3)
     for ax in axes[len(models):]:
         ax.set_visible(False)
-    fig.suptitle("Decode: one token with a KV cache, SLoPe / dense")
+    fig.suptitle("Decode: one token with a KV cache, SLoPe / dense (solid: CUDA-graph replay; dashed: eager)")
     return fig
 
 

@@ -41,6 +41,20 @@ def test_renders_end_to_end_rows_and_skips_missing_data(tmp_path):
     assert {"training_speedup", "inference_speedup", "decode_speedup", "memory", "train_breakdown"} <= written
 
 
+def test_decode_figure_draws_the_graph_replayed_step_solid_and_eager_dashed():
+    rows = [{"experiment": "decode", "model": "opt-13b", "dtype": "bfloat16", "precision": "half", "variant": "slope",
+             "adapter_rank": "0", "phase": phase, "batch": batch, "ratio_vs_dense": ratio, "date": "2026-11-24"}
+            for phase, ratios in (("one token with KV cache", ("0.4", "0.9")),
+                                  ("one token with KV cache: CUDA graph", ("1.25", "1.02")),
+                                  ("one token with KV cache: GPU busy time", ("1.2", "1.0")))  # not drawn
+            for batch, ratio in zip(("1", "32"), ratios)]
+    ax = figures.fig_decode_speedup(rows).axes[0]
+    drawn = {line.get_label(): (line.get_linestyle(), list(line.get_ydata())) for line in ax.get_lines()
+             if line.get_label().startswith("bfloat16")}
+    assert drawn == {"bfloat16 slope r=0, CUDA graph": ("-", [1.25, 1.02]),
+                     "bfloat16 slope r=0, eager": ("--", [0.4, 0.9])}
+
+
 def test_pretraining_curves_take_the_largest_scale_and_band_the_seeds(tmp_path):
     from accuracy_experiments.curves import fig_pretraining_curves, load_curves
 
