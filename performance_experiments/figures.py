@@ -28,6 +28,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+import matplotlib
 from matplotlib.figure import Figure
 
 from accuracy_experiments.curves import fig_pretraining_curves
@@ -240,26 +241,28 @@ def fig_decode_speedup(rows: list[dict]) -> Figure | None:
     if not decode:
         return None
     models = _models(decode)
-    columns = min(4, len(models))
+    columns = min(3, len(models))
     grid_rows = math.ceil(len(models) / columns)
-    fig = Figure(figsize=(4.2 * columns, 3.4 * grid_rows), layout="constrained")
+    fig = Figure(figsize=(7.5 * columns, 3.6 * grid_rows), layout="constrained")
     axes = fig.subplots(grid_rows, columns, squeeze=False).ravel()
     for ax, model in zip(axes, models):  # one panel per model: every line is one variant at one dtype
         lines = defaultdict(list)
         for r in decode:
             if r["model"] == model:
-                how, style = DECODE_PHASES[r["phase"]]
-                lines[(f"{r['dtype']}{_precision(r)} {r['variant']} r={r['adapter_rank']}, {how}", style)].append(
+                lines[(f"{r['dtype']}{_precision(r)} {r['variant']} r={r['adapter_rank']}", r["phase"])].append(
                     (int(r["batch"]), float(r["ratio_vs_dense"])))
-        for (label, style), points in sorted(lines.items()):
+        palette = matplotlib.colormaps["tab20"]  # up to 20 configurations per model without a repeated colour
+        colors = {config: palette(i % 20) for i, config in enumerate(sorted({config for config, _ in lines}))}
+        for (config, phase), points in sorted(lines.items()):  # one colour per configuration, its phases by style
+            how, style = DECODE_PHASES[phase]
             points.sort()
-            ax.plot(*zip(*points), style, marker="o", ms=3, label=label)
+            ax.plot(*zip(*points), style, color=colors[config], marker="o", ms=3, label=f"{config}, {how}")
         ax.axhline(1.0, color="k", lw=0.8, label="dense (goal: never below)")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("decode batch")
         ax.set_ylabel("speedup over dense")
         ax.set_title(f"decode, {model}")
-        ax.legend(fontsize=5)
+        ax.legend(fontsize=5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.grid(alpha=0.3)
     for ax in axes[len(models):]:
         ax.set_visible(False)
