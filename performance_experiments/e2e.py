@@ -179,12 +179,17 @@ def prefill_fn(model, input_ids: torch.Tensor):
     return run
 
 
+def _decode_inputs(batch: int, context: int, vocab: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (batch, context) prompt and (batch, 1) next token every decode measurement uses (seeded)."""
+    generator = torch.Generator(device="cpu").manual_seed(1)
+    prompt = torch.randint(0, vocab, (batch, context), generator=generator).to(device)
+    return prompt, torch.randint(0, vocab, (batch, 1), generator=generator).to(device)
+
+
 def decode_fn(model, batch: int, context: int, vocab: int, device):
     """One-token forward against a KV cache of ``context`` tokens; the cache is cropped back after each call, so
     every timed call sees the same cache length. Returns (fn, cache)."""
-    generator = torch.Generator(device="cpu").manual_seed(1)
-    prompt = torch.randint(0, vocab, (batch, context), generator=generator).to(device)
-    token = torch.randint(0, vocab, (batch, 1), generator=generator).to(device)
+    prompt, token = _decode_inputs(batch, context, vocab, device)
     with torch.no_grad():
         cache = model(input_ids=prompt, use_cache=True, logits_to_keep=1).past_key_values
     del prompt
@@ -213,9 +218,7 @@ def static_decode_step(model, batch: int, context: int, vocab: int, device):
     """
     from transformers import StaticCache
 
-    generator = torch.Generator(device="cpu").manual_seed(1)
-    prompt = torch.randint(0, vocab, (batch, context), generator=generator).to(device)
-    token = torch.randint(0, vocab, (batch, 1), generator=generator).to(device)
+    prompt, token = _decode_inputs(batch, context, vocab, device)
     positions = torch.full((batch, 1), context, device=device, dtype=torch.long)
     mask = torch.ones(batch, 1, 1, context + 1, device=device, dtype=torch.bool)
     cache = StaticCache(config=model.config, max_cache_len=context + 1)

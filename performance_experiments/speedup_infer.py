@@ -2,10 +2,10 @@
 fallback) and inference memory, for dense, SLoPe and SLoPe with merged / unmerged adapters.
 
 Decode has three figures per batch on a GPU: the wall-clock time of an eager step (what ``model(...)`` in a loop
-costs; at small batch it is bound by the host issuing kernels, for dense and SLoPe alike) and the GPU busy time
-of the same step (the sum of its kernels, `timing.kernel_time_fn`: what the step's GPU work costs once the host
-is out of the way, as a CUDA-graph replay would have it), and the wall-clock time of the same step captured in a
-CUDA graph and replayed (how serving engines run decode; `e2e.graph_decode_fn`).
+costs; at small batch it is bound by the host issuing kernels, for dense and SLoPe alike); the GPU busy time of
+the same step (the sum of its kernels, `timing.kernel_time_fn`: what the step's GPU work costs once the host is
+out of the way); and the wall-clock time of the same step captured in a CUDA graph and replayed (how serving
+engines run decode; `e2e.graph_decode_fn`).
 """
 from __future__ import annotations
 

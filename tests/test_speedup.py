@@ -210,9 +210,7 @@ def test_static_decode_step_equals_the_full_forward_and_repeats(name):
     spec = TOY_MODELS[name]
     model = build_model(spec, 2).eval()
     step, _ = e2e.static_decode_step(model, 2, 8, spec.vocab, "cpu")
-    generator = torch.Generator().manual_seed(1)  # the prompt and token `static_decode_step` draws
-    prompt = torch.randint(0, spec.vocab, (2, 8), generator=generator)
-    token = torch.randint(0, spec.vocab, (2, 1), generator=generator)
+    prompt, token = e2e._decode_inputs(2, 8, spec.vocab, "cpu")  # the prompt and token `static_decode_step` uses
     with torch.no_grad():
         reference = model(input_ids=torch.cat([prompt, token], dim=1)).logits[:, -1:]
     first = step().clone()
