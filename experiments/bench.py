@@ -29,11 +29,14 @@ def cuda_time_ms(fn: Callable[[], object], *, warmup: int = 5, repeats: int = 30
 def host_time_us(fn: Callable[[], object], *, calls: int = 200, warmup: int = 20) -> float:
     """Host (CPU) time to issue one call, measured without synchronising inside the loop.
 
-    Use a small problem so the GPU keeps up; the queue then never fills and the wall time is the host cost.
+    A GPU sleep is queued first, long enough (~1 ms of GPU clock per call) that the calls' kernels all wait behind
+    it: the wall time of the loop is then the host's alone, whatever the calls' GPU time. Keep ``calls`` × the
+    launches per call under the driver's queue depth (about a thousand), or the host would block on a full queue.
     """
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
+    torch.cuda._sleep(calls * 2_000_000)  # cycles: ~1 ms per call at the H100's ~2 GHz
     start = time.perf_counter()
     for _ in range(calls):
         fn()

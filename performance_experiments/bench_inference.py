@@ -15,9 +15,12 @@ Benchmarks (rows of one long-form CSV, same columns as `bench_linear`, provenanc
                  eager and CUDA-graph replay, adapter ranks 0 and 1.56% (merged); the note gives the weight bytes
                  read per µs (GB/s). Ideal 1.6x: 1.25 bytes per weight instead of 2 (memory-bound). Every weight
                  here is ≥ 73 MB compressed, larger than the H100's 50 MB L2, so replays cannot hit in cache.
-* ``decode_host`` host time to issue one 1-token call (a 1024² layer, so the GPU keeps up and the wall time is
-                 the host's): dense nn.Linear vs the SLoPe layer through cuSPARSELt and the few-token kernel. In an
-                 eager decode step every layer pays this, and at small batch the step is host-bound.
+* ``decode_host`` host time to issue one 1-token call (1024² and 5120², where the few-token kernel splits K and
+                 launches twice; `experiments.bench.host_time_us` queues a GPU sleep first, so the wall time is the
+                 host's): dense nn.Linear vs the SLoPe layer through cuSPARSELt and the few-token kernel. In an
+                 eager decode step every layer pays this, and at small batch the step is host-bound. The
+                 few-token kernel also gets a ``(JIT dispatch)`` row: every launch through Triton's JIT instead
+                 of `slope.kernels.sparse_gemv.GemvPlan`'s direct launch, in the same process.
 * ``crossover``  per shape: the largest token count at which dense beat the sparse layer (the value
                  ``dense_fallback_tokens="auto"`` picks), measured by the layer itself
 
@@ -235,7 +238,7 @@ def bench_decode(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
 def bench_decode_host(rows: list[dict], shape: str, dtype: torch.dtype, cfg: InferenceBenchConfig) -> None:
     from slope.inference import SLoPeInferenceLinear
 
-    d = 1024
+    d = int(shape.split("x")[0])  # square
     x = torch.randn(1, d, device="cuda", dtype=dtype)
     dense = torch.nn.Linear(d, d, device="cuda", dtype=dtype)
     calls = {"dense nn.Linear": dense}
@@ -244,9 +247,21 @@ def bench_decode_host(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inf
         for kernel, threshold in (("cusparselt", 0), ("sparse_gemv", 1)):
             calls[f"slope {label} {kernel}"] = SLoPeInferenceLinear.from_layer(
                 _simulated_layer(d, d, rank, dtype), few_token_kernel_tokens=threshold)
+    from slope.kernels import sparse_gemv
+
+    # the few-token kernel twice: its compiled kernels launched directly (the default) and every launch through
+    # Triton's JIT dispatch (what it cost before `sparse_gemv.GemvPlan`), same layers, same process
+    default = sparse_gemv.DIRECT_LAUNCH  # SLOPE_GEMV_DIRECT_LAUNCH=0 turns it off for the whole run
+    dispatch = [(name, default) for name in calls] + [(f"{name} (JIT dispatch)", False) for name in calls
+                                                      if name.endswith("sparse_gemv") and default]
     with torch.no_grad():
-        for name, fn in calls.items():
-            us = [host_time_us(lambda: fn(x)) for _ in range(5)]
+        for name, direct in dispatch:
+            fn = calls[name.removesuffix(" (JIT dispatch)")]
+            sparse_gemv.DIRECT_LAUNCH = direct
+            try:
+                us = [host_time_us(lambda: fn(x)) for _ in range(5)]
+            finally:
+                sparse_gemv.DIRECT_LAUNCH = default
             stats = {"median_ms": sorted(us)[2], "iqr_ms": sorted(us)[3] - sorted(us)[1], "min_ms": min(us),
                      "max_ms": max(us), "repeats": 5}
             rows.append(_row("decode_host", f"{d}x{d}", d, d, 1, dtype, name, stats, unit="us_per_call",
@@ -262,7 +277,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit("bench_inference needs a CUDA GPU")
     rows: list[dict] = []
     blocks = [(section, shape, dtype) for section in cfg.sections for dtype in cfg.dtypes
-              for shape in {"decode": cfg.decode_shapes, "decode_host": ("1024x1024",)}.get(section, cfg.shapes)]
+              for shape in {"decode": cfg.decode_shapes, "decode_host": ("1024x1024", "5120x5120")}.get(section, cfg.shapes)]
     benches = {"fused": bench_fused, "layers": bench_layers, "decode_host": bench_decode_host, "decode": bench_decode}
     for section, shape, dtype in tqdm(blocks, desc="bench_inference", file=sys.stderr, disable=None):
         block: list[dict] = []

@@ -122,6 +122,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
         # checked once here, so the few-token path launches without sparse_gemv's per-call checks
         self._values_geometry = gemv.geometry(self.values, self.in_features)
         self._adapter_geometry = gemv.geometry(self._adapter_values, self.in_features)
+        self._gemv_plans = None  # made at the first few-token call (the adapter rows' mask comes with `rebuild`)
 
     def _values_view(self) -> torch.Tensor:
         # Every tile but the last has the same size, and W_R's rows of the last tile come first in it: so W_R's
@@ -205,6 +206,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
             self.bias_padded[: self.out_features].copy_(self.bias.detach())
         if self.dense_fallback_tokens:
             self._build_dense()
+        self._gemv_plans = None  # the adapter rows' mask is a new tensor
         self._built_from = self._fingerprint()
 
     def _fingerprint(self) -> tuple:
@@ -312,17 +314,26 @@ class SLoPeInferenceLinear(SparseLinearBase):
                 op.into(packed, x2d, bias, out, start)
         return self._merge_adapters(out)
 
-    def _few_token_forward(self, x2d: torch.Tensor) -> torch.Tensor:
-        adapters = self.lora_left is not None
-        out = torch.empty(x2d.shape[0], self.out_features + (self.adapter_rows if adapters else 0),
-                          device=x2d.device, dtype=self.dtype)
+    def _make_gemv_plans(self) -> tuple:
+        # the operands were checked once (`_refresh_tiles`), so the plans launch without per-call checks
         n, tile_rows, tile_stride = self._values_geometry
-        gemv.launch(x2d, self.values, self.mask_nibbles, self._dense_bias, out[:, : self.out_features], n,
-                    self.in_features, tile_rows, tile_stride, self.few_token_form)
-        if adapters:
+        plans = (gemv.GemvPlan(self.values, self.mask_nibbles, self._dense_bias, n, self.in_features, tile_rows,
+                               tile_stride),)
+        if self.lora_left is not None:
             n, tile_rows, tile_stride = self._adapter_geometry
-            gemv.launch(x2d, self._adapter_values, self.adapter_nibbles, None, out[:, self.out_features:], n,
-                        self.in_features, tile_rows, tile_stride, self.few_token_form)
+            plans += (gemv.GemvPlan(self._adapter_values, self.adapter_nibbles, None, n, self.in_features, tile_rows,
+                                    tile_stride),)
+        self._gemv_plans = plans
+        return plans
+
+    def _few_token_forward(self, x2d: torch.Tensor) -> torch.Tensor:
+        plans = self._gemv_plans or self._make_gemv_plans()
+        if len(plans) == 1:  # no adapters: one launch into the result
+            return plans[0](x2d, torch.empty(x2d.shape[0], self.out_features, device=x2d.device, dtype=self.dtype),
+                            self.few_token_form)
+        out = torch.empty(x2d.shape[0], self.out_features + self.adapter_rows, device=x2d.device, dtype=self.dtype)
+        plans[0](x2d, out[:, : self.out_features], self.few_token_form)
+        plans[1](x2d, out[:, self.out_features:], self.few_token_form)
         return self._merge_adapters(out)
 
     def _merge_adapters(self, out: torch.Tensor) -> torch.Tensor:

@@ -153,3 +153,95 @@ def test_launch_skips_the_autotuner_once_it_chose_a_config(monkeypatch):
     for block_t in (16, 16, 32, 16):
         module._launch_tuned(kernel, None, (kernel, block_t), (), {"BLOCK_T": block_t})
     assert calls == [("autotuner", 16, None), ("jit", 16, 32), ("autotuner", 32, None), ("jit", 16, 32)]
+
+
+def _plan(values, nibbles, bias, k):
+    from slope.kernels.sparse_gemv import GemvPlan, geometry
+
+    n, tile_rows, tile_stride = geometry(values, k)
+    return GemvPlan(values, nibbles, bias, n, k, tile_rows, tile_stride)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("n,k,tokens,form", [(48, 256, 1, "auto"), (24, 2304, 1, "auto"), (24, 2304, 20, "auto"),
+                                             (48, 256, 5, "dot"), (48, 256, 3, "fma")])  # rows 24: split K
+@pytest.mark.parametrize("bias", [False, True])
+def test_plan_launches_the_compiled_kernels_directly_with_the_jits_numbers(dtype, n, k, tokens, form, bias,
+                                                                             monkeypatch):
+    from unittest import mock
+
+    from slope.kernels import sparse_gemv as module
+
+    _, values, nibbles = _sparse(n, k, "cuda", dtype)
+    b = torch.randn(n, device="cuda").to(dtype) if bias else None
+    plan = _plan(values, nibbles, b, k)
+    x = torch.randn(tokens, k, device="cuda").to(dtype)
+    shifted = torch.empty(tokens * k + 1, device="cuda", dtype=dtype)[1:].view(tokens, k)  # not 16-byte aligned
+    shifted.copy_(torch.randn(tokens, k, device="cuda").to(dtype))
+    expected = {id(x): sparse_gemv(x, values, nibbles, b, form=form),  # through the JIT (autotunes the key)
+                id(shifted): sparse_gemv(shifted, values, nibbles, b, form=form)}
+    with mock.patch.object(module, "_launch", wraps=module._launch) as jit:
+        for inputs in (x, x, x, shifted, shifted):
+            assert torch.equal(plan(inputs, torch.empty(tokens, n, device="cuda", dtype=dtype), form),
+                               expected[id(inputs)])
+        assert jit.call_count == 2  # once per key (alignment is one): the other calls launched directly
+        x.copy_(torch.randn(tokens, k, device="cuda").to(dtype))  # same key, new numbers: read at launch
+        assert torch.equal(plan(x, torch.empty(tokens, n, device="cuda", dtype=dtype), form),
+                           sparse_gemv(x, values, nibbles, b, form=form))
+        calls = jit.call_count
+        monkeypatch.setattr(module, "DIRECT_LAUNCH", False)
+        plan(x, torch.empty(tokens, n, device="cuda", dtype=dtype), form)
+        assert jit.call_count == calls + 1  # off: through the JIT every time
+
+
+def test_plan_falls_back_to_the_jit_when_a_direct_launch_fails(monkeypatch):
+    """A Triton whose launcher wants other arguments raises TypeError before launching: the plan warns once, turns
+    direct launches off and gives the JIT's result (CPU interpreter here)."""
+    from slope.kernels import sparse_gemv as module
+
+    dense, values, nibbles = _sparse(16, 64, "cpu", torch.float16)
+    x = torch.randn(2, 64).half()
+    real = module._launch
+
+    def launch_returning_a_broken_direct(*args):
+        real(*args)
+
+        def broken(x, out):
+            raise TypeError("function takes exactly 12 arguments (20 given)")
+        return broken
+
+    monkeypatch.setattr(module, "_launch", launch_returning_a_broken_direct)
+    monkeypatch.setattr(module, "DIRECT_LAUNCH", True)
+    plan = _plan(values, nibbles, None, 64)
+    _check(plan(x, torch.empty(2, 16).half()), x, dense, None, torch.float16)
+    with pytest.warns(UserWarning, match="launching the compiled kernel directly failed"):
+        out = plan(x, torch.empty(2, 16).half())
+    assert module.DIRECT_LAUNCH is False
+    _check(out, x, dense, None, torch.float16)
+    assert plan(x[:0], torch.empty(0, 16).half()).shape == (0, 16)  # no tokens: nothing to launch
+
+
+def test_runner_binds_arguments_in_the_kernels_parameter_order(monkeypatch):
+    """The direct launch passes every parameter, constexprs included, in signature order (as the JIT binds them);
+    an unknown or missing parameter, or a launch result that is not a compiled kernel, gives no runner."""
+    import triton.compiler
+
+    from slope.kernels import sparse_gemv as module
+
+    class Compiled:
+        def __getitem__(self, grid):
+            return ("runner", grid)
+
+    class Jit:
+        arg_names = ["x_ptr", "out_ptr", "T", "BLOCK_T", "BLOCK_N"]
+
+    monkeypatch.setattr(triton.compiler, "CompiledKernel", Compiled)
+    monkeypatch.setattr(module, "DIRECT_LAUNCH", True)
+    runner, bound = module._runner(Jit(), Compiled(), (3, 1, 1), ("x", "out", 7), {"BLOCK_N": 64, "BLOCK_T": 16})
+    assert runner == ("runner", (3, 1, 1)) and bound == ["x", "out", 7, 16, 64]
+    assert module._runner(Jit(), Compiled(), (3, 1, 1), ("x", "out", 7), {"BLOCK_T": 16}) is None
+    assert module._runner(Jit(), object(), (3, 1, 1), ("x", "out", 7), {"BLOCK_N": 64, "BLOCK_T": 16}) is None
+    monkeypatch.setattr(module, "DIRECT_LAUNCH", False)
+    assert module._runner(Jit(), Compiled(), (3, 1, 1), ("x", "out", 7), {"BLOCK_N": 64, "BLOCK_T": 16}) is None

@@ -27,6 +27,9 @@ only under ``TRITON_INTERPRET=1`` (the tests).
 """
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 
 MAX_BLOCK_T = 64  # tokens per program; more tokens take more programs along the grid's second axis
@@ -57,6 +60,9 @@ K_CHUNK_ALIGN = 512
 # WORDS) wherever the values are aligned for it: about +1-11% over reading them as values at 2-32 tokens (same file);
 # the FMA form reads values (words measured no faster at 1 token).
 WORD_LOAD_FORMS = ("dot",)
+# `GemvPlan` launches the compiled kernels itself after a first launch through Triton's JIT (off: every launch
+# through the JIT). A module attribute, so that a benchmark can measure both in one process.
+DIRECT_LAUNCH = os.environ.get("SLOPE_GEMV_DIRECT_LAUNCH", "1") != "0"
 
 
 def split_k(n: int, k: int, token_blocks: int = 1, form: str = "fma") -> int:
@@ -127,8 +133,17 @@ def word_aligned(values: torch.Tensor, tile_stride: int) -> bool:
 
 def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_stride: int, form: str = "auto",
            words: bool | None = None):
-    """The kernel launch behind `sparse_gemv`, without its checks: for callers that checked their operands once
-    (`slope.SLoPeInferenceLinear` does at build time), since at one decode token the host cost is the step's cost."""
+    """The kernel launch behind `sparse_gemv`, without its checks: for callers that checked their operands once.
+    A caller that launches one weight many times (a layer) should hold a `GemvPlan`, which also skips Triton's
+    per-call dispatch."""
+    _launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words)
+    return out
+
+
+def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_stride: int, form: str,
+            words: bool | None):
+    """Launch through Triton's JIT; returns a ``direct(x, out)`` that repeats this launch for another x and out of
+    the same geometry past the JIT (see `GemvPlan`), or None where the compiled kernels are not at hand."""
     from . import sparse_gemv_triton
 
     tokens = x.shape[0]
@@ -144,35 +159,120 @@ def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_s
     splits = split_k(n, k, token_blocks, resolved)
     k_chunk = -(-(-(-k // splits)) // K_CHUNK_ALIGN) * K_CHUNK_ALIGN  # ⌈k / splits⌉ rounded up
     splits = -(-k // k_chunk)
-    grid = lambda meta: (-(-n // meta["BLOCK_N"]), token_blocks, splits)
+    grid = lambda meta: (-(-n // meta["BLOCK_N"]), token_blocks, splits)  # noqa: E731
     bias_arg = bias if bias is not None else values  # never read without HAS_BIAS
     target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
     meta = dict(HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t,
                 WORDS=16 * values.element_size() if words else 0)
-    _launch_tuned(kernel, grid, (kernel, n, k, x.dtype, values.dtype, target.dtype, *meta.values()),
-                  (x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows,
-                   out.stride(0), k_chunk, tokens * n), meta)
-    if splits > 1:
-        block = 256
-        sparse_gemv_triton.sparse_gemv_finish_kernel[(-(-n // block), tokens)](
-            target, bias_arg, out, tokens, n, splits, out.stride(0), HAS_BIAS=bias is not None, BLOCK=block)
-    return out
+    args = (x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows, out.stride(0),
+            k_chunk, tokens * n)
+    compiled, config = _launch_tuned(kernel, grid, (kernel, n, k, x.dtype, values.dtype, target.dtype,
+                                                    *meta.values()), args, meta)
+    main = None if compiled is None else _runner(kernel.fn, compiled, grid(config.kwargs), args,
+                                                 {**meta, **config.kwargs})
+    if splits == 1:
+        if main is None:
+            return None
+        run, bound = main  # (x, values, nibbles, bias, out, scalars...): x and out change, the rest is fixed
+        operands, scalars = bound[1:4], bound[5:]
+
+        def direct(x, out):
+            run(x, *operands, out, *scalars)
+        return direct
+    block = 256
+    finish_kernel, finish_grid = sparse_gemv_triton.sparse_gemv_finish_kernel, (-(-n // block), tokens)
+    finish_args = (target, bias_arg, out, tokens, n, splits, out.stride(0))
+    finish_meta = dict(HAS_BIAS=bias is not None, BLOCK=block)
+    finish = _runner(finish_kernel, finish_kernel[finish_grid](*finish_args, **finish_meta), finish_grid,
+                     finish_args, finish_meta)
+    if main is None or finish is None:
+        return None
+    (run, bound), (run_finish, finish_bound) = main, finish  # finish: (partials, bias, out, scalars...)
+    operands, scalars, finish_bias, finish_scalars = bound[1:4], bound[5:], finish_bound[1], finish_bound[3:]
+    partials = (splits, tokens, n)
+
+    def direct_split(x, out):
+        target = torch.empty(partials, device=out.device, dtype=torch.float32)
+        run(x, *operands, target, *scalars)
+        run_finish(target, finish_bias, out, *finish_scalars)
+    return direct_split
+
+
+def _runner(jit_fn, compiled, grid: tuple, args: tuple, kwargs: dict):
+    """(``compiled[grid]``, the launch's arguments in the kernel's parameter order, constexprs included, as
+    Triton's JIT binds them) — or None when ``compiled`` is not a `CompiledKernel` (the CPU interpreter, the call
+    that autotuned) or direct launching is off."""
+    from triton.compiler import CompiledKernel
+
+    if not DIRECT_LAUNCH or not isinstance(compiled, CompiledKernel):
+        return None
+    named = dict(zip(jit_fn.arg_names, args), **kwargs)
+    if set(named) != set(jit_fn.arg_names):
+        return None
+    return compiled[grid], [named[name] for name in jit_fn.arg_names]
 
 
 _TUNED: dict[tuple, object] = {}  # launch key -> the triton.Config the autotuner chose for it
 
 
-def _launch_tuned(kernel, grid, key: tuple, args: tuple, meta: dict) -> None:
-    """``kernel[grid](*args, **meta)``, past the autotuner once it has chosen a config for ``key``.
+def _launch_tuned(kernel, grid, key: tuple, args: tuple, meta: dict):
+    """``kernel[grid](*args, **meta)``, past the autotuner once it has chosen a config for ``key``; returns
+    (the compiled kernel Triton's JIT launched, or None on the autotuning call; the config).
 
     The autotuner re-derives its cache key and looks the config up on every call; at one decode token that Python
     was the largest single share of the layer's host time (H100 host, cProfile of 2000 one-token calls: 17% own
-    time, 62% with the JIT dispatch under it; past it, 82 Python calls per layer call instead of 110 — the µs saved
-    are not measured on one host yet). ``key`` holds everything the autotuner keys on (N, K, BLOCK_T, WORDS, the
-    operand dtypes) plus the other constexprs, so the config reused is the one the autotuner would return."""
+    time, 62% with the JIT dispatch under it). ``key`` holds everything the autotuner keys on (N, K, BLOCK_T, WORDS,
+    the operand dtypes) plus the other constexprs, so the config reused is the one the autotuner would return."""
     config = _TUNED.get(key)
     if config is None:
         kernel[grid](*args, **meta)
         _TUNED[key] = kernel.best_config
-    else:
-        kernel.fn[grid](*args, **meta, **config.all_kwargs())
+        return None, None
+    return kernel.fn[grid](*args, **meta, **config.all_kwargs()), config
+
+
+class GemvPlan:
+    """`launch` for one weight (``values``, ``nibbles``, ``bias`` and their geometry fixed): ``plan(x, out, form)``.
+
+    Why: in an eager decode step every layer's host cost is paid in full (the GPU waits on it at small batch), and
+    Triton's JIT dispatch — binding and specialising ~20 arguments, its cache key, the autotuner's lookup, the grid
+    callback, for the split-K finish kernel a second time — was most of a SLoPe layer's. So the first call for each
+    (tokens, x's and out's row strides and 16-byte alignment, form) goes through the JIT (autotuning and compiling
+    as needed) and keeps what it launched; later calls launch the same compiled kernels directly
+    (`triton.compiler.CompiledKernel[grid]`, the arguments in the order the JIT binds them). The key holds every
+    argument value Triton specialises on that can change between calls, so a direct launch runs exactly the kernel
+    the JIT would pick. ``SLOPE_GEMV_DIRECT_LAUNCH=0`` (or `DIRECT_LAUNCH` = False) turns it off.
+
+    The plan keeps references to the operands: build a new one when they are reallocated.
+    """
+
+    def __init__(self, values: torch.Tensor, nibbles: torch.Tensor, bias: torch.Tensor | None, n: int, k: int,
+                 tile_rows: int, tile_stride: int):
+        self._operands = (values, nibbles, bias, n, k, tile_rows, tile_stride)
+        self._direct: dict[tuple, object] = {}
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor, form: str = "auto") -> torch.Tensor:
+        tokens = x.shape[0]
+        if not tokens:
+            return out
+        key = (tokens, x.stride(0), out.stride(0), x.data_ptr() % 16 == 0, out.data_ptr() % 16 == 0, x.dtype,
+               out.dtype, form)
+        direct = self._direct.get(key)
+        if direct is not None and DIRECT_LAUNCH:
+            try:
+                direct(x, out)
+                return out
+            except TypeError as error:  # a Triton whose launcher takes other arguments: the JIT path stays correct
+                _turn_off_direct_launch(error)
+        direct = _launch(x, *self._operands[:3], out, *self._operands[3:], form, None)
+        if direct is not None:
+            self._direct[key] = direct
+        return out
+
+
+def _turn_off_direct_launch(error: Exception) -> None:
+    global DIRECT_LAUNCH
+    DIRECT_LAUNCH = False
+    warnings.warn(f"sparse_gemv: launching the compiled kernel directly failed on this Triton ({error}); every "
+                  "launch goes through Triton's JIT dispatch from now on (correct, more host time per call)",
+                  stacklevel=3)
