@@ -241,6 +241,8 @@ def test_runner_binds_arguments_in_the_kernels_parameter_order(monkeypatch):
     monkeypatch.setattr(module, "DIRECT_LAUNCH", True)
     runner, bound = module._runner(Jit(), Compiled(), (3, 1, 1), ("x", "out", 7), {"BLOCK_N": 64, "BLOCK_T": 16})
     assert runner == ("runner", (3, 1, 1)) and bound == ["x", "out", 7, 16, 64]
+    runner, _ = module._runner(Jit(), Compiled(), (3, 2), ("x", "out", 7), {"BLOCK_N": 64, "BLOCK_T": 16})
+    assert runner == ("runner", (3, 2, 1))  # a 2-D grid (the finish kernel's) gets its third axis
     assert module._runner(Jit(), Compiled(), (3, 1, 1), ("x", "out", 7), {"BLOCK_T": 16}) is None
     assert module._runner(Jit(), object(), (3, 1, 1), ("x", "out", 7), {"BLOCK_N": 64, "BLOCK_T": 16}) is None
     monkeypatch.setattr(module, "DIRECT_LAUNCH", False)

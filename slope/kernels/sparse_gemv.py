@@ -209,6 +209,7 @@ def _runner(jit_fn, compiled, grid: tuple, args: tuple, kwargs: dict):
     named = dict(zip(jit_fn.arg_names, args), **kwargs)
     if set(named) != set(jit_fn.arg_names):
         return None
+    grid = tuple(grid) + (1,) * (3 - len(grid))  # the compiled runner reads all three axes; the JIT pads them
     return compiled[grid], [named[name] for name in jit_fn.arg_names]
 
 
