@@ -80,7 +80,7 @@ def bench_host(rows: list[dict]) -> None:
         us.sort()
         stats = {"median_ms": us[2], "iqr_ms": us[3] - us[1], "min_ms": us[0], "max_ms": us[-1], "repeats": 5}
         rows.append(_row("host", "1024x1024", d, d, tokens, dtype, name, stats, unit="us_per_call",
-                         note="host wall time per call, 200 calls without sync, 5 runs"))
+                         note="host wall time per call: 100 calls queued behind a GPU sleep, no sync, 5 runs"))
 
 
 def _mask(w):

@@ -33,7 +33,7 @@ def render(rows: list[dict]) -> str:
         out += [f"## Run at commit {sha} on {device}, {date}", ""]
         host = [r for r in run if r["benchmark"] == "host"]
         if host:
-            out += ["**Host time per call** (1024x1024 fp16, 16 tokens, median of 5 runs of 200 calls):", "",
+            out += [f"**Host time per call** (1024x1024 fp16, 16 tokens, the median; {host[0]['note']}):", "",
                     "| call | µs per call |", "|---|---|"]
             out += [f"| {r['variant']} | {float(r['median']):.1f} |" for r in host]
             ext = next(float(r["median"]) for r in host if r["variant"] == "spmm extension")
