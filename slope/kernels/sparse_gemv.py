@@ -3,7 +3,8 @@
     out = x · Wᵀ (+ bias)      x (T, K), W (N, K) 2:4 along K, T small (one decode step: T = batch)
 
 Why beside cuSPARSELt: at a few tokens a linear layer is bound by reading its weight, and a 2:4 weight needs only
-1.25 bytes per element (two of four 16-bit values + a mask byte per group) against dense's 2, so up to 1.6x.
+1.25 bytes per element (two of four 16-bit values + a mask byte per group; 1.125 with two groups' masks per byte)
+against dense's 2, so up to 1.6x (1.78x).
 cuSPARSELt gets that on some shapes and not on others: on the H100, under CUDA-graph replay, it ran the OPT-13B /
 LLaMA-3-8B MLP shapes at 0.50-0.91x of dense F.linear in bf16 at 1-32 tokens (this kernel 0.98-1.48x), and in fp16
 at 0.67-1.66x (from 8 tokens it beats this kernel on every fp16 shape but LLaMA up; ``decode`` rows of results/bench_inference_h100.csv,
@@ -19,7 +20,8 @@ splitting k on narrow weights (`TARGET_PROGRAMS`); two other forms measured slow
 c6cb64f: four products per block without the interleave, 0.41-0.91x; a register double buffer of the next block,
 from 17% slower to 8% faster). Both forms stream exactly these bytes:
 `values` (N, K/2), the kept entries in position order (the first N·K/2 elements of every cuSPARSELt tile, so a
-`SLoPeInferenceLinear` reads its own buffers, no copy), and `nibbles` (N, K/4), one byte per group (bit i = kept).
+`SLoPeInferenceLinear` reads its own buffers, no copy), and `nibbles` (N, K/4), one byte per group (bit i =
+kept), or (N, K/8) with two groups per byte (`nm_pack.pair_nibbles`: 1.125 bytes per weight, what the layer keeps).
 
 ``values`` may also be a (tiles, rows per tile, K/2) strided view (a tiled layer's W_R inside its packed buffer);
 ``out`` may be a column block of a wider buffer (unit column stride). Triton is imported lazily; on CPU it runs
@@ -106,8 +108,10 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
     if form not in FORMS:
         raise ValueError(f"sparse_gemv: form must be one of {FORMS}, got {form!r}")
     n, tile_rows, tile_stride = geometry(values, k)
-    if nibbles.shape != (n, k // 4) or nibbles.dtype != torch.uint8 or not nibbles.is_contiguous():
-        raise ValueError(f"sparse_gemv: nibbles must be contiguous uint8 ({n}, {k // 4}), got "
+    paired = k % 8 == 0 and nibbles.shape == (n, k // 8)
+    if (nibbles.shape != (n, k // 4) and not paired) or nibbles.dtype != torch.uint8 or not nibbles.is_contiguous():
+        raise ValueError(f"sparse_gemv: nibbles must be contiguous uint8 ({n}, {k // 4}) (a byte per group of 4) or "
+                         f"({n}, {k // 8}) (two groups per byte, nm_pack.pair_nibbles; K a multiple of 8), got "
                          f"{nibbles.dtype} {tuple(nibbles.shape)}")
     if bias is not None and (bias.shape != (n,) or not bias.is_contiguous()):
         raise ValueError(f"sparse_gemv: bias must be a contiguous vector of {n} outputs, got {tuple(bias.shape)}")
@@ -163,7 +167,7 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
     bias_arg = bias if bias is not None else values  # never read without HAS_BIAS
     target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
     meta = dict(HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t,
-                WORDS=16 * values.element_size() if words else 0)
+                WORDS=16 * values.element_size() if words else 0, PAIRED=nibbles.shape[-1] * 8 == k)
     args = (x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows, out.stride(0),
             k_chunk, tokens * n)
     compiled, config = _launch_tuned(kernel, grid, (kernel, n, k, x.dtype, values.dtype, target.dtype,

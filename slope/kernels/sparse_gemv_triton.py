@@ -1,9 +1,10 @@
 """Triton kernel behind `slope.kernels.sparse_gemv` (imported lazily: `import slope` never needs triton).
 
 `sparse_gemv_kernel`: out[t, n] = Σ_k x[t, k] · W[n, k] (+ bias[n]) for a few tokens t, W 2:4 sparse along k and
-stored as its kept values (n, k/2) plus one mask byte per group of 4 (bit i = position i kept), the layout of
-`slope.kernels.nm_pack`. Each program owns BLOCK_N rows of W and streams them once over k: per group it reads
-2 values and 1 byte instead of 4 dense values (1.25 bytes per weight instead of 2 at 16 bits), rebuilds the dense
+stored as its kept values (n, k/2) plus its mask: one byte per group of 4 (bit i = position i kept), the layout of
+`slope.kernels.nm_pack`, or two groups per byte (``PAIRED``, `nm_pack.pair_nibbles`; what an inference layer
+keeps). Each program owns BLOCK_N rows of W and streams them once over k: per group it reads 2 values and a byte
+or half a byte instead of 4 dense values (1.25 or 1.125 bytes per weight instead of 2 at 16 bits), rebuilds the dense
 block in registers and multiplies it on the tensor cores against the token block (padded to ≥ 16 rows, which
 costs nothing here: at a few tokens the kernel is bound by reading W).
 
@@ -42,19 +43,27 @@ _FMA_CONFIGS = _CONFIGS if os.environ.get("TRITON_INTERPRET") == "1" else [
 
 @triton.jit
 def _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr, WORDS: tl.constexpr = 0):
+                   BLOCK_K: tl.constexpr, WORDS: tl.constexpr = 0, PAIRED: tl.constexpr = False):
     """W at positions 0..3 of each group of the (BLOCK_N, BLOCK_K) block starting at k0: four (BLOCK_N, BLOCK_K/4)
     tensors in the values' dtype, zero where the mask drops the weight (and from k_end on, or past N).
 
     ``WORDS`` (32 for 16-bit values, 64 for fp32; 0: off) reads each group's two kept values as one integer word
     and takes its halves apart (little endian: the first value is the low half), which gives the (rows, groups)
     layout straight from the load instead of a reshape and split of a (rows, 2·groups) block. It needs the
-    values 2-element aligned (the wrapper checks)."""
+    values 2-element aligned (the wrapper checks).
+
+    ``PAIRED``: the mask holds two groups per byte (group 2j in the low half, `nm_pack.pair_nibbles`), half the
+    mask bytes; both groups of a byte are read by neighbouring lanes from the same cached sector."""
     GROUPS: tl.constexpr = BLOCK_K // 4
     rg = tl.arange(0, GROUPS)
-    g_ok = (k0 // 4 + rg) < k_end // 4
+    g = k0 // 4 + rg
+    g_ok = g < k_end // 4
     group_ok = row_ok[:, None] & g_ok[None, :]
-    nib = tl.load(nibbles_ptr + nibble_rows[:, None] + (k0 // 4 + rg)[None, :], mask=group_ok, other=0).to(tl.int32)
+    if PAIRED:
+        both = tl.load(nibbles_ptr + nibble_rows[:, None] + (g // 2)[None, :], mask=group_ok, other=0).to(tl.int32)
+        nib = (both >> ((g % 2) * 4)[None, :]) & 15
+    else:
+        nib = tl.load(nibbles_ptr + nibble_rows[:, None] + g[None, :], mask=group_ok, other=0).to(tl.int32)
     if WORDS == 32:
         words = tl.load(values_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + value_rows[:, None] // 2
                         + (k0 // 4 + rg)[None, :], mask=group_ok, other=0)
@@ -80,7 +89,8 @@ def _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0,
 
 
 @triton.jit
-def _program_block(T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+def _program_block(T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+                   PAIRED: tl.constexpr):
     """This program's rows (rn) and tokens (rt) with their bounds, where each of its rows starts in the values and
     nibbles, and its k range [k_start, k_end) (one chunk under split K; a chunk may end inside a k block, so the
     loads are masked at k_end)."""
@@ -90,7 +100,11 @@ def _program_block(T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T: tl.constex
     # row n of W lives in tile n // tile_rows (tiles tile_stride elements apart), each tile row-major (k/2 per row)
     value_rows = (rows // tile_rows) * tile_stride + (rows % tile_rows) * (K // 2)
     k_start = tl.program_id(2) * k_chunk
-    return rn, rt, rn < N, rt < T, value_rows, rows * (K // 4), k_start, tl.minimum(K, k_start + k_chunk)
+    if PAIRED:
+        nibble_rows = rows * (K // 8)
+    else:
+        nibble_rows = rows * (K // 4)
+    return rn, rt, rn < N, rt < T, value_rows, nibble_rows, k_start, tl.minimum(K, k_start + k_chunk)
 
 
 @triton.jit
@@ -108,19 +122,20 @@ def _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stri
                  mask=inside)
 
 
-@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS"])
+@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "PAIRED"])
 @triton.jit
 def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride, tile_rows,
                        stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                       BLOCK_T: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       BLOCK_T: tl.constexpr, WORDS: tl.constexpr, PAIRED: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
     """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
     rn, rt, row_ok, token_ok, value_rows, nibble_rows, k_start, k_end = _program_block(
-        T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
+        T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N, PAIRED)
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, BLOCK_N,
-                                        BLOCK_K, WORDS)
+                                        BLOCK_K, WORDS, PAIRED)
         # join stacks along a new last axis: join(join(w0, w2), join(w1, w3))[..., i, j] = w_{2i+j}, so the
         # row-major reshape puts position 4g+2i+j in place
         dense = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
@@ -131,22 +146,23 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, 
     _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS, SPLIT)
 
 
-@triton.autotune(configs=_FMA_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS"])
+@triton.autotune(configs=_FMA_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "PAIRED"])
 @triton.jit
 def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride,
                            tile_rows, stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                           BLOCK_T: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                           BLOCK_T: tl.constexpr, WORDS: tl.constexpr, PAIRED: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_K: tl.constexpr):
     """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores. Each position i of a group multiplies
     the token's x at 4g+i (a stride-4 load of the small, cached x), summed over the groups of the block."""
     GROUPS: tl.constexpr = BLOCK_K // 4
     rn, rt, row_ok, token_ok, value_rows, nibble_rows, k_start, k_end = _program_block(
-        T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
+        T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N, PAIRED)
     rg = tl.arange(0, GROUPS)
     cols = tl.arange(0, BLOCK_T)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, BLOCK_N,
-                                        BLOCK_K, WORDS)
+                                        BLOCK_K, WORDS, PAIRED)
         w0, w1, w2, w3 = w0.to(tl.float32), w1.to(tl.float32), w2.to(tl.float32), w3.to(tl.float32)
         g_ok = (k0 // 4 + rg) < k_end // 4
         for t in tl.static_range(BLOCK_T):
