@@ -126,7 +126,8 @@ def main(argv=None) -> None:
                 print(f"{dtype_name} {shape} {tokens} tokens: " + ", ".join(
                     f"{r['variant']} {r['speedup_vs_dense']}" for r in rows[-len(tried):]),
                     flush=True)
-    write_rows(args.output, rows, columns=COLUMNS, config=vars(args))
+                # each token count lands at once (appended): a run cut short by a time limit keeps what it measured
+                write_rows(args.output, rows[-len(tried) - 1:], columns=COLUMNS, config=vars(args))
     print(f"wrote {len(rows)} rows to {args.output}")
 
 

@@ -63,7 +63,7 @@ def test_word_loads_need_aligned_values_and_default_to_the_dot_form(monkeypatch)
     x = torch.randn(2, 16).half()
     shifted = torch.empty(values.numel() + 1, dtype=torch.float16)[1:].view(values.shape)  # 2-byte aligned only
     shifted.copy_(values)
-    with pytest.raises(ValueError, match="words=True reads values in pairs"):
+    with pytest.raises(ValueError, match="words=True reads values 2 at a time"):
         sparse_gemv(x, shifted, nibbles, words=True)
     seen = []
     monkeypatch.setattr(module, "split_k", lambda *a: seen.append(a[-1]) or 1)
@@ -128,8 +128,8 @@ def test_split_k_for_few_rows_and_long_k(device, dtype, tokens, monkeypatch):
     # the dot form aims for more programs than the FMA form, but only where there were too few (measured)
     assert split_k(5120, 20480, 1, "fma") == 2 and split_k(5120, 20480, 1, "dot") == 4
     assert split_k(14336, 4096, 1, "dot") == 1
-    # 2208 in 1104s: a chunk ends inside a k block; 2200 in 1100s: the second chunk starts at group 275, the high
-    # half of a paired mask byte
+    # 2208 in 1104s: a chunk ends inside a k block; 2200: in 1100s with byte masks (the second chunk starts at
+    # group 275), in 1104s with paired ones (chunks are rounded to whole pairs of groups)
     for k, align in ((k, sparse_gemv_module.K_CHUNK_ALIGN), (2208, 16), (2200, 4)):
         monkeypatch.setattr(sparse_gemv_module, "K_CHUNK_ALIGN", align)
         dense, values, nibbles = _sparse(n, k, device, dtype)

@@ -120,19 +120,25 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
     elif out.shape != (tokens, n) or out.stride(1) != 1:
         raise ValueError(f"sparse_gemv: out must be ({tokens}, {n}) with unit column stride, got shape "
                          f"{tuple(out.shape)} strides {out.stride()}")
-    if words and not word_aligned(values, tile_stride):
-        raise ValueError(f"sparse_gemv: words=True reads values in pairs, so they must start on a "
-                         f"{2 * values.element_size()}-byte boundary with an even tile stride; got data_ptr % "
-                         f"{2 * values.element_size()} = {values.data_ptr() % (2 * values.element_size())}, tile "
+    if words and not word_aligned(values, tile_stride, paired):
+        per = 4 if paired else 2  # values per word: a group's kept pair, or (paired masks) two groups' pairs
+        raise ValueError(f"sparse_gemv: words=True reads values {per} at a time, so they must be 16-bit"
+                         f"{'' if paired else ' or 32-bit'} and start on a {per * values.element_size()}-byte boundary "
+                         f"with a tile stride that is a multiple of {per}; got {values.dtype}, data_ptr % "
+                         f"{per * values.element_size()} = {values.data_ptr() % (per * values.element_size())}, tile "
                          f"stride {tile_stride} (pass words=False)")
     if tokens and n:
         launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words)
     return out
 
 
-def word_aligned(values: torch.Tensor, tile_stride: int) -> bool:
-    """Whether ``values`` can be read as pairs (`sparse_gemv`'s ``words``)."""
-    return values.data_ptr() % (2 * values.element_size()) == 0 and tile_stride % 2 == 0
+def word_aligned(values: torch.Tensor, tile_stride: int, paired: bool = False) -> bool:
+    """Whether ``values`` can be read as integer words (`sparse_gemv`'s ``words``): a group's kept pair per word,
+    or with a paired mask two groups' (four 16-bit values in 64 bits)."""
+    per = 4 if paired else 2
+    if paired and values.element_size() != 2:
+        return False
+    return values.data_ptr() % (per * values.element_size()) == 0 and tile_stride % per == 0
 
 
 def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_stride: int, form: str = "auto",
@@ -157,17 +163,20 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
     else:  # ≥ 16: tl.dot's minimum; the padded token rows are masked out of the loads and the store
         kernel, block_t = sparse_gemv_triton.sparse_gemv_kernel, min(MAX_BLOCK_T, max(16, 1 << (tokens - 1).bit_length()))
     resolved = "fma" if fma else "dot"
+    paired = nibbles.shape[-1] * 8 == k
     if words is None:
-        words = resolved in WORD_LOAD_FORMS and word_aligned(values, tile_stride)
+        words = (paired or resolved in WORD_LOAD_FORMS) and word_aligned(values, tile_stride, paired)
     token_blocks = -(-tokens // block_t)
     splits = split_k(n, k, token_blocks, resolved)
     k_chunk = -(-(-(-k // splits)) // K_CHUNK_ALIGN) * K_CHUNK_ALIGN  # ⌈k / splits⌉ rounded up
+    if paired:  # a paired mask byte holds two groups: chunks are whole pairs
+        k_chunk = -(-k_chunk // 8) * 8
     splits = -(-k // k_chunk)
     grid = lambda meta: (-(-n // meta["BLOCK_N"]), token_blocks, splits)  # noqa: E731
     bias_arg = bias if bias is not None else values  # never read without HAS_BIAS
     target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
     meta = dict(HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t,
-                WORDS=16 * values.element_size() if words else 0, PAIRED=nibbles.shape[-1] * 8 == k)
+                WORDS=16 * values.element_size() if words else 0, PAIRED=paired)
     args = (x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows, out.stride(0),
             k_chunk, tokens * n)
     compiled, config = _launch_tuned(kernel, grid, (kernel, n, k, x.dtype, values.dtype, target.dtype,
