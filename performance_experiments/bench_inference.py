@@ -13,8 +13,7 @@ Benchmarks (rows of one long-form CSV, same columns as `bench_linear`, provenanc
                  SLoPe layer through cuSPARSELt and through the few-token kernel (`slope.kernels.sparse_gemv`;
                  at rank 0 also each of its forms forced: fma, dot),
                  eager and CUDA-graph replay, adapter ranks 0 and 1.56% (merged); the note gives the weight bytes
-                 read per µs (GB/s). Ideal 1.78x: 1.125 bytes per weight instead of 2 (memory-bound; 1.6x with the
-                 byte-per-group mask of the layers before 2026-11-24). Every weight
+                 read per µs (GB/s). Ideal 1.6x: 1.25 bytes per weight instead of 2 (memory-bound). Every weight
                  here is ≥ 73 MB compressed, larger than the H100's 50 MB L2, so replays cannot hit in cache.
 * ``decode_host`` host time to issue one 1-token call (1024² and 5120², where the few-token kernel splits K and
                  launches twice; `experiments.bench.host_time_us` queues a GPU sleep first, so the wall time is the
@@ -190,12 +189,12 @@ def _graph_rows(rows, shape, d_in, d_out, tokens, dtype, layers, w, bias, cfg) -
 
 def _weight_bytes(layer, dense: bool, d_in: int, d_out: int, dtype: torch.dtype) -> int:
     """Bytes a few-token call must read for the weight: dense 2 per weight; the sparse layer its kept values and
-    its mask (`mask_pairs`: half a byte per group of 4), adapter rows included."""
+    one mask byte per group of 4, adapter rows included."""
     size = torch.finfo(dtype).bits // 8
     if dense:
         return d_in * d_out * size
     rows = d_out + (layer.adapter_rows if layer.lora_left is not None else 0)
-    return rows * (d_in // 2 * size + layer.mask_pairs.shape[1])
+    return rows * (d_in // 2 * size + d_in // 4)
 
 
 def bench_decode(rows: list[dict], shape: str, dtype: torch.dtype, cfg: InferenceBenchConfig) -> None:

@@ -304,7 +304,7 @@ def analytic_static_bytes(sparse: int, other: int, precision: str, *, training: 
     Training: dense = all elements x (weight + grad + 2 moments) at `STATE_BYTES[precision]`; SLoPe = sparse-able
     elements x `SLOPE_SPARSE_BYTES` (W and W_RCᵀ compressed at 9/16, kept-half gradient, fp32 master and moments,
     4-bit masks) + the rest as dense. Inference: 16-bit weights; sparse-able weights at 9/16 (values + metadata)
-    plus the inference layer's mask (two groups of 4 per byte: 1/16 of a 16-bit weight, so 0.625 of dense, not the
+    plus the inference layer's mask (one byte per group of 4: 1/8 of a 16-bit weight, so 0.6875 of dense, not the
     0.5625 storage bound); ``adapters`` = (elements of the L's, of the R's), 16-bit, a merged L at 9/16.
     """
     if training:
@@ -312,7 +312,7 @@ def analytic_static_bytes(sparse: int, other: int, precision: str, *, training: 
         return {"dense": (sparse + other) * per, "slope": sparse * SLOPE_SPARSE_BYTES + other * per}
     left, right = adapters
     adapter_bytes = left * 2 * (9 / 16 if merged else 1) + right * 2
-    return {"dense": (sparse + other) * 2, "slope": sparse * (2 * 9 / 16 + 0.125) + other * 2 + adapter_bytes}
+    return {"dense": (sparse + other) * 2, "slope": sparse * (2 * 9 / 16 + 0.25) + other * 2 + adapter_bytes}
 
 
 def adapter_elements(model: torch.nn.Module, rank: int) -> tuple[int, int]:

@@ -75,7 +75,7 @@ def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
                         ratio_vs_dense=round_or_blank(static["total"] / ref["static"] if ref.get("static") else ""),
                         ideal=round_or_blank(1.0 if is_dense else expected),
                         ideal_basis="reference" if is_dense else "analytic: 16-bit weights, sparse-able at 9/16 + "
-                        "a mask of half a byte per group of 4 (storage bound alone: 9/16)"
+                        "a byte-per-group-of-4 mask (storage bound alone: 9/16)"
                         if expected != "" else "none (simulated sparsity keeps dense weights)",
                         paper="" if is_dense else paper_value(run.paper, "memory_inference", "SLoPe", run.spec.name,
                                                               method_rank), note=note))

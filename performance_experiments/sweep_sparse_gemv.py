@@ -4,9 +4,7 @@
 
 Per shape × token count × variant: the kernel's GPU time per call and its speedup over dense F.linear, both timed
 the same way in the same process. A variant is a form (``fma``, ``dot``), whether the kept pairs are read as
-integer words, the split-K program target (`sparse_gemv.TARGET_PROGRAMS` for that form) and, with ``--masks``, the
-mask layout (``byte``: a byte per group of 4; ``pairs``: two groups per byte, the inference layer's; named in the
-variant after the others). Timing: ``calls``
+integer words, and the split-K program target (`sparse_gemv.TARGET_PROGRAMS` for that form). Timing: ``calls``
 calls captured in one CUDA graph, the replay timed (median of 6 after a warm-up replay), so host cost is out;
 the calls rotate over ``copies`` weights of each shape so that no call finds its weight in L2 (a 5120² weight is
 33 MB compressed, an H100's L2 50 MB). This is how the defaults in `slope.kernels.sparse_gemv` were chosen.
@@ -68,7 +66,6 @@ def main(argv=None) -> None:
     parser.add_argument("--dtypes", default="bfloat16")
     parser.add_argument("--targets", default="264,528,1056", help="split-K program targets tried for the dot form")
     parser.add_argument("--chunk-aligns", default="512", help="split-K chunk roundings tried (K_CHUNK_ALIGN)")
-    parser.add_argument("--masks", default="byte", help="mask layouts tried: byte (a byte per group), pairs")
     parser.add_argument("--copies", type=int, default=4)
     args = parser.parse_args(argv)
     from slope.kernels import nm_pack
@@ -86,14 +83,13 @@ def main(argv=None) -> None:
         dtype = getattr(torch, dtype_name)
         for shape in args.shapes.split(","):
             d_in, d_out = SHAPES[shape]
-            dense, values, nibbles, pairs = [], [], [], []
+            dense, values, nibbles = [], [], []
             for _ in range(args.copies):
                 weight = torch.randn(d_out, d_in, device="cuda", dtype=dtype)
                 mask = row_mask(weight, 2, 4)
                 dense.append(weight * mask)
                 nibbles.append(nm_pack.pack_nibbles(mask))
                 values.append(nm_pack.gather_kept(weight, nibbles[-1]).contiguous())
-                pairs.append(nm_pack.pair_nibbles(nibbles[-1]))
             for tokens in map(int, args.tokens.split(",")):
                 x = torch.randn(tokens, d_in, device="cuda", dtype=dtype)
                 reference = x.float() @ dense[0].float().t()
@@ -102,22 +98,18 @@ def main(argv=None) -> None:
                 rows.append(dict(common, variant="dense F.linear", form="", words="", target_programs="", k_chunk_align="",
                                  median=round(base["median"], 3), iqr=round(base["iqr"], 3), repeats=base["repeats"],
                                  speedup_vs_dense=1.0, rel_error=""))
-                tried = [(*variant, mask) for variant in variants(tokens, targets, aligns)
-                         for mask in args.masks.split(",")]
-                for form, words, target, align, mask in tried:
-                    masks = {"byte": nibbles, "pairs": pairs}[mask]
+                tried = variants(tokens, targets, aligns)
+                for form, words, target, align in tried:
                     gemv.TARGET_PROGRAMS[form], gemv.K_CHUNK_ALIGN = target, align
                     try:
-                        y = gemv.sparse_gemv(x, values[0], masks[0], form=form, words=words)
+                        y = gemv.sparse_gemv(x, values[0], nibbles[0], form=form, words=words)
                         error = ((y.float() - reference).norm() / reference.norm()).item()
-                        stats = graph_us(lambda i: gemv.sparse_gemv(x, values[i], masks[i], form=form, words=words),
+                        stats = graph_us(lambda i: gemv.sparse_gemv(x, values[i], nibbles[i], form=form, words=words),
                                          args.copies)
                     finally:
                         gemv.TARGET_PROGRAMS.update(defaults[0])
                         gemv.K_CHUNK_ALIGN = defaults[1]
-                    suffix = "" if mask == "byte" else f" {mask}"
-                    rows.append(dict(common, variant=f"{form}{' words' if words else ''} @{target}/{align}{suffix}",
-                                     form=form,
+                    rows.append(dict(common, variant=f"{form}{' words' if words else ''} @{target}/{align}", form=form,
                                      words=words, target_programs=target, k_chunk_align=align,
                                      median=round(stats["median"], 3),
                                      iqr=round(stats["iqr"], 3), repeats=stats["repeats"],

@@ -17,9 +17,8 @@ with one compressed matrix and one fused multiply-add (the paper's merged path):
   code's tiling could drop rows). Each tile is one SpMM writing its column block of the shared output buffer
   (``slope_cslt::spmm_out``). Tiling is an inference-only layout here: the training layer stays untiled.
 * **Storage**: the tiles' compressed buffers back to back in ``packed``; ``values`` is a (tiles, rows per tile,
-  d_in/2) *view* of W_R's kept values inside it; ``mask_pairs`` (d_out, d_in/8) is W_R's mask, two groups of 4
-  per byte (1/16 of a dense 16-bit weight's bytes; the training layer's byte per group would be 1/8). No W_RCᵀ
-  (no backward here), no dense W unless ``dense_fallback_tokens`` asks for one.
+  d_in/2) *view* of W_R's kept values inside it; ``mask_nibbles`` (d_out, d_in/4) is W_R's mask. No W_RCᵀ (no
+  backward here), no dense W unless ``dense_fallback_tokens`` asks for one.
 * **Few tokens** (``dense_fallback_tokens=N`` or ``"auto"``): at N tokens or fewer a dense copy of W_R (adapters
   folded in) runs through cuBLAS instead. It costs a dense weight's memory, so it is off by default; ``"auto"``
   measures the crossover against an ``nn.Linear`` for this shape once on this GPU (calls issued back to back,
@@ -27,12 +26,10 @@ with one compressed matrix and one fused multiply-add (the paper's merged path):
 * **Decode** (a few tokens, ``few_token_kernel_tokens``: an int, or ``"auto"`` to time both per shape, the
   setting for serving; default 1 token, `FEW_TOKEN_KERNEL_TOKENS`): at that many tokens or fewer the layer skips
   cuSPARSELt and runs `slope.kernels.sparse_gemv` (form ``few_token_form``) on its own buffers (``values`` and
-  ``mask_pairs``; the adapter rows' values in the last tile and their mask), which reads 1.125 bytes per
+  ``mask_nibbles``; the adapter rows' values in the last tile and their nibbles), which reads 1.25 bytes per
   weight instead of dense's 2 — no extra memory, unlike the dense fallback. The adapters then merge as above.
-  After a shape's first call it launches the compiled kernels itself (`sparse_gemv.GemvPlan`): an eager decode
-  step is bound by the host's per-call cost.
-* **state_dict** holds the training layer's canonical entries (``values`` (d_out, d_in/2), ``mask_nibbles``
-  (d_out, d_in/4), bias, adapters): it loads from a trained `CompressedSLoPeLinear` checkpoint (whose derived ``w_metadata`` /
+* **state_dict** holds the training layer's canonical entries (``values`` (d_out, d_in/2), ``mask_nibbles``,
+  bias, adapters): it loads from a trained `CompressedSLoPeLinear` checkpoint (whose derived ``w_metadata`` /
   ``wt_*`` entries are ignored) and round-trips exactly; the packed buffers are rebuilt on load.
 """
 from __future__ import annotations
@@ -91,10 +88,8 @@ class SLoPeInferenceLinear(SparseLinearBase):
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]  # byte offsets of the tiles in `packed`
         self.register_buffer("packed", torch.zeros(self.offsets[-1], device=device, dtype=torch.uint8),
                              persistent=False)
-        # W_R's mask, two groups of 4 per byte (`nm_pack.pair_nibbles`): half the bytes of the training layer's
-        # byte per group. The state_dict holds the canonical byte-per-group ``mask_nibbles`` (`mask_nibbles`).
-        self.register_buffer("mask_pairs", torch.zeros(out_features, in_features // 8, device=device,
-                                                       dtype=torch.uint8), persistent=False)
+        self.register_buffer("mask_nibbles", torch.zeros(out_features, in_features // 4, device=device,
+                                                         dtype=torch.uint8))
         # the fused bias of each tile reads its slice of [b ; 0] (rebuilt when the bias Parameter changes)
         self.register_buffer("bias_padded", torch.zeros(out_features + self.adapter_rows, device=device, dtype=dtype),
                              persistent=False)
@@ -105,7 +100,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
         self.dense_fallback_tokens = 0
         self.few_token_kernel_tokens = FEW_TOKEN_KERNEL_TOKENS
         self.few_token_form = "auto"  # slope.kernels.sparse_gemv's kernel form: "auto", "fma" or "dot"
-        self.register_buffer("adapter_pairs", None, persistent=False)  # the adapter rows' mask (few-token kernel)
+        self.register_buffer("adapter_nibbles", None, persistent=False)  # the adapter rows' mask (few-token kernel)
         self.addmm_impl = "auto"  # slope.kernels.fused: "auto" (by measured size), "triton" or "torch"
         self.register_buffer("dense_weight", None, persistent=False)
         self._built_from: tuple | None = None
@@ -165,7 +160,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
             else:
                 nibbles = nm_pack.pack_nibbles(layer.mask)
                 values = nm_pack.gather_kept(layer.weight.detach().to(dtype), nibbles)
-            new.mask_pairs.copy_(nm_pack.pair_nibbles(nibbles))
+            new.mask_nibbles.copy_(nibbles)
             new.values.copy_(values.reshape(new.values.shape))
             if layer.bias is not None:
                 new.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
@@ -195,9 +190,9 @@ class SLoPeInferenceLinear(SparseLinearBase):
                                                extra_nibbles)
             nibbles = torch.cat([nibbles, extra_nibbles])
             values = torch.cat([values, extra_values])
-            self.adapter_pairs = nm_pack.pair_nibbles(extra_nibbles).contiguous()
+            self.adapter_nibbles = extra_nibbles.contiguous()
         else:
-            self.adapter_pairs = None
+            self.adapter_nibbles = None
         start = 0
         for i, (op, rows) in enumerate(zip(self.ops, self.rows)):
             tile_nibbles = nibbles[start:start + rows]
@@ -322,11 +317,11 @@ class SLoPeInferenceLinear(SparseLinearBase):
     def _make_gemv_plans(self) -> tuple:
         # the operands were checked once (`_refresh_tiles`), so the plans launch without per-call checks
         n, tile_rows, tile_stride = self._values_geometry
-        plans = (gemv.GemvPlan(self.values, self.mask_pairs, self._dense_bias, n, self.in_features, tile_rows,
+        plans = (gemv.GemvPlan(self.values, self.mask_nibbles, self._dense_bias, n, self.in_features, tile_rows,
                                tile_stride),)
         if self.lora_left is not None:
             n, tile_rows, tile_stride = self._adapter_geometry
-            plans += (gemv.GemvPlan(self._adapter_values, self.adapter_pairs, None, n, self.in_features, tile_rows,
+            plans += (gemv.GemvPlan(self._adapter_values, self.adapter_nibbles, None, n, self.in_features, tile_rows,
                                     tile_stride),)
         self._gemv_plans = plans
         return plans
@@ -367,15 +362,9 @@ class SLoPeInferenceLinear(SparseLinearBase):
         return (y[:tokens] if pad else y).reshape(*x.shape[:-1], self.out_features)
 
     # ----- state_dict: the training layer's canonical entries -----------------------------------------------
-    @property
-    def mask_nibbles(self) -> torch.Tensor:
-        """W_R's mask as the training layer stores it, one byte per group of 4 (made from `mask_pairs`)."""
-        return nm_pack.unpair_nibbles(self.mask_pairs)
-
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "values"] = self.values.detach().reshape(self.out_features, -1).clone()
-        destination[prefix + "mask_nibbles"] = self.mask_nibbles
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -384,18 +373,6 @@ class SLoPeInferenceLinear(SparseLinearBase):
         values = state_dict.get(prefix + "values")
         if values is not None and values.dim() == 2:  # canonical (d_out, d_in/2) -> this layer's tiled view
             state_dict[prefix + "values"] = values.reshape(self.values.shape)
-        key = prefix + "mask_nibbles"  # the canonical mask -> this layer's pairs (not a buffer of its own)
-        nibbles = state_dict.pop(key, None)
-        if nibbles is None:
-            if strict:
-                missing_keys.append(key)
-        elif tuple(nibbles.shape) != (self.out_features, self.in_features // 4):
-            error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(nibbles.shape)} from "
-                              f"checkpoint, the shape in current model is ({self.out_features}, "
-                              f"{self.in_features // 4}).")
-        else:
-            with torch.no_grad():
-                self.mask_pairs.copy_(nm_pack.pair_nibbles(nibbles.to(self.mask_pairs.device, torch.uint8)))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         self._built_from = None  # rebuilt before the next forward

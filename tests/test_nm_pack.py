@@ -138,14 +138,3 @@ def test_transpose_mask_values_equals_mask_then_values(device, dtype):
     two_passes = nm_pack.transpose_values(values, nib, wt_two, torch.empty(k, m // 2, device=device, dtype=dtype))
     one_pass = nm_pack.transpose_mask_values(values, nib, wt_one, torch.empty(k, m // 2, device=device, dtype=dtype))
     assert torch.equal(wt_one, wt_two) and torch.equal(one_pass, two_passes)
-
-
-def test_nibble_pairs_round_trip_and_hold_group_2j_in_the_low_half():
-    mask = masks.row_mask(torch.randn(6, 48), 2, 4)
-    nibbles = nm_pack.pack_nibbles(mask)
-    pairs = nm_pack.pair_nibbles(nibbles)
-    assert pairs.shape == (6, 6) and pairs.dtype == torch.uint8
-    assert torch.equal(pairs & 15, nibbles[:, 0::2]) and torch.equal(pairs >> 4, nibbles[:, 1::2])
-    assert torch.equal(nm_pack.unpair_nibbles(pairs), nibbles)
-    with pytest.raises(ValueError, match="k must be a multiple of 8"):
-        nm_pack.pair_nibbles(nibbles[:, :3])

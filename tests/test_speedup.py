@@ -83,7 +83,7 @@ def test_analytic_accounting_matches_the_design_numbers():
     infer = e2e.analytic_static_bytes(100, 0, "half", training=False)
     assert amp["slope"] / amp["dense"] == pytest.approx(9.75 / 16)
     assert half["slope"] / half["dense"] == pytest.approx(9.75 / 8)  # fp32 masters cost more than 16-bit AdamW
-    assert infer["slope"] / infer["dense"] == pytest.approx(0.5625 + 0.0625)  # 9/16 storage + the paired mask
+    assert infer["slope"] / infer["dense"] == pytest.approx(0.5625 + 0.125)  # 9/16 storage + the inference mask
 
 
 def test_refused_merged_path_becomes_an_unsupported_row(tmp_path, monkeypatch):

@@ -1,8 +1,7 @@
 """2:4 mask bookkeeping for the compressed path: nibble masks and the Triton kernels that use them.
 
 The forward mask of a compressed weight is stored as one uint8 per group of 4 along d_in (bit i set = element
-i kept): a quarter byte per weight instead of a byte (`pair_nibbles` packs two groups per byte, the inference
-layer's eighth of a byte per weight). Triton kernels move between layouts:
+i kept): a quarter byte per weight instead of a byte. Triton kernels move between layouts:
 
 * `gather_kept(dense, nibbles)`   (m, k) -> (m, k/2): the kept entries in order (BWD-1: dW into compressed layout)
 * `scatter_kept(values, nibbles)` (m, k/2) -> (m, k): dense W_R with zeros elsewhere
@@ -37,22 +36,6 @@ def unpack_nibbles(nibbles: torch.Tensor) -> torch.Tensor:
     """uint8 (m, k/4) -> bool (m, k)."""
     m, g = nibbles.shape
     return ((nibbles.unsqueeze(-1) & _BITS.to(nibbles.device)) != 0).reshape(m, g * 4)
-
-
-def pair_nibbles(nibbles: torch.Tensor) -> torch.Tensor:
-    """uint8 (m, k/4), a byte per group -> uint8 (m, k/8), two groups per byte (group 2j in the low half): the
-    half-size mask an inference layer keeps (k a multiple of 8)."""
-    m, g = nibbles.shape
-    if g % 2:
-        raise ValueError(f"pair_nibbles: {g} groups of 4 per row is odd; k must be a multiple of 8")
-    pairs = nibbles.reshape(m, g // 2, 2)
-    return pairs[..., 0] | (pairs[..., 1] << 4)
-
-
-def unpair_nibbles(pairs: torch.Tensor) -> torch.Tensor:
-    """uint8 (m, k/8) -> uint8 (m, k/4): `pair_nibbles` undone."""
-    m, half = pairs.shape
-    return torch.stack([pairs & 15, pairs >> 4], dim=-1).reshape(m, half * 2)
 
 
 _compiled = None

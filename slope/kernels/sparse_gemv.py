@@ -3,8 +3,7 @@
     out = x · Wᵀ (+ bias)      x (T, K), W (N, K) 2:4 along K, T small (one decode step: T = batch)
 
 Why beside cuSPARSELt: at a few tokens a linear layer is bound by reading its weight, and a 2:4 weight needs only
-1.25 bytes per element (two of four 16-bit values + a mask byte per group; 1.125 with two groups' masks per byte)
-against dense's 2, so up to 1.6x (1.78x).
+1.25 bytes per element (two of four 16-bit values + a mask byte per group) against dense's 2, so up to 1.6x.
 cuSPARSELt gets that on some shapes and not on others: on the H100, under CUDA-graph replay, it ran the OPT-13B /
 LLaMA-3-8B MLP shapes at 0.50-0.91x of dense F.linear in bf16 at 1-32 tokens (this kernel 0.98-1.48x), and in fp16
 at 0.67-1.66x (from 8 tokens it beats this kernel on every fp16 shape but LLaMA up; ``decode`` rows of results/bench_inference_h100.csv,
@@ -20,8 +19,7 @@ splitting k on narrow weights (`TARGET_PROGRAMS`); two other forms measured slow
 c6cb64f: four products per block without the interleave, 0.41-0.91x; a register double buffer of the next block,
 from 17% slower to 8% faster). Both forms stream exactly these bytes:
 `values` (N, K/2), the kept entries in position order (the first N·K/2 elements of every cuSPARSELt tile, so a
-`SLoPeInferenceLinear` reads its own buffers, no copy), and `nibbles` (N, K/4), one byte per group (bit i =
-kept), or (N, K/8) with two groups per byte (`nm_pack.pair_nibbles`: 1.125 bytes per weight, what the layer keeps).
+`SLoPeInferenceLinear` reads its own buffers, no copy), and `nibbles` (N, K/4), one byte per group (bit i = kept).
 
 ``values`` may also be a (tiles, rows per tile, K/2) strided view (a tiled layer's W_R inside its packed buffer);
 ``out`` may be a column block of a wider buffer (unit column stride). Triton is imported lazily; on CPU it runs
@@ -108,10 +106,8 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
     if form not in FORMS:
         raise ValueError(f"sparse_gemv: form must be one of {FORMS}, got {form!r}")
     n, tile_rows, tile_stride = geometry(values, k)
-    paired = k % 8 == 0 and nibbles.shape == (n, k // 8)
-    if (nibbles.shape != (n, k // 4) and not paired) or nibbles.dtype != torch.uint8 or not nibbles.is_contiguous():
-        raise ValueError(f"sparse_gemv: nibbles must be contiguous uint8 ({n}, {k // 4}) (a byte per group of 4) or "
-                         f"({n}, {k // 8}) (two groups per byte, nm_pack.pair_nibbles; K a multiple of 8), got "
+    if nibbles.shape != (n, k // 4) or nibbles.dtype != torch.uint8 or not nibbles.is_contiguous():
+        raise ValueError(f"sparse_gemv: nibbles must be contiguous uint8 ({n}, {k // 4}), got "
                          f"{nibbles.dtype} {tuple(nibbles.shape)}")
     if bias is not None and (bias.shape != (n,) or not bias.is_contiguous()):
         raise ValueError(f"sparse_gemv: bias must be a contiguous vector of {n} outputs, got {tuple(bias.shape)}")
@@ -120,25 +116,19 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
     elif out.shape != (tokens, n) or out.stride(1) != 1:
         raise ValueError(f"sparse_gemv: out must be ({tokens}, {n}) with unit column stride, got shape "
                          f"{tuple(out.shape)} strides {out.stride()}")
-    if words and not word_aligned(values, tile_stride, paired):
-        per = 4 if paired else 2  # values per word: a group's kept pair, or (paired masks) two groups' pairs
-        raise ValueError(f"sparse_gemv: words=True reads values {per} at a time, so they must be 16-bit"
-                         f"{'' if paired else ' or 32-bit'} and start on a {per * values.element_size()}-byte boundary "
-                         f"with a tile stride that is a multiple of {per}; got {values.dtype}, data_ptr % "
-                         f"{per * values.element_size()} = {values.data_ptr() % (per * values.element_size())}, tile "
+    if words and not word_aligned(values, tile_stride):
+        raise ValueError(f"sparse_gemv: words=True reads values in pairs, so they must start on a "
+                         f"{2 * values.element_size()}-byte boundary with an even tile stride; got data_ptr % "
+                         f"{2 * values.element_size()} = {values.data_ptr() % (2 * values.element_size())}, tile "
                          f"stride {tile_stride} (pass words=False)")
     if tokens and n:
         launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words)
     return out
 
 
-def word_aligned(values: torch.Tensor, tile_stride: int, paired: bool = False) -> bool:
-    """Whether ``values`` can be read as integer words (`sparse_gemv`'s ``words``): a group's kept pair per word,
-    or with a paired mask two groups' (four 16-bit values in 64 bits)."""
-    per = 4 if paired else 2
-    if paired and values.element_size() != 2:
-        return False
-    return values.data_ptr() % (per * values.element_size()) == 0 and tile_stride % per == 0
+def word_aligned(values: torch.Tensor, tile_stride: int) -> bool:
+    """Whether ``values`` can be read as pairs (`sparse_gemv`'s ``words``)."""
+    return values.data_ptr() % (2 * values.element_size()) == 0 and tile_stride % 2 == 0
 
 
 def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_stride: int, form: str = "auto",
@@ -163,20 +153,17 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
     else:  # ≥ 16: tl.dot's minimum; the padded token rows are masked out of the loads and the store
         kernel, block_t = sparse_gemv_triton.sparse_gemv_kernel, min(MAX_BLOCK_T, max(16, 1 << (tokens - 1).bit_length()))
     resolved = "fma" if fma else "dot"
-    paired = nibbles.shape[-1] * 8 == k
     if words is None:
-        words = (paired or resolved in WORD_LOAD_FORMS) and word_aligned(values, tile_stride, paired)
+        words = resolved in WORD_LOAD_FORMS and word_aligned(values, tile_stride)
     token_blocks = -(-tokens // block_t)
     splits = split_k(n, k, token_blocks, resolved)
     k_chunk = -(-(-(-k // splits)) // K_CHUNK_ALIGN) * K_CHUNK_ALIGN  # ⌈k / splits⌉ rounded up
-    if paired:  # a paired mask byte holds two groups: chunks are whole pairs
-        k_chunk = -(-k_chunk // 8) * 8
     splits = -(-k // k_chunk)
     grid = lambda meta: (-(-n // meta["BLOCK_N"]), token_blocks, splits)  # noqa: E731
     bias_arg = bias if bias is not None else values  # never read without HAS_BIAS
     target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
     meta = dict(HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t,
-                WORDS=16 * values.element_size() if words else 0, PAIRED=paired)
+                WORDS=16 * values.element_size() if words else 0)
     args = (x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows, out.stride(0),
             k_chunk, tokens * n)
     compiled, config = _launch_tuned(kernel, grid, (kernel, n, k, x.dtype, values.dtype, target.dtype,

@@ -1,10 +1,9 @@
 """Triton kernel behind `slope.kernels.sparse_gemv` (imported lazily: `import slope` never needs triton).
 
 `sparse_gemv_kernel`: out[t, n] = Σ_k x[t, k] · W[n, k] (+ bias[n]) for a few tokens t, W 2:4 sparse along k and
-stored as its kept values (n, k/2) plus its mask: one byte per group of 4 (bit i = position i kept), the layout of
-`slope.kernels.nm_pack`, or two groups per byte (``PAIRED``, `nm_pack.pair_nibbles`; what an inference layer
-keeps). Each program owns BLOCK_N rows of W and streams them once over k: per group it reads 2 values and a byte
-or half a byte instead of 4 dense values (1.25 or 1.125 bytes per weight instead of 2 at 16 bits), rebuilds the dense
+stored as its kept values (n, k/2) plus one mask byte per group of 4 (bit i = position i kept), the layout of
+`slope.kernels.nm_pack`. Each program owns BLOCK_N rows of W and streams them once over k: per group it reads
+2 values and 1 byte instead of 4 dense values (1.25 bytes per weight instead of 2 at 16 bits), rebuilds the dense
 block in registers and multiplies it on the tensor cores against the token block (padded to ≥ 16 rows, which
 costs nothing here: at a few tokens the kernel is bound by reading W).
 
@@ -42,17 +41,6 @@ _FMA_CONFIGS = _CONFIGS if os.environ.get("TRITON_INTERPRET") == "1" else [
 
 
 @triton.jit
-def _expand(nib, first, second):
-    """A group's four weights from its mask nibble (bit i = position i kept) and its two kept values."""
-    zero = tl.zeros_like(first)
-    w0 = tl.where((nib & 1) != 0, first, zero)
-    w1 = tl.where((nib & 2) != 0, tl.where((nib & 1) != 0, second, first), zero)
-    w2 = tl.where((nib & 4) != 0, tl.where((nib & 3) != 0, second, first), zero)
-    w3 = tl.where((nib & 8) != 0, second, zero)
-    return w0, w1, w2, w3
-
-
-@triton.jit
 def _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, BLOCK_N: tl.constexpr,
                    BLOCK_K: tl.constexpr, WORDS: tl.constexpr = 0):
     """W at positions 0..3 of each group of the (BLOCK_N, BLOCK_K) block starting at k0: four (BLOCK_N, BLOCK_K/4)
@@ -83,58 +71,16 @@ def _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0,
         values = tl.load(values_ptr + value_rows[:, None] + (k0 // 2 + rv)[None, :],
                          mask=row_ok[:, None] & v_ok[None, :], other=0.0)
         first, second = tl.split(tl.reshape(values, (BLOCK_N, GROUPS, 2)))
-    return _expand(nib, first, second)
+    zero = tl.zeros_like(first)
+    w0 = tl.where((nib & 1) != 0, first, zero)
+    w1 = tl.where((nib & 2) != 0, tl.where((nib & 1) != 0, second, first), zero)
+    w2 = tl.where((nib & 4) != 0, tl.where((nib & 3) != 0, second, first), zero)
+    w3 = tl.where((nib & 8) != 0, second, zero)
+    return w0, w1, w2, w3
 
 
 @triton.jit
-def _pair_weights(values_ptr, pairs_ptr, value_rows, pair_rows, row_ok, k0, k_end, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr, WORDS: tl.constexpr = 0):
-    """``PAIRED`` masks (two groups per byte, group 2j in the low half: `nm_pack.pair_nibbles`): the block is read
-    in pairs of groups — 8 weights, one mask byte and four kept values each — so every load stays contiguous per
-    row. Returns eight (BLOCK_N, BLOCK_K/8) tensors: positions 0..3 of the even group, then of the odd group.
-    Chunks and k_end are multiples of 8 here (the wrapper rounds split-K chunks to whole pairs).
-
-    ``WORDS`` == 32 (16-bit values): the four kept values of a pair are one 64-bit word, taken apart in
-    registers (needs the values 4-element aligned: the wrapper checks); 0: a (rows, 4·pairs) block reshaped."""
-    PAIRS: tl.constexpr = BLOCK_K // 8
-    rp = tl.arange(0, PAIRS)
-    ok = row_ok[:, None] & ((k0 // 8 + rp) < k_end // 8)[None, :]
-    both = tl.load(pairs_ptr + pair_rows[:, None] + (k0 // 8 + rp)[None, :], mask=ok, other=0).to(tl.int32)
-    if WORDS == 32:
-        words = tl.load(values_ptr.to(tl.pointer_type(tl.int64), bitcast=True) + value_rows[:, None] // 4
-                        + (k0 // 8 + rp)[None, :], mask=ok, other=0)
-        ty = values_ptr.dtype.element_ty
-        even_first = words.to(tl.int16).to(ty, bitcast=True)
-        even_second = (words >> 16).to(tl.int16).to(ty, bitcast=True)
-        odd_first = (words >> 32).to(tl.int16).to(ty, bitcast=True)
-        odd_second = (words >> 48).to(tl.int16).to(ty, bitcast=True)
-    else:
-        rv = tl.arange(0, BLOCK_K // 2)
-        values = tl.load(values_ptr + value_rows[:, None] + (k0 // 2 + rv)[None, :],
-                         mask=row_ok[:, None] & ((k0 // 2 + rv) < k_end // 2)[None, :], other=0.0)
-        # value 4p + 2·parity + i: [row, pair, parity, i] -> the first and second kept value of each group
-        firsts, seconds = tl.split(tl.reshape(values, (BLOCK_N, PAIRS, 2, 2)))
-        even_first, odd_first = tl.split(firsts)
-        even_second, odd_second = tl.split(seconds)
-    e0, e1, e2, e3 = _expand(both & 15, even_first, even_second)
-    o0, o1, o2, o3 = _expand(both >> 4, odd_first, odd_second)
-    return e0, e1, e2, e3, o0, o1, o2, o3
-
-
-@triton.jit
-def _fma_group(w0, w1, w2, w3, x_at, ok):
-    """Σ over the block's groups of Σ_i w_i · x[4g + i] for one token (x_at: the token's x at each group's start),
-    per row, in fp32: the FMA form's inner step."""
-    x0 = tl.load(x_at, mask=ok, other=0.0).to(tl.float32)
-    x1 = tl.load(x_at + 1, mask=ok, other=0.0).to(tl.float32)
-    x2 = tl.load(x_at + 2, mask=ok, other=0.0).to(tl.float32)
-    x3 = tl.load(x_at + 3, mask=ok, other=0.0).to(tl.float32)
-    return tl.sum(w0 * x0[None, :] + w1 * x1[None, :] + w2 * x2[None, :] + w3 * x3[None, :], axis=1)
-
-
-@triton.jit
-def _program_block(T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
-                   PAIRED: tl.constexpr):
+def _program_block(T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
     """This program's rows (rn) and tokens (rt) with their bounds, where each of its rows starts in the values and
     nibbles, and its k range [k_start, k_end) (one chunk under split K; a chunk may end inside a k block, so the
     loads are masked at k_end)."""
@@ -144,11 +90,7 @@ def _program_block(T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T: tl.constex
     # row n of W lives in tile n // tile_rows (tiles tile_stride elements apart), each tile row-major (k/2 per row)
     value_rows = (rows // tile_rows) * tile_stride + (rows % tile_rows) * (K // 2)
     k_start = tl.program_id(2) * k_chunk
-    if PAIRED:
-        nibble_rows = rows * (K // 8)
-    else:
-        nibble_rows = rows * (K // 4)
-    return rn, rt, rn < N, rt < T, value_rows, nibble_rows, k_start, tl.minimum(K, k_start + k_chunk)
+    return rn, rt, rn < N, rt < T, value_rows, rows * (K // 4), k_start, tl.minimum(K, k_start + k_chunk)
 
 
 @triton.jit
@@ -166,34 +108,22 @@ def _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stri
                  mask=inside)
 
 
-@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "PAIRED"])
+@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS"])
 @triton.jit
 def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride, tile_rows,
                        stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                       BLOCK_T: tl.constexpr, WORDS: tl.constexpr, PAIRED: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+                       BLOCK_T: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
     rn, rt, row_ok, token_ok, value_rows, nibble_rows, k_start, k_end = _program_block(
-        T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N, PAIRED)
+        T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
-    if PAIRED:
-        # column c of the rebuilt block holds position (c % 8) // 2 of the even (c even) or odd group of pair c // 8
-        # (the join below); x is read in that same column order, so the product is unchanged
-        rk = 8 * (rk // 8) + 4 * (rk % 2) + (rk % 8) // 2
     for k0 in range(k_start, k_end, BLOCK_K):
-        if PAIRED:
-            e0, e1, e2, e3, o0, o1, o2, o3 = _pair_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok,
-                                                           k0, k_end, BLOCK_N, BLOCK_K, WORDS)
-            even = tl.reshape(tl.join(tl.join(e0, e2), tl.join(e1, e3)), (BLOCK_N, BLOCK_K // 8, 4))
-            odd = tl.reshape(tl.join(tl.join(o0, o2), tl.join(o1, o3)), (BLOCK_N, BLOCK_K // 8, 4))
-            dense = tl.reshape(tl.join(even, odd), (BLOCK_N, BLOCK_K))
-        else:
-            w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end,
-                                            BLOCK_N, BLOCK_K, WORDS)
-            # join stacks along a new last axis: join(join(w0, w2), join(w1, w3))[..., i, j] = w_{2i+j}, so the
-            # row-major reshape puts position 4g+2i+j in place
-            dense = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
+        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, BLOCK_N,
+                                        BLOCK_K, WORDS)
+        # join stacks along a new last axis: join(join(w0, w2), join(w1, w3))[..., i, j] = w_{2i+j}, so the
+        # row-major reshape puts position 4g+2i+j in place
+        dense = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
         k_ok = (k0 + rk) < k_end
         x = tl.load(x_ptr + rt[:, None].to(tl.int64) * stride_x + (k0 + rk)[None, :],
                     mask=token_ok[:, None] & k_ok[None, :], other=0.0)
@@ -201,41 +131,33 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, 
     _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS, SPLIT)
 
 
-@triton.autotune(configs=_FMA_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "PAIRED"])
+@triton.autotune(configs=_FMA_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS"])
 @triton.jit
 def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride,
                            tile_rows, stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                           BLOCK_T: tl.constexpr, WORDS: tl.constexpr, PAIRED: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_K: tl.constexpr):
+                           BLOCK_T: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores. Each position i of a group multiplies
     the token's x at 4g+i (a stride-4 load of the small, cached x), summed over the groups of the block."""
+    GROUPS: tl.constexpr = BLOCK_K // 4
     rn, rt, row_ok, token_ok, value_rows, nibble_rows, k_start, k_end = _program_block(
-        T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N, PAIRED)
-    if PAIRED:  # the block's units: pairs of groups (8 positions of k each), or groups (4)
-        UNIT: tl.constexpr = 8
-    else:
-        UNIT: tl.constexpr = 4
-    ru = tl.arange(0, BLOCK_K // UNIT)
+        T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
+    rg = tl.arange(0, GROUPS)
     cols = tl.arange(0, BLOCK_T)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        if PAIRED:
-            e0, e1, e2, e3, o0, o1, o2, o3 = _pair_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok,
-                                                           k0, k_end, BLOCK_N, BLOCK_K, WORDS)
-            o0, o1, o2, o3 = o0.to(tl.float32), o1.to(tl.float32), o2.to(tl.float32), o3.to(tl.float32)
-            unit_ok = (k0 // UNIT + ru) < k_end // UNIT
-        else:
-            e0, e1, e2, e3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end,
-                                            BLOCK_N, BLOCK_K, WORDS)
-            unit_ok = (k0 // UNIT + ru) < k_end // UNIT
-        e0, e1, e2, e3 = e0.to(tl.float32), e1.to(tl.float32), e2.to(tl.float32), e3.to(tl.float32)
+        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, BLOCK_N,
+                                        BLOCK_K, WORDS)
+        w0, w1, w2, w3 = w0.to(tl.float32), w1.to(tl.float32), w2.to(tl.float32), w3.to(tl.float32)
+        g_ok = (k0 // 4 + rg) < k_end // 4
         for t in tl.static_range(BLOCK_T):
             token = tl.program_id(1) * BLOCK_T + t
-            x_at = x_ptr + token.to(tl.int64) * stride_x + k0 + UNIT * ru
-            ok = unit_ok & ((token + 0 * ru) < T)  # a vector compare: the interpreter refuses a scalar-bool mask
-            part = _fma_group(e0, e1, e2, e3, x_at, ok)
-            if PAIRED:
-                part += _fma_group(o0, o1, o2, o3, x_at + 4, ok)
+            x_at = x_ptr + token.to(tl.int64) * stride_x + k0 + 4 * rg
+            ok = g_ok & ((token + 0 * rg) < T)  # a vector compare: the interpreter refuses a scalar-bool mask
+            x0 = tl.load(x_at, mask=ok, other=0.0).to(tl.float32)
+            x1 = tl.load(x_at + 1, mask=ok, other=0.0).to(tl.float32)
+            x2 = tl.load(x_at + 2, mask=ok, other=0.0).to(tl.float32)
+            x3 = tl.load(x_at + 3, mask=ok, other=0.0).to(tl.float32)
+            part = tl.sum(w0 * x0[None, :] + w1 * x1[None, :] + w2 * x2[None, :] + w3 * x3[None, :], axis=1)
             acc += tl.where(cols[None, :] == t, part[:, None], 0.0)
     _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS, SPLIT)
 
