@@ -26,6 +26,22 @@ def cuda_time_ms(fn: Callable[[], object], *, warmup: int = 5, repeats: int = 30
             "repeats": repeats}
 
 
+def capture_graph(fn: Callable[[], object], *, warmup: int = 2) -> tuple[torch.cuda.CUDAGraph, object]:
+    """``fn()`` captured once in a CUDA graph; returns (the graph, what ``fn`` returned during the capture: the
+    buffers every replay rewrites). ``warmup`` calls run first on a side stream, so that autotuning, algorithm
+    choice and compilation happen before the capture, where they could not. Hold the graph while replaying it."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = fn()
+    return graph, output
+
+
 def host_time_us(fn: Callable[[], object], *, calls: int = 100, warmup: int = 20) -> float:
     """Host (CPU) time to issue one call, measured without synchronising inside the loop.
 

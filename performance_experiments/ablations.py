@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 import slope
+from experiments.bench import capture_graph
 from experiments.cli import parse_config
 from experiments.results_io import write_rows
 
@@ -341,16 +342,9 @@ class Ablations:
 
 
 def _graphed(fn):
-    """``fn`` captured once in a CUDA graph (after warm-up on a side stream); returns the replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn(), fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+    """``fn`` captured once in a CUDA graph (`experiments.bench.capture_graph`); returns the replay."""
+    graph, _ = capture_graph(fn)
+    return graph.replay  # the bound method holds the graph
 
 
 def main(argv: list[str] | None = None) -> Path:

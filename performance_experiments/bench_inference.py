@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from experiments.bench import Rotating, cuda_time_ms, host_time_us
+from experiments.bench import Rotating, capture_graph, cuda_time_ms, host_time_us
 from experiments.cli import parse_config
 from experiments.results_io import write_rows
 from performance_experiments.bench_linear import COLUMNS, _row
@@ -162,14 +162,8 @@ def bench_layers(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
 
 
 def _graph_time(fn, x, repeats):
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.no_grad():
-        fn(x), fn(x)  # warm-up (and algorithm choice) outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
-        fn(x)
+    with torch.no_grad():
+        graph, _ = capture_graph(lambda: fn(x))
     return cuda_time_ms(graph.replay, repeats=repeats)
 
 

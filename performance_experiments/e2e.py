@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 import slope
+from experiments.bench import capture_graph
 from slope.prune import is_dense_linear, paper_filter
 
 from .models import SLOPE_SPARSE_BYTES, STATE_BYTES
@@ -249,15 +250,7 @@ def graph_decode_fn(model, batch: int, context: int, vocab: int, device, warmup:
     (cuSPARSELt algorithm choice, Triton autotuning and compilation must not happen inside the capture).
     ``held`` keeps the graph and its cache alive; ``held["logits"]`` is the buffer each replay writes."""
     step, cache = static_decode_step(model, batch, context, vocab, device)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(warmup):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        logits = step()
+    graph, logits = capture_graph(step, warmup=warmup)
     return graph.replay, {"graph": graph, "cache": cache, "logits": logits}
 
 

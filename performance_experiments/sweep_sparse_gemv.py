@@ -17,6 +17,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
+from experiments.bench import capture_graph
 from experiments.results_io import write_rows
 from performance_experiments.shapes import MLP_SHAPES
 
@@ -28,16 +29,7 @@ SHAPES = {**MLP_SHAPES, "opt-13b.attn": (5120, 5120)}  # OPT-13B q/k/v/out_proj
 
 def graph_us(fn, copies: int, calls: int = 20, repeats: int = 6) -> dict:
     """GPU µs per call of ``fn(i)`` (i = which weight copy), from CUDA-graph replays."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up outside the capture: autotuning and compilation
-        for i in range(copies):
-            fn(i)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(calls):
-            fn(i % copies)
+    graph, _ = capture_graph(lambda: [fn(i % copies) for i in range(calls)], warmup=1)
     times = []
     for _ in range(repeats + 1):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
