@@ -142,7 +142,7 @@ def claim_decode(inp: Inputs) -> Claim:
                "layer's per-call host cost as much as its GPU work (one 1-token call, bench_inference "
                "`decode_host` rows: dense nn.Linear ~20-30 µs, the SLoPe layer ~70-150 µs at rank 0 and 140-490 µs "
                "with merged adapters while every few-token launch went through Triton's JIT dispatch; from 9c74647 "
-               "`sparse_gemv.GemvPlan` launches the compiled kernels directly: 42-69 µs at rank 0 against 88-150 µs "
+               "`sparse_gemv.GemvPlan` launches the compiled kernels directly: 39-69 µs at rank 0 against 88-150 µs "
                "through the JIT in the same process, ae4c28e). Eager rows of different commits also ran on "
                "different hosts: compare the dense rows before the ratios. *GPU busy time* is the sum "
                "of the step's kernel times (torch.profiler, same process, same step): the step with its launches "
