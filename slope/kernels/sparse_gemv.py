@@ -20,10 +20,14 @@ c6cb64f: four products per block without the interleave, 0.41-0.91x; a register 
 from 17% slower to 8% faster). Both forms stream exactly these bytes:
 `values` (N, K/2), the kept entries in position order (the first N·K/2 elements of every cuSPARSELt tile, so a
 `SLoPeInferenceLinear` reads its own buffers, no copy), and `nibbles` (N, K/4), one byte per group (bit i = kept).
+A mask of two groups per byte (half the mask bytes, 1.125 bytes per weight) was tried and dropped: the dot form
+fell to 0.22-0.93x dense (f6d4663, results/sparse_gemv_variants_h100.md).
 
 ``values`` may also be a (tiles, rows per tile, K/2) strided view (a tiled layer's W_R inside its packed buffer);
-``out`` may be a column block of a wider buffer (unit column stride). Triton is imported lazily; on CPU it runs
-only under ``TRITON_INTERPRET=1`` (the tests).
+``out`` may be a column block of a wider buffer (unit column stride). A caller that runs one weight many times
+holds a `GemvPlan`, which launches the compiled kernels past Triton's per-call dispatch (host time per 1-token
+layer call on the H100 machine: 39-69 µs instead of 88-150 µs, results/bench_inference_h100.csv ``decode_host``
+rows, ae4c28e). Triton is imported lazily; on CPU it runs only under ``TRITON_INTERPRET=1`` (the tests).
 """
 from __future__ import annotations
 
@@ -237,9 +241,10 @@ class GemvPlan:
 
     Why: in an eager decode step every layer's host cost is paid in full (the GPU waits on it at small batch), and
     Triton's JIT dispatch — binding and specialising ~20 arguments, its cache key, the autotuner's lookup, the grid
-    callback, for the split-K finish kernel a second time — was most of a SLoPe layer's. So the first call for each
-    (tokens, x's and out's row strides and 16-byte alignment, form) goes through the JIT (autotuning and compiling
-    as needed) and keeps what it launched; later calls launch the same compiled kernels directly
+    callback, for the split-K finish kernel a second time — was most of a SLoPe layer's. So a call with a new key
+    (tokens, x's and out's row strides, 16-byte alignment and dtypes, form) goes through the JIT (autotuning and
+    compiling as needed) and, once the autotuner has chosen, keeps what it launched; later calls with that key
+    launch the same compiled kernels directly
     (`triton.compiler.CompiledKernel[grid]`, the arguments in the order the JIT binds them). The key holds every
     argument value Triton specialises on that can change between calls, so a direct launch runs exactly the kernel
     the JIT would pick. ``SLOPE_GEMV_DIRECT_LAUNCH=0`` (or `DIRECT_LAUNCH` = False) turns it off.
