@@ -231,6 +231,7 @@ def bench_decode(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
 
 def bench_decode_host(rows: list[dict], shape: str, dtype: torch.dtype, cfg: InferenceBenchConfig) -> None:
     from slope.inference import SLoPeInferenceLinear
+    from slope.kernels import sparse_gemv
 
     d = int(shape.split("x")[0])  # square
     x = torch.randn(1, d, device="cuda", dtype=dtype)
@@ -241,8 +242,6 @@ def bench_decode_host(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inf
         for kernel, threshold in (("cusparselt", 0), ("sparse_gemv", 1)):
             calls[f"slope {label} {kernel}"] = SLoPeInferenceLinear.from_layer(
                 _simulated_layer(d, d, rank, dtype), few_token_kernel_tokens=threshold)
-    from slope.kernels import sparse_gemv
-
     # the few-token kernel twice: its compiled kernels launched directly (the default) and every launch through
     # Triton's JIT dispatch (what it cost before `sparse_gemv.GemvPlan`), same layers, same process
     default = sparse_gemv.DIRECT_LAUNCH  # SLOPE_GEMV_DIRECT_LAUNCH=0 turns it off for the whole run
