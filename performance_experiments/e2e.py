@@ -168,8 +168,11 @@ def to_inference(variant: Variant, dtype: torch.dtype, *, prepare: bool = True, 
     kinds = sorted({type(layer).__name__ for layer in layers.values()})
     tiles = sorted({len(layer.rows) for layer in layers.values() if hasattr(layer, "rows")})
     few = sorted({layer.few_token_kernel_tokens for layer in layers.values() if hasattr(layer, "few_token_kernel_tokens")})
+    from slope.kernels import sparse_gemv
+
+    launches = "" if sparse_gemv.DIRECT_LAUNCH else " (launched through Triton's JIT: SLOPE_GEMV_DIRECT_LAUNCH=0)"
     return (f"inference layers: {','.join(kinds) or 'dense'}" + (f" (tiles per layer: {tiles})" if tiles else "")
-            + (f"; few-token kernel at <= {few} tokens" if few else ""))
+            + (f"; few-token kernel at <= {few} tokens{launches}" if few else ""))
 
 
 def prefill_fn(model, input_ids: torch.Tensor):
