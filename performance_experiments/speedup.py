@@ -73,6 +73,9 @@ class SpeedupConfig:
     # (0: off), "default" (the library's), or "auto" (each layer shape times both at 1-64 tokens, cached on disk)
     few_token_kernel_tokens: str = "auto"
     decode_cusparselt_too: bool = True   # SLoPe r=0 decode again with that kernel off (cuSPARSELt), same process
+    # SLoPe r=0 eager decode again with every few-token launch through Triton's JIT (no `GemvPlan` direct launch),
+    # same process: the launch path's end-to-end effect, free of the host drift between processes
+    decode_jit_dispatch_too: bool = False
     adapter_ranks: tuple[str, ...] = ("0", "1.56%", "6.25%")
     adapter_modes: tuple[str, ...] = ("merged", "unmerged")
     variants: tuple[str, ...] = ("dense", "slope", "fst")

@@ -121,6 +121,15 @@ def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
                                  f"{note}; few-token kernel off")
             for layer, tokens in zip(few_token, chosen):
                 layer.set_few_token_kernel(tokens)
+        if cfg.decode_jit_dispatch_too and rank == "0" and few_token:
+            from slope.kernels import sparse_gemv
+
+            previous, sparse_gemv.DIRECT_LAUNCH = sparse_gemv.DIRECT_LAUNCH, False
+            try:  # eager rows only: a graph replay has no launches to dispatch
+                rows += _decode_rows(run, model, dict(common, variant=f"{variant.name} (JIT dispatch)"), ref, False,
+                                     f"{note}; few-token kernel launched through Triton's JIT", eager_only=True)
+            finally:
+                sparse_gemv.DIRECT_LAUNCH = previous
         if cfg.decode_fallback not in ("", "0") and rank == "0" and fallback_layers and run.over_budget():
             rows.append(_skipped_row(run, dict(common, variant=f"{variant.name} + dense fallback"),
                                      experiment="decode"))
@@ -156,8 +165,10 @@ def _skipped_row(run, common: dict, **fields) -> dict:
     return run.row(common, status="skipped (time budget)", **fields)
 
 
-def _decode_rows(run, model, common: dict, ref: dict, is_dense: bool, note: str) -> list[dict]:
-    """One-token decode against a KV cache at each batch size: time and throughput rows."""
+def _decode_rows(run, model, common: dict, ref: dict, is_dense: bool, note: str, *,
+                 eager_only: bool = False) -> list[dict]:
+    """One-token decode against a KV cache at each batch size: time and throughput rows (and, unless
+    ``eager_only``, the GPU-busy and CUDA-graph rows the config asks for)."""
     cfg, rows = run.cfg, []
     for batch in map(int, cfg.decode_batches):
         if run.over_budget():  # the remaining batches get a row saying so: a cut-off never reads as absent
@@ -177,7 +188,7 @@ def _decode_rows(run, model, common: dict, ref: dict, is_dense: bool, note: str)
         rows.append(run.row(base, phase="throughput", metric="throughput", unit="tokens/s",
                             median=round(batch / stats["median_ms"] * 1e3, 1), repeats=stats["repeats"],
                             ratio_vs_dense=round_or_blank(ratio), ideal=round_or_blank(ideal), ideal_basis=basis))
-        if cfg.decode_kernel_time and is_cuda(run.device):
+        if cfg.decode_kernel_time and is_cuda(run.device) and not eager_only:
             busy = kernel_time_fn(fn, warmup=1, repeats=cfg.repeats)
             if is_dense:
                 ref[f"decode{batch}_busy"] = busy["median_ms"]
@@ -189,7 +200,7 @@ def _decode_rows(run, model, common: dict, ref: dict, is_dense: bool, note: str)
                                 "none (the linears' share of the GPU time is not measured)",
                                 note=f"{note}; sum of kernel times per step (torch.profiler), host time excluded"))
         del cache, fn
-        if cfg.decode_graph and is_cuda(run.device):
+        if cfg.decode_graph and is_cuda(run.device) and not eager_only:
             rows.append(_graph_decode_row(run, model, base, ref, is_dense, note, batch))
     return rows
 
