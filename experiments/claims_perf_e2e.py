@@ -124,6 +124,7 @@ def claim_decode(inp: Inputs) -> Claim:
     # kernel times (profiler), i.e. the step with its launches free, as a CUDA-graph replay would have it
     how = {("slope", WALL): "eager", ("slope + dense fallback", WALL): "dense fallback",
            ("slope (cuSPARSELt decode)", WALL): "eager, cuSPARSELt only",
+           ("slope (JIT dispatch)", WALL): "eager, few-token kernel launched through Triton's JIT",
            ("slope", BUSY): "GPU busy time", ("slope (cuSPARSELt decode)", BUSY): "GPU busy time, cuSPARSELt only",
            ("slope", GRAPH): "CUDA graph", ("slope (cuSPARSELt decode)", GRAPH): "CUDA graph, cuSPARSELt only"}
     rows = select(inp.e2e, experiment="decode", status="ok", phase=lambda p: p in (WALL, BUSY, GRAPH),

@@ -10,6 +10,7 @@ engines run decode; `e2e.graph_decode_fn`).
 from __future__ import annotations
 
 import slope
+from slope.kernels import sparse_gemv
 
 from . import e2e
 from .models import param_counts
@@ -122,8 +123,6 @@ def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
             for layer, tokens in zip(few_token, chosen):
                 layer.set_few_token_kernel(tokens)
         if cfg.decode_jit_dispatch_too and rank == "0" and few_token:
-            from slope.kernels import sparse_gemv
-
             previous, sparse_gemv.DIRECT_LAUNCH = sparse_gemv.DIRECT_LAUNCH, False
             try:  # eager rows only: a graph replay has no launches to dispatch
                 rows += _decode_rows(run, model, dict(common, variant=f"{variant.name} (JIT dispatch)"), ref, False,
