@@ -250,11 +250,8 @@ def bench_decode_host(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inf
     with torch.no_grad():
         for name, direct in dispatch:
             fn = calls[name.removesuffix(" (JIT dispatch)")]
-            sparse_gemv.DIRECT_LAUNCH = direct
-            try:
+            with sparse_gemv.direct_launch(direct):
                 us = [host_time_us(lambda: fn(x)) for _ in range(5)]
-            finally:
-                sparse_gemv.DIRECT_LAUNCH = default
             stats = {"median_ms": sorted(us)[2], "iqr_ms": sorted(us)[3] - sorted(us)[1], "min_ms": min(us),
                      "max_ms": max(us), "repeats": 5}
             rows.append(_row("decode_host", f"{d}x{d}", d, d, 1, dtype, name, stats, unit="us_per_call",

@@ -123,12 +123,9 @@ def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
             for layer, tokens in zip(few_token, chosen):
                 layer.set_few_token_kernel(tokens)
         if cfg.decode_jit_dispatch_too and rank == "0" and few_token:
-            previous, sparse_gemv.DIRECT_LAUNCH = sparse_gemv.DIRECT_LAUNCH, False
-            try:  # eager rows only: a graph replay has no launches to dispatch
+            with sparse_gemv.direct_launch(False):  # eager rows only: a graph replay has no launches to dispatch
                 rows += _decode_rows(run, model, dict(common, variant=f"{variant.name} (JIT dispatch)"), ref, False,
                                      f"{note}; few-token kernel launched through Triton's JIT", eager_only=True)
-            finally:
-                sparse_gemv.DIRECT_LAUNCH = previous
         if cfg.decode_fallback not in ("", "0") and rank == "0" and fallback_layers and run.over_budget():
             rows.append(_skipped_row(run, dict(common, variant=f"{variant.name} + dense fallback"),
                                      experiment="decode"))

@@ -247,3 +247,14 @@ def test_runner_binds_arguments_in_the_kernels_parameter_order(monkeypatch):
     assert module._runner(Jit(), object(), (3, 1, 1), ("x", "out", 7), {"BLOCK_N": 64, "BLOCK_T": 16}) is None
     monkeypatch.setattr(module, "DIRECT_LAUNCH", False)
     assert module._runner(Jit(), Compiled(), (3, 1, 1), ("x", "out", 7), {"BLOCK_N": 64, "BLOCK_T": 16}) is None
+
+
+def test_direct_launch_setting_comes_back_after_the_block(monkeypatch):
+    from slope.kernels import sparse_gemv as module
+
+    monkeypatch.setattr(module, "DIRECT_LAUNCH", True)
+    with pytest.raises(RuntimeError, match="inside"):
+        with module.direct_launch(False):
+            assert module.DIRECT_LAUNCH is False
+            raise RuntimeError("inside")
+    assert module.DIRECT_LAUNCH is True

@@ -31,6 +31,7 @@ rows, ae4c28e). Triton is imported lazily; on CPU it runs only under ``TRITON_IN
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -274,6 +275,18 @@ class GemvPlan:
         if direct is not None:
             self._direct[key] = direct
         return out
+
+
+@contextlib.contextmanager
+def direct_launch(enabled: bool):
+    """Within the block, `GemvPlan` launches directly (True) or every launch goes through Triton's JIT (False);
+    the setting before it comes back after. For benchmarks that time both paths in one process."""
+    global DIRECT_LAUNCH
+    previous, DIRECT_LAUNCH = DIRECT_LAUNCH, enabled
+    try:
+        yield
+    finally:
+        DIRECT_LAUNCH = previous
 
 
 def _turn_off_direct_launch(error: Exception) -> None:
