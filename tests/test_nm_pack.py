@@ -30,9 +30,38 @@ def test_nibbles_round_trip_and_gather_scatter_match_torch(device, dtype):
     assert as_fp32.dtype == torch.float32 and torch.equal(as_fp32, values.float())
 
 
-@pytest.mark.parametrize("shape", [(32, 48), (1040, 72)])  # the second leaves a partial block of lanes
+def _misaligned(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` whose data starts 2 bytes into its buffer: no wider-word view of it exists."""
+    flat = torch.empty(t.numel() * t.element_size() + 2, dtype=torch.uint8, device=t.device)
+    out = flat[2:].view(t.dtype).view(t.shape)
+    out.copy_(t)
+    return out
+
+
+@pytest.mark.parametrize("device,dtype", [p for p in DEVICE_DTYPES if "fp32" not in p.id])
+def test_gather_kept_moves_16_bit_words_and_bytes_alike(device, dtype):
+    # 16-bit data in and out go through the word kernel; a misaligned input takes the per-element one
+    w = torch.randn(64, 96, device=device).to(dtype)
+    nib = nm_pack.pack_nibbles(masks.row_mask(w, 2, 4))
+    want = w[nm_pack.unpack_nibbles(nib)].view(64, 48)
+    assert nm_pack._as_words(w, torch.int64) is not None and nm_pack._as_words(_misaligned(w), torch.int64) is None
+    assert torch.equal(nm_pack.gather_kept(w, nib), want)
+    assert torch.equal(nm_pack.gather_kept(_misaligned(w), nib), want)
+
+
+# the default tile, and the kernel's per-element path (no 8-byte value pairs in, no 4-byte value pairs out)
+TRANSPOSE_LAUNCHES = [pytest.param(None, id="default"), pytest.param({"words": False}, id="per-element")]
+# (1040, 72) leaves partial default tiles on both axes; the small tile gives (32, 48) a 2 x 2 grid, the second
+# column of programs partial (the interpreter is too slow for many programs)
+TRANSPOSE_CASES = [pytest.param((m, k), launch.values[0], id=f"{m}x{k}-{launch.id}")
+                   for m, k in ((32, 48), (1040, 72)) for launch in TRANSPOSE_LAUNCHES]
+TRANSPOSE_CASES.append(pytest.param((32, 48), {"row_groups": 4, "col_groups": 8, "num_warps": 1},
+                                    id="32x48-small-tiles"))
+
+
+@pytest.mark.parametrize("shape,launch", TRANSPOSE_CASES)
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
-def test_transpose_mask_and_values_match_scatter_then_column_prune(device, dtype, shape):
+def test_transpose_mask_and_values_match_scatter_then_column_prune(device, dtype, shape, launch):
     m, k = shape
     w = torch.randn(m, k, device=device)
     w[:4, :4] = 0.5  # ties
@@ -41,16 +70,16 @@ def test_transpose_mask_and_values_match_scatter_then_column_prune(device, dtype
     nib = nm_pack.pack_nibbles(mask)
     values = nm_pack.gather_kept(w, nib, out_dtype=torch.float32)
     wt_nib = torch.zeros(k, m // 4, dtype=torch.uint8, device=device)
-    indicator = nm_pack.transpose_mask(values, nib, wt_nib, dtype)
+    indicator = nm_pack.transpose_mask(values, nib, wt_nib, dtype, launch)
     w_r = w * mask
     col_mask = masks.nm_mask(w_r, 2, 4, dim=0)  # always 2 positions per group, zeros included
     assert torch.equal(indicator, col_mask.t().to(dtype))
     assert torch.equal(nm_pack.unpack_nibbles(wt_nib), col_mask.t())
     out = torch.empty(k, m // 2, device=device, dtype=dtype)
-    nm_pack.transpose_values(values, nib, wt_nib, out)
+    nm_pack.transpose_values(values, nib, wt_nib, out, launch)
     assert torch.equal(out, (w_r.t())[col_mask.t()].view(k, m // 2).to(dtype))
     # keep the stored mask: new values land in the same slots
-    nm_pack.transpose_values(values * -3.0, nib, wt_nib, out)
+    nm_pack.transpose_values(values * -3.0, nib, wt_nib, out, launch)
     assert torch.equal(out, (-3.0 * w_r.t())[col_mask.t()].view(k, m // 2).to(dtype))
 
 
@@ -112,9 +141,13 @@ def test_metadata_reference_packs_codes_by_the_measured_layout():
 
 @pytest.mark.parametrize("shape", [(128, 256), (384, 640)])
 @pytest.mark.parametrize("device", DEVICES)
-def test_write_metadata_kernel_matches_reference(device, shape):
+@pytest.mark.parametrize("aligned", [True, False], ids=["word-kernel", "byte-kernel"])
+def test_write_metadata_kernel_matches_reference(device, shape, aligned):
     nib = _random_nibbles(*shape, device, seed=shape[0])
     out = torch.full((shape[0] * shape[1] // 8,), 0xAB, dtype=torch.uint8, device=device)
+    if not aligned:
+        out = _misaligned(out)
+    assert (nm_pack._as_words(out, torch.int64) is not None) == aligned
     assert nm_pack.write_metadata(nib, out) is out
     assert torch.equal(out, nm_pack.metadata_reference(nib))
 
@@ -126,15 +159,18 @@ def test_write_metadata_refuses_shapes_the_layout_does_not_cover():
         nm_pack.write_metadata(_random_nibbles(128, 256, "cpu"), torch.empty(10, dtype=torch.uint8))
 
 
+@pytest.mark.parametrize("launch", TRANSPOSE_LAUNCHES)
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
-def test_transpose_mask_values_equals_mask_then_values(device, dtype):
-    m, k = 1040, 72  # a partial block of lanes
+def test_transpose_mask_values_equals_mask_then_values(device, dtype, launch):
+    m, k = 1040, 72  # partial tiles
     w = torch.randn(m, k, device=device)
     w[8:12, 4] = torch.tensor([0.0, 0.3, 0.0, 0.0])  # fewer than 2 non-zeros in a column group
     nib = nm_pack.pack_nibbles(masks.row_mask(w, 2, 4))
     values = nm_pack.gather_kept(w, nib, out_dtype=torch.float32)
     wt_two, wt_one = (torch.zeros(k, m // 4, dtype=torch.uint8, device=device) for _ in range(2))
-    nm_pack.transpose_mask(values, nib, wt_two, dtype)
-    two_passes = nm_pack.transpose_values(values, nib, wt_two, torch.empty(k, m // 2, device=device, dtype=dtype))
-    one_pass = nm_pack.transpose_mask_values(values, nib, wt_one, torch.empty(k, m // 2, device=device, dtype=dtype))
+    nm_pack.transpose_mask(values, nib, wt_two, dtype, launch)
+    two_passes = nm_pack.transpose_values(values, nib, wt_two, torch.empty(k, m // 2, device=device, dtype=dtype),
+                                          launch)
+    one_pass = nm_pack.transpose_mask_values(values, nib, wt_one, torch.empty(k, m // 2, device=device, dtype=dtype),
+                                             launch)
     assert torch.equal(wt_one, wt_two) and torch.equal(one_pass, two_passes)

@@ -47,9 +47,20 @@ def _get():
     if _compiled is None:
         from . import nm_pack_triton as k
 
-        _compiled = {"gather": k.gather_kernel, "scatter": k.scatter_kernel, "transpose": k.transpose_kernel,
-                     "adamw": k.adamw_kernel, "metadata": k.metadata_kernel}
+        _compiled = {"gather": k.gather_kernel, "gather_words": k.gather_words_kernel, "scatter": k.scatter_kernel,
+                     "transpose": k.transpose_kernel, "adamw": k.adamw_kernel, "metadata": k.metadata_kernel,
+                     "metadata_words": k.metadata_words_kernel}
     return _compiled
+
+
+def _as_words(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """``t`` (contiguous) seen as wider words ``dtype`` (e.g. 4 fp16 as one int64), or None where no such view
+    exists (not contiguous, last dim not a multiple of the words' width, or a misaligned start)."""
+    width = torch.empty((), dtype=dtype).element_size()
+    ratio = width // t.element_size()
+    if ratio < 1 or not t.is_contiguous() or t.shape[-1] % ratio or t.data_ptr() % width:
+        return None
+    return t.view(dtype)
 
 
 def gather_kept(dense: torch.Tensor, nibbles: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -58,7 +69,12 @@ def gather_kept(dense: torch.Tensor, nibbles: torch.Tensor, out_dtype: torch.dty
     out = torch.empty(m, k // 2, device=dense.device, dtype=out_dtype or dense.dtype)
     groups = m * k // 4
     grid = (triton_cdiv(groups, _BLOCK),)
-    _get()["gather"][grid](dense.contiguous(), nibbles.contiguous(), out, groups, BLOCK=_BLOCK)
+    dense = dense.contiguous()
+    words = _as_words(dense, torch.int64) if dense.dtype == out.dtype and dense.element_size() == 2 else None
+    if words is not None:  # BWD-1's case (16-bit dW in, same dtype out): move bits, a group per 8-byte load
+        _get()["gather_words"][grid](words, nibbles.contiguous(), out.view(torch.int32), groups, BLOCK=_BLOCK)
+    else:
+        _get()["gather"][grid](dense, nibbles.contiguous(), out, groups, BLOCK=_BLOCK)
     return out
 
 
@@ -72,21 +88,30 @@ def scatter_kept(values: torch.Tensor, nibbles: torch.Tensor, out_dtype: torch.d
     return out
 
 
-# Launch shape of the transpose kernel: lanes per program (column groups of W_R), groups of 4 along k walked by
-# each program, warps. On an H100 at 20480x5120 (results/sweep_transpose_h100.csv), (128, 1, 4) took 0.53 ms for
-# the mask and for the values, against 0.85 / 1.0 ms with (128, 8, 4) and 5.9 / 4.9 ms for a 2-D tiled form with
-# reshapes and 4-D rank tensors (results/logs/bench_optim_tiled_kernel_rejected.csv).
-TRANSPOSE_LAUNCH = {"block": 128, "groups": 1, "num_warps": 4}
+# Tile of the transpose kernel: groups of 4 rows × groups of 4 columns of W_R per program, and warps. The
+# previous kernel (one lane per row group, walking columns) took 0.50-0.53 ms per pass at 20480x5120 on an H100
+# (results/sweep_transpose_h100.csv, commit 8428118), ~25% of HBM bandwidth; the tile is chosen by
+# performance_experiments/sweep_transpose.py.
+TRANSPOSE_LAUNCH = {"row_groups": 32, "col_groups": 32, "num_warps": 4}
 
 
 def _transpose_launch(values, nibbles, out, wt_nibbles, mode: int, launch: dict | None = None) -> None:
     m, half = values.shape
     k = half * 2
-    launch = launch or TRANSPOSE_LAUNCH
-    groups = next(g for g in (launch["groups"], 8, 4, 2, 1) if (k // 4) % g == 0)  # the grid has no group mask
-    grid = (triton_cdiv(m // 4, launch["block"]), k // 4 // groups)
-    _get()["transpose"][grid](values.contiguous(), nibbles.contiguous(), out, wt_nibbles, m, k, BLOCK=launch["block"],
-                              GROUPS=groups, MODE=mode, num_warps=launch["num_warps"])
+    launch = {**TRANSPOSE_LAUNCH, **(launch or {})}
+    values = values.contiguous()
+    # Pairs of values move as one word where the dtypes allow: fp32 masters in (8 bytes per group), 16-bit
+    # W_RCᵀ values out (4 bytes per group). The kernel has a 2-load / 2-store path for everything else.
+    pairs = _as_words(values, torch.int64) if values.dtype == torch.float32 and launch.get("words", True) else None
+    packed_out = None
+    if mode != 1 and out.dtype in (torch.float16, torch.bfloat16) and launch.get("words", True):
+        packed_out = _as_words(out, torch.int32)
+    grid = (triton_cdiv(m // 4, launch["row_groups"]), triton_cdiv(k // 4, launch["col_groups"]))
+    _get()["transpose"][grid](
+        values if pairs is None else pairs, nibbles.contiguous(), out if packed_out is None else packed_out,
+        wt_nibbles, m, k, ROW_GROUPS=launch["row_groups"], COL_GROUPS=launch["col_groups"], MODE=mode,
+        PACKED=0 if packed_out is None else (1 if out.dtype == torch.float16 else 2), FP32_PAIRS=pairs is not None,
+        num_warps=launch["num_warps"])
 
 
 def transpose_mask(values: torch.Tensor, nibbles: torch.Tensor, wt_nibbles: torch.Tensor,
@@ -158,8 +183,14 @@ def write_metadata(nibbles: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     n_bytes = rows * col_groups // 2
     if out.dtype != torch.uint8 or out.numel() != n_bytes:
         raise ValueError(f"write_metadata: out must be {n_bytes} uint8 bytes, got {out.numel()} {out.dtype}")
-    _get()["metadata"][(triton_cdiv(n_bytes, _BLOCK),)](nibbles.contiguous(), out, n_bytes, col_groups * 4,
-                                                       BLOCK=_BLOCK)
+    nibbles = nibbles.contiguous()
+    nib_words, out_words = _as_words(nibbles, torch.int64), _as_words(out, torch.int64)
+    if nib_words is not None and out_words is not None:  # 8 output bytes per lane (aligned buffers: the usual case)
+        n_words = n_bytes // 8
+        _get()["metadata_words"][(triton_cdiv(n_words, _BLOCK),)](nib_words, out_words, n_words, col_groups * 4,
+                                                                 BLOCK=_BLOCK)
+    else:
+        _get()["metadata"][(triton_cdiv(n_bytes, _BLOCK),)](nibbles, out, n_bytes, col_groups * 4, BLOCK=_BLOCK)
     return out
 
 

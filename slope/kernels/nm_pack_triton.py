@@ -26,6 +26,20 @@ def gather_kernel(dense_ptr, nib_ptr, out_ptr, groups, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def gather_words_kernel(words_ptr, nib_ptr, out_ptr, groups, BLOCK: tl.constexpr):
+    # gather_kernel for 16-bit data, as bits: each group's 4 values arrive as one int64 and its 2 kept ones leave
+    # as one int32 (one 8-byte load and one 4-byte store per lane instead of two 2-byte loads and stores)
+    g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = g < groups
+    nib = tl.load(nib_ptr + g, mask=valid, other=3).to(tl.int32)
+    p0, p1 = _two_positions(nib)
+    word = tl.load(words_ptr + g, mask=valid, other=0)
+    low = (word >> (p0 * 16).to(tl.int64)) & 0xFFFF
+    high = (word >> (p1 * 16).to(tl.int64)) & 0xFFFF
+    tl.store(out_ptr + g, (low | (high << 16)).to(tl.int32), mask=valid)
+
+
+@triton.jit
 def scatter_kernel(values_ptr, nib_ptr, out_ptr, groups, BLOCK: tl.constexpr):
     g = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = g < groups
@@ -51,12 +65,18 @@ def _column_keep(a0, a1, a2, a3):
 
 
 @triton.jit
-def _row_values(values_ptr, nib_ptr, row, g, k, valid):
-    # the 4 dense entries of group g in `row`, rebuilt from its two kept values and nibble
+def _row_values(values_ptr, nib_ptr, row, g, k, valid, FP32_PAIRS: tl.constexpr):
+    # the 4 dense entries of group g in `row`, rebuilt from its two kept values and nibble. FP32_PAIRS:
+    # ``values_ptr`` is the fp32 values seen as int64 (m, k/4), so each group's pair arrives in one 8-byte load.
     nib = tl.load(nib_ptr + row * (k // 4) + g, mask=valid, other=3).to(tl.int32)
     p0, p1 = _two_positions(nib)
-    v0 = tl.load(values_ptr + row * (k // 2) + g * 2, mask=valid, other=0.0).to(tl.float32)
-    v1 = tl.load(values_ptr + row * (k // 2) + g * 2 + 1, mask=valid, other=0.0).to(tl.float32)
+    if FP32_PAIRS:
+        pair = tl.load(values_ptr + row * (k // 4) + g, mask=valid, other=0)
+        v0 = pair.to(tl.int32).to(tl.float32, bitcast=True)          # the low word is the first value
+        v1 = (pair >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    else:
+        v0 = tl.load(values_ptr + row * (k // 2) + g * 2, mask=valid, other=0.0).to(tl.float32)
+        v1 = tl.load(values_ptr + row * (k // 2) + g * 2 + 1, mask=valid, other=0.0).to(tl.float32)
     zero = tl.zeros_like(v0)
     c0 = tl.where(p0 == 0, v0, zero)
     c1 = tl.where(p0 == 1, v0, tl.where(p1 == 1, v1, zero))
@@ -80,68 +100,79 @@ def _column_mask(ind_ptr, wt_nib_ptr, col, row0, r, m, x0, x1, x2, x3, valid):
 
 
 @triton.jit
-def _store_column_values(out_ptr, nib, col, r, m, x0, x1, x2, x3, valid):
+def _store_column_values(out_ptr, nib, col, r, m, x0, x1, x2, x3, valid, PACKED: tl.constexpr):
     # the two kept values of one column group (positions from ``nib``), in position order, into W_RCᵀ's
-    # compressed values (k, m/2)
+    # compressed values (k, m/2). PACKED (1 = fp16, 2 = bf16): ``out_ptr`` is that buffer seen as int32 (k, m/4),
+    # and the two 16-bit values leave as one 4-byte store instead of two 2-byte ones.
     q0, q1 = _two_positions(nib)
     v0 = tl.where(q0 == 0, x0, tl.where(q0 == 1, x1, x2))
     v1 = tl.where(q1 == 1, x1, tl.where(q1 == 2, x2, x3))
-    ty = out_ptr.dtype.element_ty
-    base = col * (m // 2) + r.to(tl.int64) * 2
-    tl.store(out_ptr + base, v0.to(ty), mask=valid)
-    tl.store(out_ptr + base + 1, v1.to(ty), mask=valid)
+    if PACKED:
+        ty = tl.float16 if PACKED == 1 else tl.bfloat16
+        low = v0.to(ty).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        high = v1.to(ty).to(tl.int16, bitcast=True).to(tl.int32)
+        tl.store(out_ptr + col * (m // 4) + r, low | (high << 16), mask=valid)
+    else:
+        ty = out_ptr.dtype.element_ty
+        base = col * (m // 2) + r * 2
+        tl.store(out_ptr + base, v0.to(ty), mask=valid)
+        tl.store(out_ptr + base + 1, v1.to(ty), mask=valid)
 
 
 @triton.jit
-def _column_values(out_ptr, wt_nib_ptr, col, r, m, x0, x1, x2, x3, valid):
+def _column_values(out_ptr, wt_nib_ptr, col, r, m, x0, x1, x2, x3, valid, PACKED: tl.constexpr):
     # values under the stored W_RCᵀ mask
     nib = tl.load(wt_nib_ptr + col * (m // 4) + r, mask=valid, other=3).to(tl.int32)
-    _store_column_values(out_ptr, nib, col, r, m, x0, x1, x2, x3, valid)
+    _store_column_values(out_ptr, nib, col, r, m, x0, x1, x2, x3, valid, PACKED)
 
 
 @triton.jit
-def _column_mask_values(out_ptr, wt_nib_ptr, col, r, m, x0, x1, x2, x3, valid):
+def _column_mask_values(out_ptr, wt_nib_ptr, col, r, m, x0, x1, x2, x3, valid, PACKED: tl.constexpr):
     # derive W_RCᵀ's mask for one column group, record it, and write its values under it (one pass)
     k0, k1, k2, k3 = _column_keep(tl.abs(x0), tl.abs(x1), tl.abs(x2), tl.abs(x3))
     nib = k0.to(tl.int32) + 2 * k1.to(tl.int32) + 4 * k2.to(tl.int32) + 8 * k3.to(tl.int32)
     tl.store(wt_nib_ptr + col * (m // 4) + r, nib.to(tl.uint8), mask=valid)
-    _store_column_values(out_ptr, nib, col, r, m, x0, x1, x2, x3, valid)
+    _store_column_values(out_ptr, nib, col, r, m, x0, x1, x2, x3, valid, PACKED)
 
 
 @triton.jit
-def transpose_kernel(values_ptr, nib_ptr, out_ptr, wt_nib_ptr, m, k, BLOCK: tl.constexpr, GROUPS: tl.constexpr,
-                     MODE: tl.constexpr):
+def _column(out_ptr, wt_nib_ptr, col, row0, r, m, x0, x1, x2, x3, valid, MODE: tl.constexpr, PACKED: tl.constexpr):
+    if MODE == 1:
+        _column_mask(out_ptr, wt_nib_ptr, col, row0, r, m, x0, x1, x2, x3, valid)
+    elif MODE == 2:
+        _column_mask_values(out_ptr, wt_nib_ptr, col, r, m, x0, x1, x2, x3, valid, PACKED)
+    else:
+        _column_values(out_ptr, wt_nib_ptr, col, r, m, x0, x1, x2, x3, valid, PACKED)
+
+
+@triton.jit
+def transpose_kernel(values_ptr, nib_ptr, out_ptr, wt_nib_ptr, m, k, ROW_GROUPS: tl.constexpr,
+                     COL_GROUPS: tl.constexpr, MODE: tl.constexpr, PACKED: tl.constexpr,
+                     FP32_PAIRS: tl.constexpr):
     # From W_R's kept values (m, k/2) + forward nibbles, without a dense W_R in memory:
     #   MODE 0: write W_RCᵀ's kept values (k, m/2) under the stored wt nibbles
     #   MODE 1: derive W_RCᵀ's 2:4 mask (along d_out, stable ties) -> wt nibbles + 0/1 indicator (k, m)
     #   MODE 2: derive the mask -> wt nibbles, and write the kept values under it (modes 1 + 0 in one pass)
-    # Lanes run over column groups of W_R (4 consecutive rows), so neighbouring lanes store to neighbouring
-    # addresses of the transposed outputs; each program walks GROUPS groups of 4 along k.
-    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = r < m // 4
-    row0 = r.to(tl.int64) * 4
-    for j in tl.static_range(GROUPS):
-        g = (tl.program_id(1) * GROUPS + j).to(tl.int64)
-        a0, a1, a2, a3 = _row_values(values_ptr, nib_ptr, row0 + 0, g, k, valid)
-        b0, b1, b2, b3 = _row_values(values_ptr, nib_ptr, row0 + 1, g, k, valid)
-        c0, c1, c2, c3 = _row_values(values_ptr, nib_ptr, row0 + 2, g, k, valid)
-        d0, d1, d2, d3 = _row_values(values_ptr, nib_ptr, row0 + 3, g, k, valid)
-        col = g * 4
-        if MODE == 1:
-            _column_mask(out_ptr, wt_nib_ptr, col + 0, row0, r, m, a0, b0, c0, d0, valid)
-            _column_mask(out_ptr, wt_nib_ptr, col + 1, row0, r, m, a1, b1, c1, d1, valid)
-            _column_mask(out_ptr, wt_nib_ptr, col + 2, row0, r, m, a2, b2, c2, d2, valid)
-            _column_mask(out_ptr, wt_nib_ptr, col + 3, row0, r, m, a3, b3, c3, d3, valid)
-        elif MODE == 2:
-            _column_mask_values(out_ptr, wt_nib_ptr, col + 0, r, m, a0, b0, c0, d0, valid)
-            _column_mask_values(out_ptr, wt_nib_ptr, col + 1, r, m, a1, b1, c1, d1, valid)
-            _column_mask_values(out_ptr, wt_nib_ptr, col + 2, r, m, a2, b2, c2, d2, valid)
-            _column_mask_values(out_ptr, wt_nib_ptr, col + 3, r, m, a3, b3, c3, d3, valid)
-        else:
-            _column_values(out_ptr, wt_nib_ptr, col + 0, r, m, a0, b0, c0, d0, valid)
-            _column_values(out_ptr, wt_nib_ptr, col + 1, r, m, a1, b1, c1, d1, valid)
-            _column_values(out_ptr, wt_nib_ptr, col + 2, r, m, a2, b2, c2, d2, valid)
-            _column_values(out_ptr, wt_nib_ptr, col + 3, r, m, a3, b3, c3, d3, valid)
+    # A program owns a tile of ROW_GROUPS groups of 4 rows × COL_GROUPS groups of 4 columns of W_R, as 2-D
+    # (row group, column group) tensors. Row i of each row group is rebuilt densely (4 columns per group); the
+    # transpose is only in the addressing: column 4g + q of rows 4r..4r+3 is W_RCᵀ's group r of row 4g + q, an
+    # elementwise combination of those tensors. Loads run along W_R's rows and stores along W_RCᵀ's, so Triton
+    # gives each its own coalesced layout and moves the tile between them through shared memory. (One lane per
+    # row group walking the columns, the previous form, read 8 bytes of a different row per lane: uncoalesced,
+    # ~25% of HBM bandwidth.)
+    r = (tl.program_id(0) * ROW_GROUPS + tl.arange(0, ROW_GROUPS)).to(tl.int64)[:, None]
+    g = (tl.program_id(1) * COL_GROUPS + tl.arange(0, COL_GROUPS)).to(tl.int64)[None, :]
+    valid = (r < m // 4) & (g < k // 4)
+    row0 = r * 4
+    a0, a1, a2, a3 = _row_values(values_ptr, nib_ptr, row0 + 0, g, k, valid, FP32_PAIRS)
+    b0, b1, b2, b3 = _row_values(values_ptr, nib_ptr, row0 + 1, g, k, valid, FP32_PAIRS)
+    c0, c1, c2, c3 = _row_values(values_ptr, nib_ptr, row0 + 2, g, k, valid, FP32_PAIRS)
+    d0, d1, d2, d3 = _row_values(values_ptr, nib_ptr, row0 + 3, g, k, valid, FP32_PAIRS)
+    col = g * 4
+    _column(out_ptr, wt_nib_ptr, col + 0, row0, r, m, a0, b0, c0, d0, valid, MODE, PACKED)
+    _column(out_ptr, wt_nib_ptr, col + 1, row0, r, m, a1, b1, c1, d1, valid, MODE, PACKED)
+    _column(out_ptr, wt_nib_ptr, col + 2, row0, r, m, a2, b2, c2, d2, valid, MODE, PACKED)
+    _column(out_ptr, wt_nib_ptr, col + 3, row0, r, m, a3, b3, c3, d3, valid, MODE, PACKED)
 
 
 @triton.jit
@@ -161,6 +192,29 @@ def metadata_kernel(nib_ptr, meta_ptr, n_bytes, cols, BLOCK: tl.constexpr):
     h0, h1 = _two_positions(high)
     byte = l0 | (l1 << 2) | (h0 << 4) | (h1 << 6)
     tl.store(meta_ptr + b, byte.to(tl.uint8), mask=valid)
+
+
+@triton.jit
+def metadata_words_kernel(nib_words_ptr, meta_words_ptr, n_words, cols, BLOCK: tl.constexpr):
+    # metadata_kernel, 8 bytes per lane: output word w (bytes 8w..8w+7) holds groups q0..q0+7 of rows r and r + 8,
+    # so a lane reads those rows' 8 nibble bytes as one int64 each and writes one int64 (the byte kernel reads
+    # 2 bytes per output byte, 8 bytes apart in the input). Byte j of the word is group q0 + (j & 1) * 4 + j // 2.
+    w = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = w < n_words
+    col_words = cols // 32                     # nibble bytes per row / 8
+    block = w >> 5
+    r = (block // col_words) * 64 + (w & 7) + (((w >> 3) & 3) << 4)
+    q_word = block % col_words
+    low_rows = tl.load(nib_words_ptr + r * col_words + q_word, mask=valid, other=0)
+    high_rows = tl.load(nib_words_ptr + (r + 8) * col_words + q_word, mask=valid, other=0)
+    out = tl.zeros_like(low_rows)
+    for j in tl.static_range(8):
+        shift = ((j & 1) * 4 + j // 2) * 8
+        l0, l1 = _two_positions(((low_rows >> shift) & 0xF).to(tl.int32))
+        h0, h1 = _two_positions(((high_rows >> shift) & 0xF).to(tl.int32))
+        byte = (l0 | (l1 << 2) | (h0 << 4) | (h1 << 6)).to(tl.int64)
+        out = out | (byte << (8 * j))
+    tl.store(meta_words_ptr + w, out, mask=valid)
 
 
 @triton.jit
