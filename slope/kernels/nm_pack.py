@@ -48,8 +48,7 @@ def _get():
         from . import nm_pack_triton as k
 
         _compiled = {"gather": k.gather_kernel, "gather_words": k.gather_words_kernel, "scatter": k.scatter_kernel,
-                     "transpose": k.transpose_kernel, "adamw": k.adamw_kernel, "metadata": k.metadata_kernel,
-                     "metadata_words": k.metadata_words_kernel}
+                     "transpose": k.transpose_kernel, "adamw": k.adamw_kernel, "metadata": k.metadata_kernel}
     return _compiled
 
 
@@ -88,11 +87,11 @@ def scatter_kept(values: torch.Tensor, nibbles: torch.Tensor, out_dtype: torch.d
     return out
 
 
-# Tile of the transpose kernel: groups of 4 rows × groups of 4 columns of W_R per program, and warps. The
-# previous kernel (one lane per row group, walking columns) took 0.50-0.53 ms per pass at 20480x5120 on an H100
-# (results/sweep_transpose_h100.csv, commit 8428118), ~25% of HBM bandwidth; the tile is chosen by
-# performance_experiments/sweep_transpose.py.
-TRANSPOSE_LAUNCH = {"row_groups": 32, "col_groups": 32, "num_warps": 4}
+# Tile of the transpose kernel: groups of 4 rows × groups of 4 columns of W_R per program, and warps. Measured on
+# an H100 at 20480x5120 (results/sweep_transpose_h100.csv): mask + values in one pass 0.145 ms (2.5 TB/s), values
+# alone 0.165 ms at 454cbba; the previous kernel (one lane per row group walking the columns, uncoalesced loads)
+# took 0.50-0.53 ms (8428118). Tiles of 16-32 x 16-32 groups are within 3% of each other; 64-wide ones spill.
+TRANSPOSE_LAUNCH = {"row_groups": 16, "col_groups": 32, "num_warps": 4}
 
 
 def _transpose_launch(values, nibbles, out, wt_nibbles, mode: int, launch: dict | None = None) -> None:
@@ -183,14 +182,10 @@ def write_metadata(nibbles: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     n_bytes = rows * col_groups // 2
     if out.dtype != torch.uint8 or out.numel() != n_bytes:
         raise ValueError(f"write_metadata: out must be {n_bytes} uint8 bytes, got {out.numel()} {out.dtype}")
-    nibbles = nibbles.contiguous()
-    nib_words, out_words = _as_words(nibbles, torch.int64), _as_words(out, torch.int64)
-    if nib_words is not None and out_words is not None:  # 8 output bytes per lane (aligned buffers: the usual case)
-        n_words = n_bytes // 8
-        _get()["metadata_words"][(triton_cdiv(n_words, _BLOCK),)](nib_words, out_words, n_words, col_groups * 4,
-                                                                 BLOCK=_BLOCK)
-    else:
-        _get()["metadata"][(triton_cdiv(n_bytes, _BLOCK),)](nibbles, out, n_bytes, col_groups * 4, BLOCK=_BLOCK)
+    # A word-per-lane version (8 output bytes, two 8-byte loads) measured no faster on an H100 (0.065 ms both at
+    # 5120x20480, results/sweep_transpose_h100.csv, 454cbba), so the byte kernel stays.
+    _get()["metadata"][(triton_cdiv(n_bytes, _BLOCK),)](nibbles.contiguous(), out, n_bytes, col_groups * 4,
+                                                       BLOCK=_BLOCK)
     return out
 
 

@@ -195,29 +195,6 @@ def metadata_kernel(nib_ptr, meta_ptr, n_bytes, cols, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def metadata_words_kernel(nib_words_ptr, meta_words_ptr, n_words, cols, BLOCK: tl.constexpr):
-    # metadata_kernel, 8 bytes per lane: output word w (bytes 8w..8w+7) holds groups q0..q0+7 of rows r and r + 8,
-    # so a lane reads those rows' 8 nibble bytes as one int64 each and writes one int64 (the byte kernel reads
-    # 2 bytes per output byte, 8 bytes apart in the input). Byte j of the word is group q0 + (j & 1) * 4 + j // 2.
-    w = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    valid = w < n_words
-    col_words = cols // 32                     # nibble bytes per row / 8
-    block = w >> 5
-    r = (block // col_words) * 64 + (w & 7) + (((w >> 3) & 3) << 4)
-    q_word = block % col_words
-    low_rows = tl.load(nib_words_ptr + r * col_words + q_word, mask=valid, other=0)
-    high_rows = tl.load(nib_words_ptr + (r + 8) * col_words + q_word, mask=valid, other=0)
-    out = tl.zeros_like(low_rows)
-    for j in tl.static_range(8):
-        shift = ((j & 1) * 4 + j // 2) * 8
-        l0, l1 = _two_positions(((low_rows >> shift) & 0xF).to(tl.int32))
-        h0, h1 = _two_positions(((high_rows >> shift) & 0xF).to(tl.int32))
-        byte = (l0 | (l1 << 2) | (h0 << 4) | (h1 << 6)).to(tl.int64)
-        out = out | (byte << (8 * j))
-    tl.store(meta_words_ptr + w, out, mask=valid)
-
-
-@triton.jit
 def adamw_kernel(master_ptr, exp_avg_ptr, exp_avg_sq_ptr, grad_ptr, values_ptr, n, decay_factor, beta1, beta2,
                  step_size, inv_sqrt_bias2, eps, BLOCK: tl.constexpr):
     # One pass of AdamW on fp32 masters; also writes the rounded 16-bit values (into the compressed W).
