@@ -294,6 +294,7 @@ def test_capped_search_is_cached_as_partial_and_redone_in_full(tmp_path, monkeyp
 
     monkeypatch.setenv("SLOPE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(cusparselt, "_alg_cache", None)  # read the empty cache of tmp_path, not the session's
+    monkeypatch.delenv("SLOPE_CSLT_SEARCH", raising=False)  # a run with searches off (=0) must still search here
     monkeypatch.setenv("SLOPE_CSLT_SEARCH_BUDGET_S", "1e-9")
     capped = cusparselt.best_alg_id(256, 256, 64, torch.bfloat16)
     cache = json.loads((tmp_path / "cusparselt_algs.json").read_text())
