@@ -24,8 +24,10 @@ def claim_training(inp: Inputs) -> Claim:
         goal = paper_figure(inp, "speedup_training", "N/A", model) or TRAIN_STEP_FALLBACK
         m = vs_dense(inp, step, cross_run=True)
         how = "every step (the paper's)" if freq == 1 else f"every {freq} steps"
-        lines.append(Line("P1", f"{model} ({step['num_blocks']} of {step['full_blocks']} blocks, {step['dtype']}) "
-                                f"train step, W_RCᵀ mask {how}", m, goal,
+        # amp: fp32 parameters, master weights and Adam moments on both sides (dense too), compute in dtype
+        precision = ", amp: fp32 masters on both sides" if step["precision"] == "amp" else ""
+        lines.append(Line("P1", f"{model} ({step['num_blocks']} of {step['full_blocks']} blocks, {step['dtype']}"
+                                f"{precision}) train step, W_RCᵀ mask {how}", m, goal,
                           f"≥ {goal:g} (paper, A100); ideal: linears 1.5×"
                           + (f", this step (Amdahl) {step['ideal']}×" if step["ideal"] else ""),
                           why=_training_why(inp, step), ceiling=numeric(step, "ideal")))
