@@ -199,11 +199,6 @@ def bench_optim(rows: list[dict], shape: str, cfg: BenchConfig) -> None:
     parts["part: W_RC^T mask + values kernel (one pass)"] = lambda: nm_pack.transpose_mask_values(
         state["master"], sparse.mask_nibbles, sparse.wt_nibbles,
         values_view(sparse.wt_packed, d_in, d_out, torch.bfloat16))
-    adamw = nm_pack.AdamWStep(state["exp_avg"], state["exp_avg_sq"], sparse.values.grad, sparse.values.data,
-                              lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, step=10)
-    parts["part: AdamW + W_RC^T mask + values kernel (one pass)"] = lambda: nm_pack.transpose_mask_values(
-        state["master"], sparse.mask_nibbles, sparse.wt_nibbles,
-        values_view(sparse.wt_packed, d_in, d_out, torch.bfloat16), adamw=adamw)
     parts["part: W_RC^T metadata from nibbles (Triton)"] = lambda: nm_pack.write_metadata(
         sparse.wt_nibbles, metadata_view(sparse.wt_packed, d_in, d_out, torch.bfloat16))
     for label, fn in parts.items():

@@ -4,9 +4,8 @@ saves a table (one row per kernel and launch, with the HBM bandwidth it reached)
     python -m performance_experiments.sweep_transpose --output runs/sweep_transpose.csv
 
 Kernels: ``mask+values`` (the paper's every-step rebuild: new W_RCᵀ mask and values, one pass), ``values`` (values
-under the stored mask), ``adamw+mask+values`` (the optimizer's AdamW step in the same pass, as ADAMWSparse runs
-it), ``metadata`` (cuSPARSELt metadata from the nibbles) and ``gather`` (BWD-1's kept entries of a 16-bit dW),
-with their word-sized loads/stores on and off where they have both paths.
+under the stored mask), ``metadata`` (cuSPARSELt metadata from the nibbles) and ``gather`` (BWD-1's kept entries of
+a 16-bit dW), with their word-sized loads/stores on and off where they have both paths.
 """
 from __future__ import annotations
 
@@ -46,14 +45,7 @@ def main() -> None:
     weights = m * k
     moved = {"values": weights // 2 * 4 + weights // 4 + weights // 4 + weights // 2 * 2,
              "mask+values": weights // 2 * 4 + weights // 4 + weights // 2 * 2 + weights // 4,
-             "metadata": weights // 4 + weights // 8, "gather": weights * 2 + weights // 4 + weights // 2 * 2,
-             # per kept value: master, moments in and out (24 B), gradient and W's value (4 B), W_RCᵀ (2.5 B),
-             # nibbles in (0.5 B)
-             "adamw+mask+values": weights // 2 * 31}
-    grad = torch.randn(m, k // 2, device="cuda").to(torch.bfloat16)
-    adamw = nm_pack.AdamWStep(torch.zeros_like(master), torch.zeros_like(master), grad,
-                              torch.empty_like(grad), lr=1e-6, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0,
-                              step=1)
+             "metadata": weights // 4 + weights // 8, "gather": weights * 2 + weights // 4 + weights // 2 * 2}
     rows = []
 
     def measure(kernel: str, fn, block="", groups="", warps="", words=True) -> dict:
@@ -81,14 +73,10 @@ def main() -> None:
                         r["block"], r["groups"], r["num_warps"], words)
             measure("values", lambda: nm_pack.transpose_values(master, nib, wt_nib, out, launch),
                     r["block"], r["groups"], r["num_warps"], words)
-            if words:
-                measure("adamw+mask+values", lambda: nm_pack.transpose_mask_values(master, nib, wt_nib, out, launch,
-                                                                                   adamw=adamw),
-                        r["block"], r["groups"], r["num_warps"], words)
     measure("metadata", lambda: nm_pack.write_metadata(wt_nib, meta), words="")
     measure("gather", lambda: nm_pack.gather_kept(dense_grad, nib))
     measure("gather", lambda: nm_pack.gather_kept(dense_grad, nib, out_dtype=torch.float16), words=False)
-    for kernel in ("mask+values", "values", "adamw+mask+values"):
+    for kernel in ("mask+values", "values"):
         print(f"{kernel}: best launch shapes:")
         for r in sorted((r for r in rows if r["kernel"] == kernel), key=lambda r: r["median"])[:5]:
             print(f"   row_groups={r['block']:3} col_groups={r['groups']:3} warps={r['num_warps']} words={r['words']}"

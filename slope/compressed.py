@@ -127,30 +127,24 @@ class CompressedSLoPeLinear(SparseLinearBase):
         self.rebuild_transpose(master, recompute_mask=True)
 
     @torch.no_grad()
-    def rebuild_transpose(self, master_values: torch.Tensor, recompute_mask: bool = True,
-                          adamw: nm_pack.AdamWStep | None = None) -> None:
+    def rebuild_transpose(self, master_values: torch.Tensor, recompute_mask: bool = True) -> None:
         """Update compressed W_RCᵀ from W_R's (fp32) kept values; re-derive its mask when ``recompute_mask``.
 
         A new mask needs new metadata. Where `SpMM.writes_metadata` allows, one pass derives the mask and writes
         the values, and a second writes the metadata from the mask's nibbles; elsewhere the mask's 0/1 indicator
         is compressed by cuSPARSELt (as for W) and the values written after. An unchanged mask keeps its
-        metadata: only the values are rewritten in place, in one pass. With ``adamw`` (the optimizer's step), the
-        master values take that step first — inside the values pass, where the buffers' layouts allow.
+        metadata: only the values are rewritten in place, in one pass.
         """
         wt_values = values_view(self.wt_packed, self.in_features, self.out_features, self.dtype)
-        if recompute_mask and not self.backward_op.writes_metadata():
-            if adamw is not None:  # the indicator needs the new masters before the values pass
-                adamw.run(master_values)
-                adamw = None
-            indicator = nm_pack.transpose_mask(master_values, self.mask_nibbles, self.wt_nibbles, self.dtype)
-            self.wt_packed.copy_(self.backward_op.compress(indicator))
-            recompute_mask = False  # the new mask is stored now: values under it
-        if recompute_mask:
-            nm_pack.transpose_mask_values(master_values, self.mask_nibbles, self.wt_nibbles, wt_values, adamw=adamw)
+        if recompute_mask and self.backward_op.writes_metadata():
+            nm_pack.transpose_mask_values(master_values, self.mask_nibbles, self.wt_nibbles, wt_values)
             nm_pack.write_metadata(self.wt_nibbles, metadata_view(self.wt_packed, self.in_features,
                                                                   self.out_features, self.dtype))
-        else:
-            nm_pack.transpose_values(master_values, self.mask_nibbles, self.wt_nibbles, wt_values, adamw=adamw)
+            return
+        if recompute_mask:
+            indicator = nm_pack.transpose_mask(master_values, self.mask_nibbles, self.wt_nibbles, self.dtype)
+            self.wt_packed.copy_(self.backward_op.compress(indicator))
+        nm_pack.transpose_values(master_values, self.mask_nibbles, self.wt_nibbles, wt_values)
 
     @classmethod
     def from_dense(cls, module: nn.Module, *, sparsity="2:4", layer_name: str = "", mask=None, dtype=None,

@@ -4,14 +4,12 @@ Each compressed layer exposes its kept weights as one 16-bit Parameter, ``values
 the cuSPARSELt buffer; BWD-1 puts their gradient in ``values.grad`` (so DDP, clipping and GradScaler see it like
 any gradient). A step:
 
-1. AdamW on fp32 master values and moments, decoupled weight decay, writing the new values, rounded to 16 bits,
-   into the compressed W in place (metadata unchanged: the forward mask is fixed);
-2. W_RCᵀ is rebuilt from the new fp32 master values, re-deriving its 2:4 mask every ``mask_change_freq`` steps
-   (1 = the paper's accuracy semantics; mask and values in one pass, the metadata in a second — see
+1. AdamW on fp32 master values and moments, decoupled weight decay, in one fused Triton pass that also writes
+   the new values, rounded to 16 bits, into the compressed W in place (metadata unchanged: the forward mask
+   is fixed);
+2. W_RCᵀ is rebuilt from the fp32 master values, re-deriving its 2:4 mask every ``mask_change_freq`` steps
+   (1 = the paper's accuracy semantics; one Triton pass for mask and values, one for the metadata — see
    `CompressedSLoPeLinear.rebuild_transpose`) and keeping the last mask in between (one pass for the values).
-
-Both are one Triton kernel (`nm_pack.AdamWStep` given to the transpose): each tile of masters is read once, updated,
-and transposed from registers. Where a buffer's layout does not allow it, the step runs alone first.
 
 Dense parameters (embeddings, norms, dense layers, adapters) go to an ordinary optimizer:
 ``torch.optim.AdamW(slope.optim.dense_parameters(model), ...)``. Unlike the public reference code, the stored
@@ -155,12 +153,11 @@ class ADAMWSparse(torch.optim.Optimizer):
             for p in params:
                 state = self._state(p)
                 state["step"] += 1
-                # fp32 master/moments updated and 16-bit values written into the compressed W, in the same pass
-                # that rebuilds W_RCᵀ from the new masters (see CompressedSLoPeLinear.rebuild_transpose)
-                adamw = nm_pack.AdamWStep(state["exp_avg"], state["exp_avg_sq"], p.grad, p.detach(), lr=lr,
-                                          beta1=beta1, beta2=beta2, eps=eps, weight_decay=decay, step=state["step"])
+                # one fused pass: fp32 master/moments updated, 16-bit values written into the compressed W
+                nm_pack.adamw_step_(state["master"], state["exp_avg"], state["exp_avg_sq"], p.grad, p, lr=lr,
+                                    beta1=beta1, beta2=beta2, eps=eps, weight_decay=decay, step=state["step"])
                 recompute = state["step"] % self.mask_change_freq == 0 or not state.get("wt_mask_ready", False)
-                self._layer_of[id(p)].rebuild_transpose(state["master"], recompute_mask=recompute, adamw=adamw)
+                self._layer_of[id(p)].rebuild_transpose(state["master"], recompute_mask=recompute)
                 state["wt_mask_ready"] = True
         return loss
 

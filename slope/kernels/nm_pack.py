@@ -11,8 +11,6 @@ i kept): a quarter byte per weight instead of a byte. Triton kernels move betwee
 * `transpose_values(values, nibbles, wt_nibbles, out)`: W_RCᵀ's kept values written straight into the
   compressed W_RCᵀ, so the optimizer never materialises a dense W_R
 * `transpose_mask_values(values, nibbles, wt_nibbles, out)`: both in one pass (new mask, values under it)
-* `adamw_step_(...)`: AdamW on the fp32 masters, writing W's 16-bit values; or, as ``adamw=AdamWStep(...)`` of
-  the two transposes above, in the same pass, so the new masters feed W_RCᵀ without being read back
 * `write_metadata(nibbles, out)`: cuSPARSELt's metadata bytes written from nibble masks, without its compress
   (the layout, `metadata_slot`, was measured on an H100 with cuSPARSELt 0.8; `SpMM.writes_metadata` checks it
   against the library's own compress before a layer relies on it)
@@ -21,8 +19,6 @@ Values inside a group are ordered by position, which is the order of cuSPARSELt'
 Triton is imported lazily: `import slope` never needs it. Under ``TRITON_INTERPRET=1`` the kernels run on CPU.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
@@ -52,8 +48,7 @@ def _get():
         from . import nm_pack_triton as k
 
         _compiled = {"gather": k.gather_kernel, "gather_words": k.gather_words_kernel, "scatter": k.scatter_kernel,
-                     "transpose": k.transpose_kernel, "adamw": k.adamw_kernel, "metadata": k.metadata_kernel,
-                     "adamw_transpose": k.adamw_transpose_kernel}
+                     "transpose": k.transpose_kernel, "adamw": k.adamw_kernel, "metadata": k.metadata_kernel}
     return _compiled
 
 
@@ -99,75 +94,23 @@ def scatter_kept(values: torch.Tensor, nibbles: torch.Tensor, out_dtype: torch.d
 TRANSPOSE_LAUNCH = {"row_groups": 16, "col_groups": 32, "num_warps": 4}
 
 
-@dataclass
-class AdamWStep:
-    """One AdamW step (decoupled decay) for fp32 masters, with its state: ``exp_avg``/``exp_avg_sq`` fp32 like the
-    masters, ``grad`` and ``weight_values`` (the compressed W's values, written rounded) in 16 bits. Given to
-    `transpose_values` / `transpose_mask_values`, the step runs in the same pass, before W_RCᵀ is built."""
-    exp_avg: torch.Tensor
-    exp_avg_sq: torch.Tensor
-    grad: torch.Tensor
-    weight_values: torch.Tensor
-    lr: float
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-    step: int
-
-    def scalars(self) -> tuple[float, ...]:
-        """(decay factor, beta1, beta2, step size, 1/sqrt(bias correction 2), eps), as the kernels take them."""
-        bias1, bias2 = 1 - self.beta1**self.step, 1 - self.beta2**self.step
-        return (1 - self.lr * self.weight_decay, self.beta1, self.beta2, self.lr / bias1, 1 / bias2**0.5, self.eps)
-
-    def run(self, master: torch.Tensor) -> None:
-        """The step alone (`adamw_step_`)."""
-        adamw_step_(master, self.exp_avg, self.exp_avg_sq, self.grad, self.weight_values, lr=self.lr,
-                    beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay, step=self.step)
-
-    def words(self, master: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
-        """(master, exp_avg, exp_avg_sq) as int64 pair words and (grad, weight_values) as int32 ones, or None where
-        a dtype or layout does not allow it (the fused kernel reads every row-side buffer a group at a time)."""
-        if master.dtype != torch.float32 or any(t.dtype not in _SIXTEEN_BIT for t in (self.grad, self.weight_values)):
-            return None
-        views = [_as_words(t, torch.int64) for t in (master, self.exp_avg, self.exp_avg_sq)]
-        views += [_as_words(t, torch.int32) for t in (self.grad, self.weight_values)]
-        same_shape = all(t.shape == master.shape for t in (self.exp_avg, self.exp_avg_sq, self.grad,
-                                                           self.weight_values))
-        return tuple(views) if same_shape and all(v is not None for v in views) else None
-
-
-_SIXTEEN_BIT = {torch.float16: 1, torch.bfloat16: 2}  # the kernels' code for a 16-bit dtype
-
-
-def _transpose_launch(values, nibbles, out, wt_nibbles, mode: int, launch: dict | None = None,
-                      adamw: AdamWStep | None = None) -> None:
+def _transpose_launch(values, nibbles, out, wt_nibbles, mode: int, launch: dict | None = None) -> None:
     m, half = values.shape
     k = half * 2
     launch = {**TRANSPOSE_LAUNCH, **(launch or {})}
-    use_words = launch.get("words", True)
-    packed_out = None
-    if mode != 1 and out.dtype in _SIXTEEN_BIT and use_words:
-        packed_out = _as_words(out, torch.int32)
-    grid = (triton_cdiv(m // 4, launch["row_groups"]), triton_cdiv(k // 4, launch["col_groups"]))
-    tile = dict(ROW_GROUPS=launch["row_groups"], COL_GROUPS=launch["col_groups"], MODE=mode,
-                PACKED=0 if packed_out is None else _SIXTEEN_BIT[out.dtype], num_warps=launch["num_warps"])
-    out_arg = out if packed_out is None else packed_out
-    state_words = adamw.words(values) if adamw is not None and mode != 1 and use_words else None
-    if state_words is not None:  # AdamW and the transpose in one pass
-        master, exp_avg, exp_avg_sq, grad, weight_values = state_words
-        _get()["adamw_transpose"][grid](master, nibbles.contiguous(), out_arg, wt_nibbles, m, k, exp_avg, exp_avg_sq,
-                                        grad, weight_values, *adamw.scalars(), GRAD_TYPE=_SIXTEEN_BIT[adamw.grad.dtype],
-                                        W_TYPE=_SIXTEEN_BIT[adamw.weight_values.dtype], **tile)
-        return
-    if adamw is not None:  # a layout the fused kernel does not take: the step first, then the transpose
-        adamw.run(values)
     values = values.contiguous()
     # Pairs of values move as one word where the dtypes allow: fp32 masters in (8 bytes per group), 16-bit
     # W_RCᵀ values out (4 bytes per group). The kernel has a 2-load / 2-store path for everything else.
-    pairs = _as_words(values, torch.int64) if values.dtype == torch.float32 and use_words else None
-    _get()["transpose"][grid](values if pairs is None else pairs, nibbles.contiguous(), out_arg, wt_nibbles, m, k,
-                              FP32_PAIRS=pairs is not None, **tile)
+    pairs = _as_words(values, torch.int64) if values.dtype == torch.float32 and launch.get("words", True) else None
+    packed_out = None
+    if mode != 1 and out.dtype in (torch.float16, torch.bfloat16) and launch.get("words", True):
+        packed_out = _as_words(out, torch.int32)
+    grid = (triton_cdiv(m // 4, launch["row_groups"]), triton_cdiv(k // 4, launch["col_groups"]))
+    _get()["transpose"][grid](
+        values if pairs is None else pairs, nibbles.contiguous(), out if packed_out is None else packed_out,
+        wt_nibbles, m, k, ROW_GROUPS=launch["row_groups"], COL_GROUPS=launch["col_groups"], MODE=mode,
+        PACKED=0 if packed_out is None else (1 if out.dtype == torch.float16 else 2), FP32_PAIRS=pairs is not None,
+        num_warps=launch["num_warps"])
 
 
 def transpose_mask(values: torch.Tensor, nibbles: torch.Tensor, wt_nibbles: torch.Tensor,
@@ -181,20 +124,17 @@ def transpose_mask(values: torch.Tensor, nibbles: torch.Tensor, wt_nibbles: torc
 
 
 def transpose_values(values: torch.Tensor, nibbles: torch.Tensor, wt_nibbles: torch.Tensor,
-                     out: torch.Tensor, launch: dict | None = None, adamw: AdamWStep | None = None) -> torch.Tensor:
-    """Write W_RCᵀ's kept values (k, m/2) under ``wt_nibbles`` into ``out`` (e.g. a compressed buffer's values).
-    With ``adamw``, ``values`` (the fp32 masters) take that step first, in the same pass where layouts allow."""
-    _transpose_launch(values, nibbles, out, wt_nibbles, mode=0, launch=launch, adamw=adamw)
+                     out: torch.Tensor, launch: dict | None = None) -> torch.Tensor:
+    """Write W_RCᵀ's kept values (k, m/2) under ``wt_nibbles`` into ``out`` (e.g. a compressed buffer's values)."""
+    _transpose_launch(values, nibbles, out, wt_nibbles, mode=0, launch=launch)
     return out
 
 
 def transpose_mask_values(values: torch.Tensor, nibbles: torch.Tensor, wt_nibbles: torch.Tensor,
-                          out: torch.Tensor, launch: dict | None = None, adamw: AdamWStep | None = None
-                          ) -> torch.Tensor:
+                          out: torch.Tensor, launch: dict | None = None) -> torch.Tensor:
     """`transpose_mask` and `transpose_values` in one pass: writes ``wt_nibbles`` (k, m/4) and W_RCᵀ's kept
-    values (k, m/2) into ``out``; no indicator (with `write_metadata`, cuSPARSELt's compress is not needed).
-    With ``adamw``, as in `transpose_values`."""
-    _transpose_launch(values, nibbles, out, wt_nibbles, mode=2, launch=launch, adamw=adamw)
+    values (k, m/2) into ``out``; no indicator (with `write_metadata`, cuSPARSELt's compress is not needed)."""
+    _transpose_launch(values, nibbles, out, wt_nibbles, mode=2, launch=launch)
     return out
 
 
@@ -254,9 +194,10 @@ def adamw_step_(master: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.T
                 step: int) -> None:
     """Fused AdamW (decoupled decay) on fp32 ``master``/moments in place; writes ``values`` = master rounded."""
     n = master.numel()
-    scalars = AdamWStep(exp_avg, exp_avg_sq, grad, values, lr, beta1, beta2, eps, weight_decay, step).scalars()
-    _get()["adamw"][(triton_cdiv(n, _BLOCK),)](master, exp_avg, exp_avg_sq, grad.contiguous(), values, n, *scalars,
-                                               BLOCK=_BLOCK)
+    bias1, bias2 = 1 - beta1**step, 1 - beta2**step
+    _get()["adamw"][(triton_cdiv(n, _BLOCK),)](master, exp_avg, exp_avg_sq, grad.contiguous(), values, n,
+                                         1 - lr * weight_decay, beta1, beta2, lr / bias1, 1 / bias2**0.5, eps,
+                                         BLOCK=_BLOCK)
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -65,93 +65,24 @@ def _column_keep(a0, a1, a2, a3):
 
 
 @triton.jit
-def _row_pair(values_ptr, row, g, k, valid, FP32_PAIRS: tl.constexpr):
-    # the two kept values of group g in `row`, as fp32. FP32_PAIRS: ``values_ptr`` is the fp32 values seen as
-    # int64 (m, k/4), so each group's pair arrives in one 8-byte load.
+def _row_values(values_ptr, nib_ptr, row, g, k, valid, FP32_PAIRS: tl.constexpr):
+    # the 4 dense entries of group g in `row`, rebuilt from its two kept values and nibble. FP32_PAIRS:
+    # ``values_ptr`` is the fp32 values seen as int64 (m, k/4), so each group's pair arrives in one 8-byte load.
+    nib = tl.load(nib_ptr + row * (k // 4) + g, mask=valid, other=3).to(tl.int32)
+    p0, p1 = _two_positions(nib)
     if FP32_PAIRS:
-        v0, v1 = _unpack_f32(tl.load(values_ptr + row * (k // 4) + g, mask=valid, other=0))
+        pair = tl.load(values_ptr + row * (k // 4) + g, mask=valid, other=0)
+        v0 = pair.to(tl.int32).to(tl.float32, bitcast=True)          # the low word is the first value
+        v1 = (pair >> 32).to(tl.int32).to(tl.float32, bitcast=True)
     else:
         v0 = tl.load(values_ptr + row * (k // 2) + g * 2, mask=valid, other=0.0).to(tl.float32)
         v1 = tl.load(values_ptr + row * (k // 2) + g * 2 + 1, mask=valid, other=0.0).to(tl.float32)
-    return v0, v1
-
-
-@triton.jit
-def _dense_group(nib, v0, v1):
-    # the 4 dense entries of a group from its two kept values and nibble
-    p0, p1 = _two_positions(nib)
     zero = tl.zeros_like(v0)
     c0 = tl.where(p0 == 0, v0, zero)
     c1 = tl.where(p0 == 1, v0, tl.where(p1 == 1, v1, zero))
     c2 = tl.where(p0 == 2, v0, tl.where(p1 == 2, v1, zero))
     c3 = tl.where(p1 == 3, v1, zero)
     return c0, c1, c2, c3
-
-
-@triton.jit
-def _row_values(values_ptr, nib_ptr, row, g, k, valid, FP32_PAIRS: tl.constexpr):
-    # the 4 dense entries of group g in `row`, rebuilt from its two kept values and nibble
-    nib = tl.load(nib_ptr + row * (k // 4) + g, mask=valid, other=3).to(tl.int32)
-    v0, v1 = _row_pair(values_ptr, row, g, k, valid, FP32_PAIRS)
-    return _dense_group(nib, v0, v1)
-
-
-# ----- pairs of values as one word (little-endian: the first value is the low half) ---------------------------
-@triton.jit
-def _unpack_f32(pair):
-    return pair.to(tl.int32).to(tl.float32, bitcast=True), (pair >> 32).to(tl.int32).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _pack_f32(v0, v1):
-    low = v0.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
-    return low | (v1.to(tl.int32, bitcast=True).to(tl.int64) << 32)
-
-
-@triton.jit
-def _unpack_16(pair, TYPE: tl.constexpr):
-    # TYPE 1 = fp16, 2 = bf16
-    ty = tl.float16 if TYPE == 1 else tl.bfloat16
-    v0 = pair.to(tl.int16).to(ty, bitcast=True).to(tl.float32)
-    v1 = (pair >> 16).to(tl.int16).to(ty, bitcast=True).to(tl.float32)
-    return v0, v1
-
-
-@triton.jit
-def _pack_16(v0, v1, TYPE: tl.constexpr):
-    ty = tl.float16 if TYPE == 1 else tl.bfloat16
-    low = v0.to(ty).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    return low | (v1.to(ty).to(tl.int16, bitcast=True).to(tl.int32) << 16)
-
-
-@triton.jit
-def _adamw(p, g, m, v, decay_factor, beta1, beta2, step_size, inv_sqrt_bias2, eps):
-    # AdamW with decoupled weight decay on fp32 (bias corrections folded into step_size and inv_sqrt_bias2)
-    p = p * decay_factor
-    m = beta1 * m + (1 - beta1) * g
-    v = beta2 * v + (1 - beta2) * g * g
-    p = p - step_size * m / (tl.sqrt(v) * inv_sqrt_bias2 + eps)
-    return p, m, v
-
-
-@triton.jit
-def _adamw_row(master_ptr, exp_avg_ptr, exp_avg_sq_ptr, grad_ptr, w_ptr, nib_ptr, row, g, k, valid, decay_factor,
-               beta1, beta2, step_size, inv_sqrt_bias2, eps, GRAD_TYPE: tl.constexpr, W_TYPE: tl.constexpr):
-    # AdamW on group g of `row` (fp32 master/moments as int64 pairs, 16-bit gradient and W values as int32 pairs):
-    # stores the new state and W's rounded values, returns the group's 4 dense entries of the new master
-    word = row * (k // 4) + g
-    p0, p1 = _unpack_f32(tl.load(master_ptr + word, mask=valid, other=0))
-    m0, m1 = _unpack_f32(tl.load(exp_avg_ptr + word, mask=valid, other=0))
-    v0, v1 = _unpack_f32(tl.load(exp_avg_sq_ptr + word, mask=valid, other=0))
-    g0, g1 = _unpack_16(tl.load(grad_ptr + word, mask=valid, other=0), GRAD_TYPE)
-    p0, m0, v0 = _adamw(p0, g0, m0, v0, decay_factor, beta1, beta2, step_size, inv_sqrt_bias2, eps)
-    p1, m1, v1 = _adamw(p1, g1, m1, v1, decay_factor, beta1, beta2, step_size, inv_sqrt_bias2, eps)
-    tl.store(master_ptr + word, _pack_f32(p0, p1), mask=valid)
-    tl.store(exp_avg_ptr + word, _pack_f32(m0, m1), mask=valid)
-    tl.store(exp_avg_sq_ptr + word, _pack_f32(v0, v1), mask=valid)
-    tl.store(w_ptr + word, _pack_16(p0, p1, W_TYPE), mask=valid)
-    nib = tl.load(nib_ptr + word, mask=valid, other=3).to(tl.int32)
-    return _dense_group(nib, p0, p1)
 
 
 @triton.jit
@@ -177,7 +108,10 @@ def _store_column_values(out_ptr, nib, col, r, m, x0, x1, x2, x3, valid, PACKED:
     v0 = tl.where(q0 == 0, x0, tl.where(q0 == 1, x1, x2))
     v1 = tl.where(q1 == 1, x1, tl.where(q1 == 2, x2, x3))
     if PACKED:
-        tl.store(out_ptr + col * (m // 4) + r, _pack_16(v0, v1, PACKED), mask=valid)
+        ty = tl.float16 if PACKED == 1 else tl.bfloat16
+        low = v0.to(ty).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        high = v1.to(ty).to(tl.int16, bitcast=True).to(tl.int32)
+        tl.store(out_ptr + col * (m // 4) + r, low | (high << 16), mask=valid)
     else:
         ty = out_ptr.dtype.element_ty
         base = col * (m // 2) + r * 2
@@ -234,43 +168,11 @@ def transpose_kernel(values_ptr, nib_ptr, out_ptr, wt_nib_ptr, m, k, ROW_GROUPS:
     b0, b1, b2, b3 = _row_values(values_ptr, nib_ptr, row0 + 1, g, k, valid, FP32_PAIRS)
     c0, c1, c2, c3 = _row_values(values_ptr, nib_ptr, row0 + 2, g, k, valid, FP32_PAIRS)
     d0, d1, d2, d3 = _row_values(values_ptr, nib_ptr, row0 + 3, g, k, valid, FP32_PAIRS)
-    _write_columns(out_ptr, wt_nib_ptr, g, row0, r, m, valid, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3,
-                   d0, d1, d2, d3, MODE, PACKED)
-
-
-@triton.jit
-def _write_columns(out_ptr, wt_nib_ptr, g, row0, r, m, valid, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3,
-                   d0, d1, d2, d3, MODE: tl.constexpr, PACKED: tl.constexpr):
-    # column 4g + q of the 4 rebuilt rows (a, b, c, d) is W_RCᵀ's group r of row 4g + q
     col = g * 4
     _column(out_ptr, wt_nib_ptr, col + 0, row0, r, m, a0, b0, c0, d0, valid, MODE, PACKED)
     _column(out_ptr, wt_nib_ptr, col + 1, row0, r, m, a1, b1, c1, d1, valid, MODE, PACKED)
     _column(out_ptr, wt_nib_ptr, col + 2, row0, r, m, a2, b2, c2, d2, valid, MODE, PACKED)
     _column(out_ptr, wt_nib_ptr, col + 3, row0, r, m, a3, b3, c3, d3, valid, MODE, PACKED)
-
-
-@triton.jit
-def adamw_transpose_kernel(master_ptr, nib_ptr, out_ptr, wt_nib_ptr, m, k, exp_avg_ptr, exp_avg_sq_ptr, grad_ptr,
-                           w_ptr, decay_factor, beta1, beta2, step_size, inv_sqrt_bias2, eps,
-                           ROW_GROUPS: tl.constexpr, COL_GROUPS: tl.constexpr, MODE: tl.constexpr,
-                           PACKED: tl.constexpr, GRAD_TYPE: tl.constexpr, W_TYPE: tl.constexpr):
-    # adamw_kernel and transpose_kernel (MODE 0 or 2) in one pass over the same tile: the new fp32 masters feed
-    # W_RCᵀ straight from registers, so the optimizer reads them once instead of twice. All row-side buffers
-    # (master, moments, gradient, W's values) come as pair words, indexed like the nibbles (row * k/4 + g).
-    r = (tl.program_id(0) * ROW_GROUPS + tl.arange(0, ROW_GROUPS)).to(tl.int64)[:, None]
-    g = (tl.program_id(1) * COL_GROUPS + tl.arange(0, COL_GROUPS)).to(tl.int64)[None, :]
-    valid = (r < m // 4) & (g < k // 4)
-    row0 = r * 4
-    a0, a1, a2, a3 = _adamw_row(master_ptr, exp_avg_ptr, exp_avg_sq_ptr, grad_ptr, w_ptr, nib_ptr, row0 + 0, g, k,
-                                valid, decay_factor, beta1, beta2, step_size, inv_sqrt_bias2, eps, GRAD_TYPE, W_TYPE)
-    b0, b1, b2, b3 = _adamw_row(master_ptr, exp_avg_ptr, exp_avg_sq_ptr, grad_ptr, w_ptr, nib_ptr, row0 + 1, g, k,
-                                valid, decay_factor, beta1, beta2, step_size, inv_sqrt_bias2, eps, GRAD_TYPE, W_TYPE)
-    c0, c1, c2, c3 = _adamw_row(master_ptr, exp_avg_ptr, exp_avg_sq_ptr, grad_ptr, w_ptr, nib_ptr, row0 + 2, g, k,
-                                valid, decay_factor, beta1, beta2, step_size, inv_sqrt_bias2, eps, GRAD_TYPE, W_TYPE)
-    d0, d1, d2, d3 = _adamw_row(master_ptr, exp_avg_ptr, exp_avg_sq_ptr, grad_ptr, w_ptr, nib_ptr, row0 + 3, g, k,
-                                valid, decay_factor, beta1, beta2, step_size, inv_sqrt_bias2, eps, GRAD_TYPE, W_TYPE)
-    _write_columns(out_ptr, wt_nib_ptr, g, row0, r, m, valid, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3,
-                   d0, d1, d2, d3, MODE, PACKED)
 
 
 @triton.jit
@@ -302,7 +204,10 @@ def adamw_kernel(master_ptr, exp_avg_ptr, exp_avg_sq_ptr, grad_ptr, values_ptr, 
     g = tl.load(grad_ptr + offs, mask=valid, other=0.0).to(tl.float32)
     m = tl.load(exp_avg_ptr + offs, mask=valid, other=0.0)
     v = tl.load(exp_avg_sq_ptr + offs, mask=valid, other=0.0)
-    p, m, v = _adamw(p, g, m, v, decay_factor, beta1, beta2, step_size, inv_sqrt_bias2, eps)
+    p = p * decay_factor
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    p = p - step_size * m / (tl.sqrt(v) * inv_sqrt_bias2 + eps)
     tl.store(master_ptr + offs, p, mask=valid)
     tl.store(exp_avg_ptr + offs, m, mask=valid)
     tl.store(exp_avg_sq_ptr + offs, v, mask=valid)
