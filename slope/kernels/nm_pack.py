@@ -184,11 +184,14 @@ def write_metadata(nibbles: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     n_bytes = rows * col_groups // 2
     if out.dtype != torch.uint8 or out.numel() != n_bytes:
         raise ValueError(f"write_metadata: out must be {n_bytes} uint8 bytes, got {out.numel()} {out.dtype}")
-    # A word-per-lane version (8 output bytes, two 8-byte loads) measured no faster on an H100 (0.065 ms both at
-    # 5120x20480, results/sweep_transpose_h100.csv, 454cbba), so the byte kernel stays.
-    _get()["metadata"][(triton_cdiv(n_bytes, _BLOCK),)](nibbles.contiguous(), out, n_bytes, col_groups * 4,
-                                                       BLOCK=_BLOCK)
+    col_blocks = col_groups // 8  # 256-byte blocks per 64-row band
+    grid = (rows // 64, triton_cdiv(col_blocks, _METADATA_BLOCKS))
+    _get()["metadata"][grid](nibbles.contiguous(), out, col_groups * 4, Q_BLOCKS=_METADATA_BLOCKS)
     return out
+
+
+# 256-byte metadata blocks per program (1024 lanes)
+_METADATA_BLOCKS = 4
 
 
 def adamw_step_(master: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, grad: torch.Tensor,

@@ -176,21 +176,27 @@ def transpose_kernel(values_ptr, nib_ptr, out_ptr, wt_nib_ptr, m, k, ROW_GROUPS:
 
 
 @triton.jit
-def metadata_kernel(nib_ptr, meta_ptr, n_bytes, cols, BLOCK: tl.constexpr):
+def metadata_kernel(nib_ptr, meta_ptr, cols, Q_BLOCKS: tl.constexpr):
     # cuSPARSELt metadata of a (rows, cols) 2:4 matrix straight from its nibble masks (rows, cols/4): byte b holds
     # the 2-bit positions (p0 | p1 << 2) of groups (r, q) in its low nibble and (r + 8, q) in its high one, where
-    # (r, q) comes from b as `slope.kernels.nm_pack.metadata_slot` lays it out (64-row × 8-group blocks).
-    b = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    valid = b < n_bytes
+    # (r, q) comes from b as `slope.kernels.nm_pack.metadata_slot` lays it out (64-row × 8-group blocks of 256
+    # bytes, row-major over blocks). A program owns Q_BLOCKS consecutive blocks of one 64-row band: the grid's two
+    # axes give the band and the block, so no lane divides by a runtime value (a 64-bit division per lane made
+    # the 1-D form run at ~600 GB/s).
+    col_blocks = cols // 32
+    i = tl.arange(0, Q_BLOCKS * 256)
+    block_q = tl.program_id(1) * Q_BLOCKS + (i >> 8)
+    valid = block_q < col_blocks
+    inner = i & 255
+    r = tl.program_id(0).to(tl.int64) * 64 + ((inner >> 3) & 7) + (((inner >> 6) & 3) << 4)
+    q = block_q * 8 + ((inner & 1) << 2) + ((inner >> 1) & 3)
     col_groups = cols // 4
-    block = b // 256
-    r = (block // (col_groups // 8)) * 64 + ((b >> 3) & 7) + (((b >> 6) & 3) << 4)
-    q = (block % (col_groups // 8)) * 8 + ((b & 1) << 2) + ((b >> 1) & 3)
     low = tl.load(nib_ptr + r * col_groups + q, mask=valid, other=3).to(tl.int32)
     high = tl.load(nib_ptr + (r + 8) * col_groups + q, mask=valid, other=3).to(tl.int32)
     l0, l1 = _two_positions(low)
     h0, h1 = _two_positions(high)
     byte = l0 | (l1 << 2) | (h0 << 4) | (h1 << 6)
+    b = (tl.program_id(0).to(tl.int64) * col_blocks + block_q) * 256 + inner
     tl.store(meta_ptr + b, byte.to(tl.uint8), mask=valid)
 
 
