@@ -44,9 +44,18 @@ class Variant:
     note: str = ""
 
 
+# Learning rate of every timed optimizer: 0. Each step still runs all of its work — torch's fused AdamW and
+# ADAMWSparse read and write every weight and moment whatever the rate, and W_RCᵀ's mask is re-derived — but the
+# weights stay at their random init, so no variant is timed on inf/NaN data. At 1e-5 the dense fp16 run of
+# `--precision half` (16-bit weights and Adam moments) diverged by its 5th step (OPT-13B, 8 blocks), and an fp16
+# GEMM on NaN data ran 14% faster than on finite data on an H100 (8192x5120 @ 5120x20480: 2.03 vs 2.37 ms; bf16:
+# no difference), so those dense steps looked faster than they are (measured at 9274cc6).
+TIMING_LR = 0.0
+
+
 def _dense_optimizer(params, device) -> torch.optim.Optimizer:
     # fused AdamW is the fastest torch AdamW on the GPU; the CPU toy path uses the default implementation
-    return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1, fused=torch.device(device).type == "cuda")
+    return torch.optim.AdamW(params, lr=TIMING_LR, weight_decay=0.1, fused=torch.device(device).type == "cuda")
 
 
 def build_variant(kind: str, make_model, *, device, dtype: torch.dtype, precision: str = "half",
@@ -97,7 +106,8 @@ def build_variant(kind: str, make_model, *, device, dtype: torch.dtype, precisio
         else:
             from slope.optim import ADAMWSparse, dense_parameters
 
-            variant.optimizers = [ADAMWSparse(model, lr=1e-5, weight_decay=0.1, mask_change_freq=mask_change_freq),
+            variant.optimizers = [ADAMWSparse(model, lr=TIMING_LR, weight_decay=0.1,
+                                                  mask_change_freq=mask_change_freq),
                                   _dense_optimizer(dense_parameters(model), device)]
     return variant
 
