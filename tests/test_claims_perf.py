@@ -136,6 +136,16 @@ def test_each_configuration_gets_its_own_phase_table_and_dense_column(tmp_path):
     assert "250.00" not in fp16_table.split("\n\n", 2)[1]
 
 
+def test_a_ratio_against_a_dense_step_on_nan_weights_says_it_is_understated(tmp_path):
+    run_c = dict(RUN_A, git_sha="ccccccc333", config_hash="cfgC")
+    fp16 = [_e2e("dense", "step", 220, run=run_c, dtype="float16", note="loss not finite (timing only)"),
+            _e2e("slope", "step", 210, run=run_c, dtype="float16")]
+    _write(tmp_path / "speedup_h100.csv", E2E_COLUMNS, _train_rows() + fp16)
+    p1 = {c.key: c for c in perf.build(tmp_path)[1]}["P1"].lines
+    flagged = [line for line in p1 if "NaN weights" in line.subject]
+    assert len(flagged) == 1 and "float16" in flagged[0].subject  # the bf16 run's dense was finite
+
+
 def test_a_dense_baseline_that_moved_between_runs_is_flagged(tmp_path):
     run_c = dict(RUN_A, git_sha="ccccccc333", config_hash="cfgC", date="2026-01-03T10:00:00+00:00")
     rows = _train_rows() + [_e2e("dense", "step", 400, run=run_c), _e2e("dense", "optimizer", 21, run=run_c)]
