@@ -107,7 +107,7 @@ def build_variant(kind: str, make_model, *, device, dtype: torch.dtype, precisio
             from slope.optim import ADAMWSparse, dense_parameters
 
             variant.optimizers = [ADAMWSparse(model, lr=TIMING_LR, weight_decay=0.1,
-                                                  mask_change_freq=mask_change_freq),
+                                              mask_change_freq=mask_change_freq),
                                   _dense_optimizer(dense_parameters(model), device)]
     return variant
 
