@@ -86,7 +86,7 @@ def _phase_table(inp: Inputs, steps: list[dict]) -> list[str]:
     heads = [f"{s['variant']} @ {s['git_sha'][:7]}" for s in steps]
     out = [f"Per phase, {first['model']} ({first['num_blocks']} of {first['full_blocks']} blocks, {first['dtype']}, "
            f"`--precision {first['precision']}`) (ms, medians; ratio = dense / SLoPe with its IQR-derived spread; "
-           "† = cross-run: the dense row is from another run). Dense: "
+           "† = cross-run: the dense row is from another run; the dense column is the last run's). Dense: "
            + cites_text({cite_key(r) for r in dense_rows}) + ".", "",
            "| phase | dense | " + " | ".join(f"{h} | ratio" for h in heads) + " | ideal |",
            "|---|---|" + "---|---|" * len(steps) + "---|"]
@@ -96,7 +96,7 @@ def _phase_table(inp: Inputs, steps: list[dict]) -> list[str]:
             row = same_run_row(inp, step, experiment="train", phase=phase)
             s = speedup_vs_dense(inp, row, cross_run=True) if row else None
             found = pair(select(inp.e2e, variant="dense"), [row], E2E_KEYS, True) if row else []
-            dense_row = dense_row or (found[0][0] if found else None)
+            dense_row = (found[0][0] if found else None) or dense_row  # the latest run's dense: runs are in order
             ideal = ideal if ideal != "—" else (row or {}).get("ideal") or "—"
             cells.append(f"{ms_text(row)} | {sample_cell(s)}")
         out.append(f"| {phase} | {ms_text(dense_row)} | " + " | ".join(cells) + f" | {ideal} |")
