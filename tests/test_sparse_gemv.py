@@ -249,6 +249,25 @@ def test_runner_binds_arguments_in_the_kernels_parameter_order(monkeypatch):
     assert module._runner(Jit(), Compiled(), (3, 1, 1), ("x", "out", 7), {"BLOCK_N": 64, "BLOCK_T": 16}) is None
 
 
+def test_only_a_plan_builds_direct_launch_runners(monkeypatch):
+    """A one-off `launch` / `sparse_gemv` call never reuses a runner, so it builds none; a `GemvPlan` does."""
+    import triton
+
+    from slope.kernels import sparse_gemv as module
+
+    built = []
+    config = triton.Config({"BLOCK_N": 32, "BLOCK_K": 256}, num_warps=4)
+    monkeypatch.setattr(module, "_launch_tuned", lambda *args: (object(), config))  # as past the autotuner
+    monkeypatch.setattr(module, "_runner", lambda *args: built.append(args) or None)
+    _, values, nibbles = _sparse(48, 256, "cpu", torch.float16)  # 48 rows: no split K
+    x, out = torch.randn(1, 256).half(), torch.empty(1, 48).half()
+    module.sparse_gemv(x, values, nibbles, out=out)
+    module.launch(x, values, nibbles, None, out, *module.geometry(values, 256), "auto")
+    assert built == []
+    _plan(values, nibbles, None, 256)(x, out)
+    assert len(built) == 1
+
+
 def test_direct_launch_setting_comes_back_after_the_block(monkeypatch):
     from slope.kernels import sparse_gemv as module
 

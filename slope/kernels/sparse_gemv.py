@@ -141,14 +141,15 @@ def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_s
     """The kernel launch behind `sparse_gemv`, without its checks: for callers that checked their operands once.
     A caller that launches one weight many times (a layer) should hold a `GemvPlan`, which also skips Triton's
     per-call dispatch."""
-    _launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words)
+    _launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words, keep=False)
     return out
 
 
 def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_stride: int, form: str,
-            words: bool | None):
-    """Launch through Triton's JIT; returns a ``direct(x, out)`` that repeats this launch for another x and out of
-    the same geometry past the JIT (see `GemvPlan`), or None where the compiled kernels are not at hand."""
+            words: bool | None, keep: bool = True):
+    """Launch through Triton's JIT. With ``keep`` (a `GemvPlan`), returns a ``direct(x, out)`` that repeats this
+    launch for another x and out of the same geometry past the JIT, or None where the compiled kernels are not at
+    hand; a one-off call (``keep=False``) builds no such runner and returns None."""
     from . import sparse_gemv_triton
 
     tokens = x.shape[0]
@@ -173,8 +174,8 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
             k_chunk, tokens * n)
     compiled, config = _launch_tuned(kernel, grid, (kernel, n, k, x.dtype, values.dtype, target.dtype,
                                                     *meta.values()), args, meta)
-    main = None if compiled is None else _runner(kernel.fn, compiled, grid(config.kwargs), args,
-                                                 {**meta, **config.kwargs})
+    main = None if compiled is None or not keep else _runner(kernel.fn, compiled, grid(config.kwargs), args,
+                                                             {**meta, **config.kwargs})
     if splits == 1:
         if main is None:
             return None
@@ -188,8 +189,8 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
     finish_kernel, finish_grid = sparse_gemv_triton.sparse_gemv_finish_kernel, (-(-n // block), tokens)
     finish_args = (target, bias_arg, out, tokens, n, splits, out.stride(0))
     finish_meta = dict(HAS_BIAS=bias is not None, BLOCK=block)
-    finish = _runner(finish_kernel, finish_kernel[finish_grid](*finish_args, **finish_meta), finish_grid,
-                     finish_args, finish_meta)
+    finished = finish_kernel[finish_grid](*finish_args, **finish_meta)
+    finish = _runner(finish_kernel, finished, finish_grid, finish_args, finish_meta) if main is not None else None
     if main is None or finish is None:
         return None
     (run, bound), (run_finish, finish_bound) = main, finish  # finish: (partials, bias, out, scalars...)
