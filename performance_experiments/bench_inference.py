@@ -266,8 +266,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not torch.cuda.is_available():
         raise SystemExit("bench_inference needs a CUDA GPU")
     rows: list[dict] = []
+    shapes = {"decode": cfg.decode_shapes, "decode_host": ("1024x1024", "5120x5120")}
     blocks = [(section, shape, dtype) for section in cfg.sections for dtype in cfg.dtypes
-              for shape in {"decode": cfg.decode_shapes, "decode_host": ("1024x1024", "5120x5120")}.get(section, cfg.shapes)]
+              for shape in shapes.get(section, cfg.shapes)]
     benches = {"fused": bench_fused, "layers": bench_layers, "decode_host": bench_decode_host, "decode": bench_decode}
     for section, shape, dtype in tqdm(blocks, desc="bench_inference", file=sys.stderr, disable=None):
         block: list[dict] = []
