@@ -193,19 +193,20 @@ def claim_memory(inp: Inputs) -> Claim:
     for precision in ("half", "amp"):
         rows = [r for r in select(e2e, phase="train static: total", precision=precision,
                                   variant=lambda v: v.startswith("slope")) if vs_dense(inp, r)]
-        for r in rows:
+        for r, runs in _distinct_memory(inp, rows, ("model", "num_blocks", "dtype", "precision")):
             paper = paper_figure(inp, "memory_training", "N/A", r["model"])
             lines.append(Line("P4", f"{r['model']} training static state ({r['dtype']}, `--precision {precision}`)",
                               vs_dense(inp, r), TRAIN_MEMORY_GOAL, f"≤ {TRAIN_MEMORY_GOAL} (issue); "
                               f"{paper_text(paper)}; analytic {r['ideal'] or '—'}", higher=False,
-                              why=_memory_parts(inp, r)))
+                              why=_memory_parts(inp, r) + _runs_text(runs)))
             anchors.setdefault((r["variant"], r["adapter_rank"], run_of(r)), r)
         if not rows:
             lines.append(Line("P4", f"training static state, `--precision {precision}`", None, TRAIN_MEMORY_GOAL,
                               f"≤ {TRAIN_MEMORY_GOAL} (issue)", higher=False, absent=inp.absent("e2e")))
     infer = select(e2e, phase="inference static (params + buffers)", variant=lambda v: v in (
         "slope", "slope merged adapters"))
-    for r in infer:
+    for r, runs in _distinct_memory(inp, infer, ("model", "num_blocks", "dtype", "precision", "variant",
+                                                          "adapter_rank")):
         rank = r["adapter_rank"] or "0"
         paper = paper_figure(inp, "memory_inference", rank, r["model"])
         goal, goal_text = (INFER_MEMORY_GOAL, f"≤ {INFER_MEMORY_GOAL} (issue); storage ceiling "
@@ -214,12 +215,37 @@ def claim_memory(inp: Inputs) -> Claim:
         lines.append(Line("P4", f"{r['model']} inference static ({r['dtype']}), {r['variant']}"
                                 f"{'' if rank == '0' else ' r=' + rank}",
                           vs_dense(inp, r), goal, goal_text, higher=False,
-                          why=f"analytic {r['ideal'] or '—'} ({r['ideal_basis']})"))
+                          why=f"analytic {r['ideal'] or '—'} ({r['ideal_basis']})" + _runs_text(runs)))
         anchors.setdefault((r["variant"], r["adapter_rank"], run_of(r)), r)
     if not infer:
         lines.append(Line("P4", "inference static, r=0", None, INFER_MEMORY_GOAL, f"≤ {INFER_MEMORY_GOAL} (issue)",
                           higher=False, absent=inp.absent("e2e")))
     return Claim("P4", title, lines, _memory_table(inp, list(anchors.values())))
+
+
+def _distinct_memory(inp: Inputs, rows: list[dict], keys: tuple[str, ...]) -> list[tuple[dict, list[dict]]]:
+    """Static state is a count, not a timing: every run of the same configuration measures the same bytes (the
+    W_RCᵀ mask frequency changes none). One line per configuration and distinct ratio (the latest run's row),
+    with the runs that share it."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        ratio = vs_dense(inp, r)
+        groups.setdefault(tuple(r[k] for k in keys) + (round(ratio.median, 4) if ratio else None,), []).append(r)
+    measured = {key[:-1] for key in groups if key[-1] is not None}
+    return [(max(runs, key=lambda r: r.get("date", "")), runs) for key, runs in groups.items()
+            if key[-1] is not None or key[:-1] not in measured]  # a run without its dense partner adds nothing
+
+
+def _runs_text(runs: list[dict]) -> str:
+    if len(runs) == 1:
+        return ""
+    shas = list(dict.fromkeys(r["git_sha"][:7] for r in sorted(runs, key=lambda r: r.get("date", ""))))
+    return f"; the same ratio in {len(runs)} runs ({shas[0]} … {shas[-1]})" if len(shas) > 1 else \
+        f"; the same ratio in {len(runs)} runs at {shas[0]}"
+
+
+# A component whose dense counterpart is this small (e.g. LLaMA's rotary buffers) gets bytes, not a ratio
+TINY_DENSE_BYTES = 1e7
 
 
 def _memory_parts(inp: Inputs, total: dict) -> str:
@@ -229,8 +255,11 @@ def _memory_parts(inp: Inputs, total: dict) -> str:
             "train static: ") and p != "train static: total"):
         if run_of(r) == run_of(total):
             s = speedup_vs_dense(inp, r)
+            dense = pair(select(inp.e2e, variant="dense", status="ok"), [r], E2E_KEYS)
+            dense_bytes = float(dense[0][0]["median"]) if dense else 0.0
             name = r["phase"].split(": ", 1)[1]
-            out.append(f"{name} {s.value:.3f}×" if s else f"{name} {gb_text(r)} GB (dense: 0)")
+            out.append(f"{name} {s.value:.3f}×" if s and dense_bytes >= TINY_DENSE_BYTES else
+                       f"{name} {gb_text(r)} GB (dense: {dense_bytes / 1e9:.2f})")
     return ", ".join(out)
 
 

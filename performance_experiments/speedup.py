@@ -5,10 +5,10 @@ For each model (`performance_experiments.models`, truncated to the blocks that f
 * ``train``   full step (forward + LM loss, backward, optimizers) for dense, SLoPe (compressed + ADAMWSparse) and
               FST (simulated). Phases per step: forward / backward / optimizer (CUDA events in the step), and an
               instrumented pass with module hooks for the sparse-able linears' in-situ FWD and BWD (BWD-1 + BWD-2
-              together: splitting them needs a hook inside the layer's autograd Function) — "other" = the rest
-              (attention, norms, embeddings, LM head, loss). BWD-1 and BWD-2 are split by isolated GEMMs on each
-              layer shape at the step's token count, scaled by the layer count. Memory: static state (params,
-              grads, optimizer state, buffers) and the measured peak.
+              together: splitting them needs a hook inside the layer's autograd Function; on a GPU the GPU time
+              of the kernels they launch) — "other" = the rest (attention, norms, embeddings, LM head, loss).
+              BWD-1 and BWD-2 are split by isolated GEMMs on each layer shape at the step's token count, scaled by
+              the layer count. Memory: static state (params, grads, optimizer state, buffers) and the measured peak.
 * ``prefill`` one prompt batch (8 x 2048) forward, last-position logits only; adapter ranks 0, 1.56%, 6.25% of the
               hidden size with the merged path (``merge_lora=True``; rows say 'unsupported' where the library
               refuses it) and the unmerged adapters (two skinny GEMMs per layer) beside it.

@@ -2,7 +2,8 @@
 
 A step = forward with the LM loss, backward, every optimizer's step (CUDA events around each phase). A second,
 instrumented pass puts module hooks on the sparse-able linears for their in-situ FWD and BWD time (BWD-1 + BWD-2
-together); isolated GEMMs per layer shape split BWD-1 from BWD-2. See speedup.py for the row conventions.
+together; on a GPU the GPU time of the kernels they launch, `timing.LinearTimer`); "other" is the headline phase
+minus it. Isolated GEMMs per layer shape split BWD-1 from BWD-2. See speedup.py for the row conventions.
 """
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ import torch
 from . import e2e
 from .models import param_counts
 from .reference import paper_value
-from .timing import (LinearTimer, PhaseTimer, peak_bytes, reset_peak, round_or_blank, stat_fields, summarize,
-                     time_fn)
+from .timing import (LinearTimer, PhaseTimer, is_cuda, peak_bytes, reset_peak, round_or_blank, stat_fields,
+                     summarize, time_fn)
+
+
+_IN_SITU_NOTE = {True: "instrumented pass: GPU time of the layers' kernels (torch.profiler ranges opened by module "
+                       "hooks), median of up to 5 steps; other = the headline phase minus it",
+                 False: "instrumented pass: host clock between module hooks, median of up to 5 steps; other = the "
+                        "headline phase minus it"}
 
 
 def _isolated_phase_fns(layer, x, g) -> dict:
@@ -84,16 +91,16 @@ def train_section(run, kind: str) -> tuple[list[dict], e2e.Variant | None]:
     static = e2e.state_bytes(variant.model, variant.optimizers)
     for optimizer in variant.optimizers:
         optimizer.zero_grad(set_to_none=True)
-    # instrumented pass: the sparse-able linears' in-situ time (hooks cost host time, so a separate pass)
-    inst_phases, linear = PhaseTimer(device), None
+    # instrumented pass: the sparse-able linears' in-situ time (hooks and the profiler cost host time, so a
+    # separate pass; on a GPU it counts the layers' kernel time, which host time cannot inflate)
+    linear = None
     modules = e2e.sparse_able_modules(variant.model)
     try:
         with LinearTimer(device, modules) as linear_timer:
             for _ in range(1 + min(cfg.repeats, 5)):
-                e2e.train_step(variant, run.train_ids, device, inst_phases)
-                inst_phases.end_repeat()
+                e2e.train_step(variant, run.train_ids, device)
                 linear_timer.end_repeat()
-        linear, inst = linear_timer.stats(skip=1), inst_phases.stats(skip=1)
+        linear = linear_timer.stats(skip=1)
         linear_error = ""
     except Exception as error:  # noqa: BLE001 - the breakdown is optional; the headline timing stands
         linear_error = f"{type(error).__name__}: {error}"[:300]
@@ -105,16 +112,17 @@ def train_section(run, kind: str) -> tuple[list[dict], e2e.Variant | None]:
         run.dense["phases"], run.dense["static"], run.dense["peak"] = phases, static, peak
         run.dense["isolated"] = isolated
         if linear:
-            run.dense["linear"], run.dense["inst"] = linear, inst
+            run.dense["linear"] = linear
     dense_phases = run.dense.get("phases", {})
-    dl, di = run.dense.get("linear"), run.dense.get("inst")
+    dl = run.dense.get("linear")
     share = None
-    if dl and di:
+    if dl and dense_phases:
+        # the linears' in-situ time against the headline (uninstrumented) phases of the same dense model
         linear_ms = dl["forward"]["median_ms"] + dl["backward"]["median_ms"]
-        share = {"step": linear_ms / di["step"]["median_ms"],
-                 "fwd+bwd": linear_ms / (di["forward"]["median_ms"] + di["backward"]["median_ms"]),
-                 "forward": dl["forward"]["median_ms"] / di["forward"]["median_ms"],
-                 "backward": dl["backward"]["median_ms"] / di["backward"]["median_ms"]}
+        share = {"step": linear_ms / dense_phases["step"]["median_ms"],
+                 "fwd+bwd": linear_ms / dense_phases["forward+backward"]["median_ms"],
+                 "forward": dl["forward"]["median_ms"] / dense_phases["forward"]["median_ms"],
+                 "backward": dl["backward"]["median_ms"] / dense_phases["backward"]["median_ms"]}
     method = "FST" if "fst" in kind else "SLoPe"
     for phase in ("step", "forward+backward", "forward", "backward", "optimizer"):
         stats = phases[phase]
@@ -140,8 +148,8 @@ def train_section(run, kind: str) -> tuple[list[dict], e2e.Variant | None]:
                             ratio_vs_dense=round_or_blank(ratio),
                             ideal=round_or_blank(ideal), ideal_basis=basis, paper=paper, note=note.strip("; ")))
     if linear:
-        other_ms = {"forward": inst["forward"]["median_ms"] - linear["forward"]["median_ms"],
-                    "backward": inst["backward"]["median_ms"] - linear["backward"]["median_ms"]}
+        other_ms = {"forward": phases["forward"]["median_ms"] - linear["forward"]["median_ms"],
+                    "backward": phases["backward"]["median_ms"] - linear["backward"]["median_ms"]}
         breakdown = {"linear FWD (in situ)": (linear["forward"], 2.0),
                      "linear BWD-1+BWD-2 (in situ)": (linear["backward"], 4 / 3),
                      "other forward (attention, norms, embeddings, head, loss)":
@@ -156,7 +164,7 @@ def train_section(run, kind: str) -> tuple[list[dict], e2e.Variant | None]:
             rows.append(run.row(base, phase=phase, metric="time", unit="ms", **stat_fields(stats),
                                 ratio_vs_dense=round_or_blank(ratio), ideal=round_or_blank(1.0 if is_dense else ideal),
                                 ideal_basis="kernel-level ideal for this phase" if not is_dense else "reference",
-                                note="instrumented pass (module hooks), median of up to 5 steps"))
+                                note=_IN_SITU_NOTE[is_cuda(device)]))
     elif linear_error:
         rows.append(run.row(base, phase="linear breakdown", metric="time", status="error", note=linear_error))
     for phase, ms in isolated.items():
