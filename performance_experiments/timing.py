@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import bisect
 import statistics
 import time
 from collections import defaultdict
@@ -72,11 +73,17 @@ def kernel_time_fn(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
-        device_events = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+        device_events = [e for e in prof.events() if e.device_type == DeviceType.CUDA and not _is_annotation(e)]
         if not device_events:
             raise RuntimeError("kernel_time_fn: the profiler recorded no GPU activity (is CUPTI available?)")
         times.append(sum(e.time_range.elapsed_us() for e in device_events) / 1e3)
     return summarize(times)
+
+
+def _is_annotation(event) -> bool:
+    """A ``record_function`` range's span on the GPU timeline (Kineto's gpu_user_annotation), not a kernel."""
+    return bool(getattr(event, "is_user_annotation", False)) or "annotation" in str(getattr(event, "activity_type",
+                                                                                            "")).lower()
 
 
 class _Stamp:
@@ -251,23 +258,35 @@ class LinearTimer:
         self._repeats.append(totals)
 
     def _kernel_totals(self, events) -> dict[str, float]:
-        """Per kind, the device time (ms) of the closed ranges; ``all``: every kernel and copy of the repeat."""
+        """Per kind, the GPU time (ms) of the kernels inside the closed ranges; ``all``: every kernel and copy.
+
+        A range's kernels are found on the GPU's timeline, not through the profiler's CPU op tree (whose device
+        totals counted a cuSPARSELt kernel twice under one range, torch 2.11): Kineto marks each range on the GPU
+        as a user annotation spanning its first kernel's start to its last kernel's end, and the step's kernels run
+        in one stream, one after another, so a range's kernels are those inside its annotation. Summing their
+        durations, not the annotation's length, leaves out the GPU idling between them."""
         from torch.autograd import DeviceType
 
-        totals, found = {"forward": 0.0, "backward": 0.0, "all": 0.0}, set()
+        spans, kernels = {}, []
         for event in events:
-            if event.device_type == DeviceType.CUDA:
-                totals["all"] += event.time_range.elapsed_us() / 1e3
-            elif event.name.startswith(self._PREFIX):
-                call = int(event.name.rsplit("::", 1)[1])
-                if call in self._closed:
-                    found.add(call)
-                    totals[self._closed[call]] += event.device_time_total / 1e3
-        if found != set(self._closed):
-            raise RuntimeError(f"LinearTimer: the profiler lost {len(set(self._closed) - found)} of "
-                               f"{len(self._closed)} layer ranges")
-        if self._closed and totals["all"] == 0:
-            raise RuntimeError("LinearTimer: the profiler recorded no GPU activity (is CUPTI available?)")
+            if event.device_type != DeviceType.CUDA:
+                continue
+            if event.name.startswith(self._PREFIX):
+                spans[int(event.name.rsplit("::", 1)[1])] = (event.time_range.start, event.time_range.end)
+            elif not _is_annotation(event):
+                kernels.append((event.time_range.start, event.time_range.end))
+        kernels.sort()
+        starts = [start for start, _ in kernels]
+        totals = {"forward": 0.0, "backward": 0.0, "all": sum(end - start for start, end in kernels) / 1e3}
+        lost = [call for call in self._closed if call not in spans]
+        if lost:
+            raise RuntimeError(f"LinearTimer: {len(lost)} of {len(self._closed)} layer ranges have no GPU annotation "
+                               "(no kernel recorded inside them: is CUPTI available?)")
+        for call, kind in self._closed.items():
+            first, last = spans[call]
+            for start, end in kernels[bisect.bisect_left(starts, first):bisect.bisect_right(starts, last)]:
+                if end <= last:
+                    totals[kind] += (end - start) / 1e3
         return totals
 
     def stats(self, skip: int = 0) -> dict[str, dict[str, float]]:
