@@ -86,7 +86,10 @@ def _phase_table(inp: Inputs, steps: list[dict]) -> list[str]:
     heads = [f"{s['variant']} @ {s['git_sha'][:7]}" for s in steps]
     out = [f"Per phase, {first['model']} ({first['num_blocks']} of {first['full_blocks']} blocks, {first['dtype']}, "
            f"`--precision {first['precision']}`) (ms, medians; ratio = dense / SLoPe with its IQR-derived spread; "
-           "† = cross-run: the dense row is from another run; the dense column is the last run's). Dense: "
+           "† = cross-run: the dense row is from another run; the dense column is the last run's). The *in situ* "
+           "rows are the GPU time of the layers' own kernels in runs at 6943c33 and later; earlier runs timed CUDA "
+           "events around each layer, which also counted the GPU idling while the host (slowed by the hooks) fell "
+           "behind, and so overstated SLoPe's layers and understated its *other* rows. Dense: "
            + cites_text({cite_key(r) for r in dense_rows}) + ".", "",
            "| phase | dense | " + " | ".join(f"{h} | ratio" for h in heads) + " | ideal |",
            "|---|---|" + "---|---|" * len(steps) + "---|"]
