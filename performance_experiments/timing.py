@@ -157,8 +157,8 @@ class LinearTimer:
     backward hook call).
 
     On a GPU a layer's time is the GPU time of the kernels launched between its pre-hook and hook (torch.profiler:
-    each call is a ``record_function`` range; a range's device time sums the durations of the kernels its ops
-    launched). CUDA events around the layer would also count the GPU idling whenever the host falls behind, and
+    each call is a ``record_function`` range, and the durations of the kernels inside its span on the GPU timeline
+    are summed, see `_kernel_totals`). CUDA events around the layer would also count the GPU idling whenever the host falls behind, and
     the hooks themselves add host time, so a layer with more host work per call (an autograd Function around an
     extension op) looked slower in situ than its kernels are: OPT-2.7B bf16 SLoPe on an H100 read 38.7 ms of
     linear FWD by events, inside a 51.6 ms forward whose FWD GEMMs take 28.9 ms isolated. ``stats()["all"]`` is
