@@ -7,7 +7,8 @@ CUDA graphs; this module covers the rest (rows of ``seed_notes_<gpu>.csv``, same
 * ``out_probe``   "``torch.matmul`` does not update the output matrix when ``out`` is given in SpMM": torch's own
                   2:4 tensor (`torch.sparse.to_sparse_semi_structured`, cuSPARSELt on sm_90) multiplied with
                   ``out=`` into a NaN-poisoned buffer. ``median`` = the fraction of ``out`` holding the product
-                  (1: written; 0: left alone); the note says what torch did (or the error it raised).
+                  (1: written; 0: not); the note says how much is still the poison, whether the returned tensor
+                  is ``out`` and holds the product (or the error torch raised).
 * ``out_write``   "... so we assign the result; fixing this can give a slightly higher speedup (less memory
                   traffic)": a tiled layer (square tiles, one SpMM each, `slope.inference.tile_rows`) whose tiles
                   write their column blocks of one output in place (``slope_cslt::spmm_out``, what this library
@@ -90,10 +91,13 @@ def out_probe(rows: list[dict], dtype: torch.dtype) -> None:
             note, written = f"raised {type(error).__name__}: {str(error).splitlines()[0][:160]}", 0.0
         else:
             close = torch.isclose(out.float(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
-            written = close.float().mean().item()
+            written, poisoned = close.float().mean().item(), out.isnan().float().mean().item()
             same = isinstance(returned, torch.Tensor) and returned.data_ptr() == out.data_ptr()
-            note = (f"{written:.0%} of out holds the product; the returned tensor "
-                    f"{'is' if same else 'is not'} out; backend {type(w_sparse).__name__}")
+            holds = isinstance(returned, torch.Tensor) and returned.shape == want.shape and bool(torch.isclose(
+                returned.float(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item()).all())
+            note = (f"{written:.0%} of out holds the product, {poisoned:.0%} is still the NaN poison; the returned "
+                    f"tensor {'is' if same else 'is not'} out and {'holds' if holds else 'does not hold'} the "
+                    f"product; backend {type(w_sparse).__name__}")
         stats = {"median_ms": written, "iqr_ms": 0.0, "min_ms": written, "max_ms": written, "repeats": 1}
         rows.append(_row("out_probe", f"{m}x{k}", k, m, n, dtype, name, stats, unit="fraction_written", note=note))
 
