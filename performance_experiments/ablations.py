@@ -189,9 +189,6 @@ class Ablations:
         del dense_model
         e2e.free_memory()
         dense.update(self.dense_inference())
-        from slope.kernels.cusparselt import load_extension
-
-        load_extension()  # SpMM(implementation="extension") expects the ops registered ("auto" loads them itself)
         timings = {}
         for impl in ("extension", "torch"):
             times = timings[impl] = {}

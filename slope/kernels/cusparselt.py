@@ -277,8 +277,12 @@ class SpMM:
             if implementation == "torch":
                 warnings.warn(f"{_build_error}; using torch._cslt_sparse_mm (about 1 ms of host time per call)",
                               stacklevel=3)
-        if implementation == "torch":
+        if implementation == "extension":
+            load_extension()  # registers torch.ops.slope_cslt (raises with the build error if it cannot)
+        elif implementation == "torch":
             self.layout = 0  # torch's ops only take the weight as operand A
+        else:
+            raise ValueError(f"SpMM: implementation={implementation!r}; choose 'auto', 'extension' or 'torch'")
         self.implementation = implementation
         self._algs: dict[tuple[int, bool], int] = {}
 
