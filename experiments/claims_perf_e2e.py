@@ -26,11 +26,13 @@ def claim_training(inp: Inputs) -> Claim:
         how = "every step (the paper's)" if freq == 1 else f"every {freq} steps"
         # amp: fp32 parameters, master weights and Adam moments on both sides (dense too), compute in dtype
         precision = ", amp: fp32 masters on both sides" if step["precision"] == "amp" else ""
-        lines.append(Line("P1", f"{model} ({step['num_blocks']} of {step['full_blocks']} blocks, {step['dtype']}"
-                                f"{precision}) train step, W_RCᵀ mask {how}{_nan_dense_caveat(inp, step)}", m, goal,
+        config = (f"{model} ({step['num_blocks']} of {step['full_blocks']} blocks, {step['dtype']}{precision}) "
+                  f"train step, W_RCᵀ mask {how}")
+        lines.append(Line("P1", config + _nan_dense_caveat(inp, step), m, goal,
                           f"≥ {goal:g} (paper, A100); ideal: linears 1.5×"
                           + (f", this step (Amdahl) {step['ideal']}×" if step["ideal"] else ""),
-                          why=_training_why(inp, step), ceiling=numeric(step, "ideal")))
+                          why=_training_why(inp, step), ceiling=numeric(step, "ideal"),
+                          bound=_kernel_bound(inp, step), group=config))
     configs: dict[tuple, list[dict]] = {}  # one phase table per configuration: each has its own dense column
     for step in steps:
         configs.setdefault(tuple(step[k] for k in ("model", "num_blocks", "dtype", "precision")), []).append(step)
@@ -67,13 +69,22 @@ def _training_why(inp: Inputs, step: dict) -> str:
         if fb and dense_step:  # what the step would be if the sparse optimizer cost what dense AdamW does
             what_if = float(dense_step[0][0]["median"]) / (float(fb["median"]) + d_opt)
             out.append(f"with a dense-cost optimizer the step would be {what_if:.3f}× (derived{tag})")
-    share, ceiling = linear_share(inp, dense_step[0][0]) if dense_step else None, layer_ceiling(inp, step["dtype"])
-    if share and ceiling:
+    bound = _kernel_bound(inp, step)
+    if bound:
+        share, ceiling = linear_share(inp, dense_step[0][0]), layer_ceiling(inp, step["dtype"])
         out.append(f"with the layer-level cuSPARSELt-bound fwd+bwd ceiling ({ceiling:.3f}×, median of "
                    f"`{inp.names['linear']}` {step['dtype']} notes) on the linears' {share:.1%} of the dense step "
-                   "(in-situ rows), "
-                   f"Amdahl allows {amdahl(share, ceiling):.3f}× (derived)")
+                   f"(in-situ rows), Amdahl allows {bound:.3f}× (derived)")
     return "; ".join(out)
+
+
+def _kernel_bound(inp: Inputs, step: dict) -> float | None:
+    """The step speedup the measured cuSPARSELt kernels allow: Amdahl with the layer-level fwd+bwd ceiling on the
+    linears' share of the same run's dense step (None where either is unmeasured)."""
+    dense_step = pair(select(inp.e2e, variant="dense", phase="step"), [step], E2E_KEYS, True)
+    share = linear_share(inp, dense_step[0][0]) if dense_step else None
+    ceiling = layer_ceiling(inp, step["dtype"])
+    return amdahl(share, ceiling) if share and ceiling else None
 
 
 def _phase_table(inp: Inputs, steps: list[dict]) -> list[str]:
@@ -117,15 +128,16 @@ def claim_prefill(inp: Inputs) -> Claim:
     for row in rows:
         paper = paper_figure(inp, "speedup_inference", "0", row["model"])
         m = vs_dense(inp, row)
-        why = [f"ideal {row['ideal']}× ({row['ideal_basis']})"]
+        why, bound = [f"ideal {row['ideal']}× ({row['ideal_basis']})"], None
         share, kernel = basis_share(row.get("ideal_basis", "")), layer_infer(inp, row["dtype"], 8192)
         if share and kernel:
+            bound = amdahl(share, kernel.median)
             why.append(f"the layer-level kernel at 8192 tokens reaches {kernel.median:.3f}× ({row['dtype']}, "
                        f"{DEFAULT_LAYOUT}, median of {len(kernel.samples)}), which on {share:.1%} of the time "
-                       f"allows {amdahl(share, kernel.median):.3f}× (derived)")
+                       f"allows {bound:.3f}× (derived)")
         lines.append(Line("P2", f"{row['model']} {row['dtype']} prefill, batch {row['batch']} × {row['seq']}, r=0",
                           m, PREFILL_GOAL, f"≥ {PREFILL_GOAL} (issue); {paper_text(paper)}", why="; ".join(why),
-                          ceiling=numeric(row, "ideal")))
+                          ceiling=numeric(row, "ideal"), bound=bound))
     return Claim("P2", title, lines)
 
 

@@ -15,6 +15,9 @@ from .perf_evidence import (describe, measure, Measure, NOT_MEASURED, NOT_RUN, p
 GPU = "h100"
 FILES = {"e2e": "speedup_{gpu}.csv", "linear": "bench_linear_{gpu}.csv", "inference": "bench_inference_{gpu}.csv",
          "ablations": "ablations_{gpu}.csv"}
+# Read from every GPU that has the file (each row cites its device): the seed's remaining notes
+# (`performance_experiments/seed_notes.py`) and the data-parallel training step (`speedup_ddp.py`, 2 GPUs).
+ANY_GPU_FILES = {"notes": "seed_notes_*.csv", "ddp": "speedup_ddp_*.csv"}
 # Goals of the performance issue where they are not the paper's own figure (the paper's figures are read from
 # paper_reference.csv; the fallbacks below are used only when that file lacks the row).
 PREFILL_GOAL = 1.55          # issue: prefill ≥ 1.55x (paper, OPT-13B on A100: 1.54x)
@@ -40,6 +43,8 @@ class Inputs:
     paper: list[dict]
     names: dict[str, str]
     ablations: list[dict] | None = None
+    notes: list[dict] | None = None
+    ddp: list[dict] | None = None
 
     def absent(self, source: str) -> str:
         return NOT_MEASURED if getattr(self, source) is not None else f"{NOT_RUN} (no `{self.names[source]}`)"
@@ -48,8 +53,14 @@ class Inputs:
 def load(results: Path, gpu: str = GPU) -> Inputs:
     names = {k: v.format(gpu=gpu) for k, v in FILES.items()}
     rows = {k: read_rows(results / n) for k, n in names.items()}
+    for key, pattern in ANY_GPU_FILES.items():
+        paths = sorted(results.glob(pattern))
+        names[key] = ", ".join(p.name for p in paths) or pattern
+        found = [read_rows(p) for p in paths]
+        rows[key] = [r for part in found for r in part] if found else None
     paper = read_rows(results / "paper_reference.csv") or []
-    return Inputs(rows["e2e"], rows["linear"], rows["inference"], paper, names, rows["ablations"])
+    return Inputs(rows["e2e"], rows["linear"], rows["inference"], paper, names, rows["ablations"], rows["notes"],
+                  rows["ddp"])
 
 
 def paper_figure(inp: Inputs, table: str, rank: str, model: str) -> float | None:

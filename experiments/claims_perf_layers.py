@@ -7,6 +7,7 @@ import statistics
 
 from performance_experiments.summarize_linear import GOALS as LAYER_GOALS  # the layer-level goals, one place
 
+from .claims_perf_notes import distributed_line, hf_fp16_line, out_lines, stream_lines
 from .claims_perf_inputs import (BENCH_KEYS, cited, DEFAULT_LAYOUT, E2E_KEYS, Inputs, layer_ceiling, layer_infer,
                                  layer_pairs, NOT_GOAL, paper_figure, paper_text, small_tokens, TILING_PAPER_GAIN,
                                  vs_dense)
@@ -167,8 +168,7 @@ def claim_notes(inp: Inputs) -> Claim:
                       why=_from_tokens(_tiling(inp, "infer_layer", "r0"), NOT_GOAL)))
     lines.append(Line("P8", "\"cuSPARSELt is faster on A100, CUTLASS on RTX\"", None, None, "—", note=True,
                       absent="not measured (one GPU kind; no CUTLASS rows in these CSVs)"))
-    lines.append(Line("P8", "\"cuSPARSELt fails in distributed settings\"", None, None, "—", note=True,
-                      absent="not measured (single-GPU benchmarks)"))
+    lines.append(distributed_line(inp))
     torch_op = pair(select(inp.linear, benchmark="host", variant="spmm extension"),
                     select(inp.linear, benchmark="host", variant="spmm torch"), BENCH_KEYS)
     lines.append(Line("P8", "\"PyTorch's semi-structured path has a large overhead vs a custom integration\": "
@@ -186,10 +186,7 @@ def claim_notes(inp: Inputs) -> Claim:
                             "tokens vs dense replayed", measure(ratios(graph),
                                                                 "shapes × tokens × runs"),
                       NOT_GOAL, "≥ 1 (not slower)", note=True, absent=absent_inf))
-    for text in ("\"matmul with out= does not write the output; fixing it would help slightly\"",
-                 "\"tiles on separate CUDA streams gave no speedup\"",
-                 "\"HF Trainer cannot train fully in FP16\" (a usage note)"):
-        lines.append(Line("P8", text, None, None, "—", note=True))
+    lines += out_lines(inp) + stream_lines(inp) + [hf_fp16_line(inp)]
     return Claim("P8", title, lines)
 
 

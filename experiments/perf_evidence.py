@@ -213,6 +213,8 @@ class Line:
     note: bool = False          # a seed note: confirmed / refuted / mixed
     absent: str = NOT_MEASURED  # the verdict without a measure: not measured, or not run (no CSV)
     ceiling: float | None = None  # the ideal speedup: a median above it (+5%) is a measurement problem
+    bound: float | None = None    # what the measured kernels allow (Amdahl with their own speedup), if known
+    group: str = ""               # the configuration, when runs differ in their subject's caveats (default: subject)
 
     @property
     def verdict(self) -> str:

@@ -246,3 +246,61 @@ def test_ablation_lines_pair_each_setting_with_its_baseline_in_the_same_run(tmp_
     assert cutlass.verdict == "unsupported (BackendUnavailableError: not on sm_90)"
     assert any("b=1 3.000×; b=8 2.000×" in d for d in claim.details)
     assert claim_ablations(load(tmp_path / "none")).lines[0].verdict.startswith("not run")
+
+
+def test_summary_shows_each_configuration_once_at_its_newest_run(tmp_path):
+    run_c = dict(RUN_A, git_sha="ccccccc333", config_hash="cfgC", date="2026-01-03T10:00:00+00:00")
+    newer = [_e2e("dense", "step", 250, 4, run=run_c, note="loss not finite (timing only)"),
+             _e2e("slope", "step", 125, 2, run=run_c)]
+    _write(tmp_path / "speedup_h100.csv", E2E_COLUMNS, _train_rows() + newer)
+    text, built = perf.build(tmp_path)
+    p1 = {c.key: c for c in built}["P1"].lines
+    every = [line for line in p1 if line.group.endswith("every step (the paper's)")]
+    assert len(every) == 2 and "NaN weights" in every[1].subject  # two runs, subjects differ by the caveat only
+    current = perf.current(p1)
+    assert len(current) == 2                                        # every step; every 100 steps
+    latest, earlier = current[0]
+    assert latest is every[1] and earlier == [every[0]]             # the newest run decides, the older is listed
+    summary = text.split("### Summary", 1)[1].split("### P1.", 1)[0]
+    rows = [r for r in summary.splitlines() if r.startswith("| P1 |")]
+    assert len(rows) == 2 and "| 2.000× (" in rows[0] and "| 1: 1.250–1.250 |" in rows[0]
+    details = text.split("### P1.", 1)[1]
+    assert details.count("every step (the paper's)") >= 2           # the history stays below the summary
+
+
+def _note(benchmark, variant, median, tokens=256, dtype="bfloat16", shape="s", **extra):
+    return {"benchmark": benchmark, "shape": shape, "tokens": tokens, "dtype": dtype, "variant": variant,
+            "median": median, "iqr": 0, "unit": "ms", **RUN_A, "device": "GPU-Y", **extra}
+
+
+def test_seed_notes_lines_read_the_notes_and_ddp_csvs_of_any_gpu(tmp_path):
+    notes = [_note("out_probe", "torch.mm(W_sparse, Xᵀ, out=)", 0.0, note="0% of out holds the product"),
+             _note("out_write", "tiled, assigned (reference code)", 1.3),
+             _note("out_write", "tiled, in place (spmm_out)", 1.0),
+             _note("tile_streams", "tiled, in place (spmm_out)", 1.0),
+             _note("tile_streams", "tiled, one stream per tile", 1.25),             # streams slower: no speedup
+             _note("tile_streams", "tiled, one stream (graph replay)", 1.0),
+             _note("tile_streams", "tiled, one stream per tile (graph replay)", 0.5),  # streams 2x faster
+             _note("hf_fp16", "transformers.Trainer(fp16=True), fp16 weights", 0.0, note="raised ValueError"),
+             _note("hf_fp16", "slope.optim.DynamicLossScaler, fp16 weights", 3.0, note="3 of 3 steps")]
+    _write(tmp_path / "seed_notes_gpuy.csv", BENCH_COLUMNS, notes)
+    ddp = [_e2e(v, "step (2 GPUs, DDP)", ms, experiment="train-ddp", note=note, device="GPU-Y") for v, ms, note in (
+        ("dense", 350, ""), ("slope", 300, "kernels: extension"))]
+    _write(tmp_path / "speedup_ddp_gpuy.csv", E2E_COLUMNS, ddp)
+    lines = {c.key: c for c in perf.build(tmp_path)[1]}["P8"].lines
+    p8 = {line.subject.split('"')[1]: line for line in lines}
+    assert p8["matmul with out= does not write the output"].verdict == "confirmed"
+    assert p8["... fixing it would help slightly"].measure.median == pytest.approx(1.3)
+    streams = [line for line in lines if "streams" in line.subject]
+    assert [s.verdict for s in streams] == ["confirmed", "refuted"]  # eager: no speedup; graph: 2x
+    hf = p8["HF Trainer cannot train fully in FP16"]
+    assert hf.verdict == "confirmed" and "3 of 3 steps" in hf.why
+    distributed = p8["cuSPARSELt fails in distributed settings"]
+    assert distributed.verdict == "refuted" and distributed.measure.median == pytest.approx(350 / 300)
+    assert "GPU-Y" in distributed.measure.cites
+
+
+def test_seed_notes_without_their_csvs_are_not_run(tmp_path):
+    lines = {c.key: c for c in perf.build(tmp_path)[1]}["P8"].lines
+    assert any(line.verdict == "not run (no `seed_notes_*.csv`)" for line in lines)
+    assert any(line.verdict == "not run (no `speedup_ddp_*.csv`)" for line in lines)
