@@ -104,7 +104,7 @@ bert-tables: $(if $(filter $(VENV)/bin/python,$(PYTHON)),venv) data/finetune/spa
 # GPU targets use the GPU machine's python (PYTHON=python3: no venv there) and write CSVs under $(OUT) when set
 # (the device machine sets OUT), else results/.
 RESULTS_OUT = $(or $(OUT),results)
-.PHONY: speedup ablations figures bench-cpu bench-gpu
+.PHONY: speedup ablations seed-notes figures bench-cpu bench-gpu
 
 # End-to-end speed and memory, dense vs SLoPe vs FST (simulated): MODEL=opt-13b DTYPE=bfloat16 SEQ=2048
 # ATTENTION=sdpa|eager; SPEEDUP_ARGS= passes more flags (e.g. --time-budget-s 420). One model and dtype fits
@@ -126,6 +126,11 @@ endif
 ablations:
 	$(PYTHON) -m performance_experiments.ablations $(if $(ABLATIONS),--ablations $(ABLATIONS)) \
 		$(if $(MODEL),--model $(MODEL)) $(if $(DTYPE),--dtype $(DTYPE)) --output-dir $(RESULTS_OUT) $(ABLATION_ARGS)
+
+# The seed README's performance notes that no other benchmark measures (torch's 2:4 out=, in-place vs assigned
+# tiles, tiles on CUDA streams, HF Trainer fully in fp16) -> seed_notes_<gpu>.csv; SEED_NOTES_ARGS= passes flags.
+seed-notes:
+	$(PYTHON) -m performance_experiments.seed_notes --output-dir $(RESULTS_OUT) $(SEED_NOTES_ARGS)
 
 # results/figures/*.png from the result CSVs present (missing ones are skipped).
 figures: venv
