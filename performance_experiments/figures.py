@@ -15,6 +15,7 @@ when its data is absent — a missing CSV skips its figures, it never fails the 
 * ``ablations``          ablations: each model-level switch's speed vs its baseline setting (log scale), per experiment
 * ``pretraining_curves`` the accuracy tables' pretraining validation loss per row (`accuracy_experiments.curves`)
 * ``ddp_losses``         data-parallel pretraining: N processes vs 1 and resumed runs, gap vs the 1% goal
+* ``seed_notes``         the seed's notes: in-place vs assigned tiles, tiles on CUDA streams (`figure_seed_notes`)
 
 Only rows measured on a GPU (``mode == "gpu"``) enter the end-to-end figures: CPU toy rows are pipeline checks.
 
@@ -33,6 +34,7 @@ from matplotlib.figure import Figure
 
 from accuracy_experiments.curves import fig_pretraining_curves
 from accuracy_experiments.ddp_curves import fig_ddp_losses
+from performance_experiments.figure_seed_notes import fig_seed_notes, load_rows as load_seed_notes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_ORDER = ("opt-2.7b", "opt-6.7b", "opt-13b", "opt-30b", "opt-66b", "llama-3-8b", "mistral-7b")
@@ -365,7 +367,8 @@ def render_all(results: str | Path = REPO_ROOT / "results", out: str | Path | No
                "decode_speedup": fig_decode_speedup(speedup),
                "memory": fig_memory(speedup, paper), "train_breakdown": fig_train_breakdown(speedup),
                "ablations": fig_ablations(load_csv(results / "ablations_h100.csv")),
-               "pretraining_curves": fig_pretraining_curves(results), "ddp_losses": fig_ddp_losses(results)}
+               "pretraining_curves": fig_pretraining_curves(results), "ddp_losses": fig_ddp_losses(results),
+               "seed_notes": fig_seed_notes(load_seed_notes(results))}
     written = []
     for name, fig in figures.items():
         if fig is None:

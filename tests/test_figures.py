@@ -12,7 +12,7 @@ def test_renders_from_the_committed_csvs(tmp_path):
     written = {p.stem for p in figures.render_all(ROOT / "results", tmp_path)}
     # kernel figures from bench_linear_h100.csv; paper-only end-to-end figures until a GPU speedup CSV exists
     assert {"linear_inference", "linear_training", "training_speedup", "inference_speedup", "memory",
-            "ablations", "ddp_losses"} <= written
+            "ablations", "ddp_losses", "seed_notes"} <= written
     assert all((tmp_path / f"{name}.png").stat().st_size > 10_000 for name in written)
 
 
@@ -84,3 +84,15 @@ def test_ablation_bars_are_the_settings_against_their_baseline():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["cuda_graph: graph vs eager (slope), decode (no cache) b=8"]
     assert [bar.get_width() for bar in ax.patches] == [3.2]  # the baseline itself and the refused switch: no bar
     assert figures.fig_ablations([]) is None
+
+
+def test_seed_notes_lines_take_the_newest_run_of_each_point(tmp_path):
+    from performance_experiments.figure_seed_notes import fig_seed_notes
+
+    base = {"benchmark": "tile_streams", "variant": "tiled, one stream per tile", "shape": "s", "dtype": "bfloat16"}
+    rows = [dict(base, tokens="256", speedup_vs_dense="0.5"), dict(base, tokens="256", speedup_vs_dense="0.7"),
+            dict(base, tokens="8192", speedup_vs_dense="1.0"), dict(base, benchmark="out_probe", speedup_vs_dense="")]
+    fig = fig_seed_notes(rows)
+    (line,) = fig.axes[1].get_lines()[:1]
+    assert list(line.get_xdata()) == [256, 8192] and list(line.get_ydata()) == [0.7, 1.0]
+    assert fig_seed_notes([dict(base, benchmark="out_probe", speedup_vs_dense="")]) is None
