@@ -214,7 +214,7 @@ def hf_fp16(rows: list[dict], cfg: SeedNotesConfig) -> None:
             trainer = Trainer(model=model, args=args, train_dataset=data)
             trainer.train()
             outcomes["transformers.Trainer(fp16=True), fp16 weights"] = (
-                trainer.state.global_step, f"trained {trainer.state.global_step} steps; loss finite: "
+                trainer.state.global_step, f"trained {trainer.state.global_step} steps; weights finite: "
                 f"{all(torch.isfinite(p).all() for p in model.parameters())}")
         except Exception as error:  # noqa: BLE001 - the outcome is what we record
             outcomes["transformers.Trainer(fp16=True), fp16 weights"] = (
