@@ -124,16 +124,6 @@ def test_mode_flags_and_backend_resolution():
         slope.prune_model(nn.Sequential(nn.Linear(16, 16)), compress=True)
 
 
-def test_spmm_implementation_is_checked_and_the_extension_loads_or_says_why():
-    from slope.kernels import cusparselt
-
-    with pytest.raises(ValueError, match="implementation='cublas'; choose 'auto', 'extension' or 'torch'"):
-        cusparselt.SpMM(64, 64, torch.float16, implementation="cublas")
-    if not torch.cuda.is_available():  # an explicit "extension" loads it at construction, so the ops exist
-        with pytest.raises(RuntimeError, match="extension unavailable: .*no CUDA device"):
-            cusparselt.SpMM(64, 64, torch.float16, implementation="extension")
-
-
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(backend="cuda"), ValueError, r"backend='cuda' is unknown; choose one of"),
     (dict(sparsity="2:5"), ValueError, r"^0: sparsity='2:5': M=5 is not supported"),
