@@ -42,6 +42,13 @@ def capture_graph(fn: Callable[[], object], *, warmup: int = 2) -> tuple[torch.c
     return graph, output
 
 
+def graph_replay(fn: Callable[[], object]) -> Callable[[], None]:
+    """``fn`` captured once in a CUDA graph (`capture_graph`); returns the replay (the bound method holds the
+    graph, and with it the buffers every replay rewrites)."""
+    graph, _ = capture_graph(fn)
+    return graph.replay
+
+
 def host_time_us(fn: Callable[[], object], *, calls: int = 100, warmup: int = 20) -> float:
     """Host (CPU) time to issue one call, measured without synchronising inside the loop.
 

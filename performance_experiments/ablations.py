@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 import slope
-from experiments.bench import capture_graph
+from experiments.bench import graph_replay
 from experiments.cli import parse_config
 from experiments.results_io import write_rows
 
@@ -238,7 +238,7 @@ class Ablations:
 
                 timings["eager"][("decode (no cache)", batch)] = self.time(forward)
                 try:
-                    timings["graph"][("decode (no cache)", batch)] = self.time(_graphed(forward))
+                    timings["graph"][("decode (no cache)", batch)] = self.time(graph_replay(forward))
                 except Exception as error:  # noqa: BLE001 - capture can fail on host syncs inside the model
                     self.failed("cuda_graph", error, variant=kind, setting=f"graph decode b={batch}")
             self.compare("cuda_graph", kind, timings, "eager", note=note)
@@ -336,12 +336,6 @@ class Ablations:
                       f"(vs dense x{row['ratio_vs_dense']}) {row['status']} {row['note'][:60]}")
             self.rows = []
         return []
-
-
-def _graphed(fn):
-    """``fn`` captured once in a CUDA graph (`experiments.bench.capture_graph`); returns the replay."""
-    graph, _ = capture_graph(fn)
-    return graph.replay  # the bound method holds the graph
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from experiments.bench import capture_graph, cuda_time_ms
+from experiments.bench import cuda_time_ms, graph_replay
 from experiments.cli import parse_config
 from experiments.results_io import write_rows
 from performance_experiments.bench_linear import COLUMNS, _mask, _row
@@ -143,11 +143,6 @@ class TiledLayer:
         return out
 
 
-def _replayed(fn):
-    graph, _ = capture_graph(fn)
-    return graph.replay
-
-
 def tiled_variants(rows: list[dict], shape: str, dtype: torch.dtype, tokens: int, cfg: SeedNotesConfig,
                    sections: set[str]) -> None:
     d_in, d_out = MLP_SHAPES[shape]
@@ -181,8 +176,8 @@ def tiled_variants(rows: list[dict], shape: str, dtype: torch.dtype, tokens: int
                              note=f"{tiles}; speedup = assigned time / this time; dense / this: "
                                   f"{dense_ms / times[name]['median_ms']:.4f}"))
     if "tile_streams" in sections:
-        graph = {"tiled, one stream (graph replay)": _replayed(lambda: layer.in_place(x, out)),
-                 "tiled, one stream per tile (graph replay)": _replayed(lambda: layer.on_streams(x, out))}
+        graph = {"tiled, one stream (graph replay)": graph_replay(lambda: layer.in_place(x, out)),
+                 "tiled, one stream per tile (graph replay)": graph_replay(lambda: layer.on_streams(x, out))}
         times.update({k: cuda_time_ms(f, repeats=cfg.repeats) for k, f in graph.items()})
         for name, base in (("tiled, in place (spmm_out)", place), ("tiled, one stream per tile", place),
                            ("tiled, one stream (graph replay)", times["tiled, one stream (graph replay)"]["median_ms"]),
