@@ -235,6 +235,14 @@ def claim_memory(inp: Inputs) -> Claim:
     if not infer:
         lines.append(Line("P4", "inference static, r=0", None, INFER_MEMORY_GOAL, f"≤ {INFER_MEMORY_GOAL} (issue)",
                           higher=False, absent=inp.absent("e2e")))
+    # the sparse-able linears alone (runs from the commit that measures them): the ratio the 0.5625 ceiling is of,
+    # free of the truncated model's dense embeddings
+    linears = select(e2e, phase="inference static, sparse-able linears", variant="slope")
+    for r, runs in _distinct_memory(inp, linears, ("model", "num_blocks", "dtype", "precision")):
+        lines.append(Line("P4", f"{r['model']} inference static ({r['dtype']}), slope, sparse-able linears only",
+                          vs_dense(inp, r), INFER_MEMORY_GOAL, f"≤ {INFER_MEMORY_GOAL} (issue); storage ceiling "
+                          f"{INFER_MEMORY_CEILING}", higher=False,
+                          why=f"analytic {r['ideal'] or '—'} ({r['ideal_basis']})" + _runs_text(runs)))
     return Claim("P4", title, lines, _memory_table(inp, list(anchors.values())))
 
 

@@ -181,8 +181,11 @@ def to_inference(variant: Variant, dtype: torch.dtype, *, prepare: bool = True, 
     from slope.kernels import sparse_gemv
 
     launches = "" if sparse_gemv.DIRECT_LAUNCH else " (launched through Triton's JIT: SLOPE_GEMV_DIRECT_LAUNCH=0)"
+    in_metadata = [layer.mask_in_metadata for layer in layers.values() if hasattr(layer, "mask_in_metadata")]
+    masks = (f"; masks: cuSPARSELt's metadata only in {sum(in_metadata)} of {len(in_metadata)} layers, the others "
+             "keep a mask copy" if in_metadata else "")
     return (f"inference layers: {','.join(kinds) or 'dense'}" + (f" (tiles per layer: {tiles})" if tiles else "")
-            + (f"; few-token kernel at <= {few} tokens{launches}" if few else ""))
+            + masks + (f"; few-token kernel at <= {few} tokens{launches}" if few else ""))
 
 
 def prefill_fn(model, input_ids: torch.Tensor):
@@ -304,21 +307,36 @@ def state_bytes(model: torch.nn.Module, optimizers=()) -> dict[str, int]:
 
 
 def analytic_static_bytes(sparse: int, other: int, precision: str, *, training: bool,
-                          adapters: tuple[int, int] = (0, 0), merged: bool = False) -> dict[str, float]:
+                          adapters: tuple[int, int] = (0, 0), merged: bool = False,
+                          mask_copies: int | None = None) -> dict[str, float]:
     """Static bytes expected for dense and SLoPe from element counts (the accounting the ratios are judged by).
 
     Training: dense = all elements x (weight + grad + 2 moments) at `STATE_BYTES[precision]`; SLoPe = sparse-able
     elements x `SLOPE_SPARSE_BYTES` (W and W_RCᵀ compressed at 9/16, kept-half gradient, fp32 master and moments,
-    4-bit masks) + the rest as dense. Inference: 16-bit weights; sparse-able weights at 9/16 (values + metadata)
-    plus the inference layer's mask (one byte per group of 4: 1/8 of a 16-bit weight, so 0.6875 of dense, not the
-    0.5625 storage bound); ``adapters`` = (elements of the L's, of the R's), 16-bit, a merged L at 9/16.
+    4-bit masks) + the rest as dense. Inference: 16-bit weights; sparse-able weights at 9/16 (values + metadata,
+    the 2:4 storage bound) plus, on the ``mask_copies`` of them (None: all) whose layer keeps a mask of its own
+    beside cuSPARSELt's metadata, one byte per group of 4 (1/8 of a 16-bit weight: 0.6875 of dense there);
+    ``adapters`` = (elements of the L's, of the R's), 16-bit, a merged L at 9/16.
     """
     if training:
         per = STATE_BYTES[precision]
         return {"dense": (sparse + other) * per, "slope": sparse * SLOPE_SPARSE_BYTES + other * per}
     left, right = adapters
     adapter_bytes = left * 2 * (9 / 16 if merged else 1) + right * 2
-    return {"dense": (sparse + other) * 2, "slope": sparse * (2 * 9 / 16 + 0.25) + other * 2 + adapter_bytes}
+    copies = sparse if mask_copies is None else mask_copies
+    return {"dense": (sparse + other) * 2, "slope": sparse * 2 * 9 / 16 + copies * 0.25 + other * 2 + adapter_bytes}
+
+
+def mask_copy_elements(model: torch.nn.Module) -> int:
+    """Weight elements of the sparse-able linears whose layer holds a mask (``mask_nibbles``) of its own: every
+    training layer; an inference layer only where cuSPARSELt's metadata cannot stand in for it."""
+    return sum(m.in_features * m.out_features for m in sparse_able_modules(model).values()
+               if getattr(m, "mask_nibbles", None) is not None)
+
+
+def linear_state_bytes(model: torch.nn.Module) -> int:
+    """Parameters + buffers of the sparse-able linears alone (the part 2:4 storage shrinks), each storage once."""
+    return state_bytes(torch.nn.ModuleList(sparse_able_modules(model).values()))["total"]
 
 
 def adapter_elements(model: torch.nn.Module, rank: int) -> tuple[int, int]:

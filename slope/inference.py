@@ -17,8 +17,14 @@ with one compressed matrix and one fused multiply-add (the paper's merged path):
   code's tiling could drop rows). Each tile is one SpMM writing its column block of the shared output buffer
   (``slope_cslt::spmm_out``). Tiling is an inference-only layout here: the training layer stays untiled.
 * **Storage**: the tiles' compressed buffers back to back in ``packed``; ``values`` is a (tiles, rows per tile,
-  d_in/2) *view* of W_R's kept values inside it; ``mask_nibbles`` (d_out, d_in/4) is W_R's mask. No W_RCᵀ (no
-  backward here), no dense W unless ``dense_fallback_tokens`` asks for one.
+  d_in/2) *view* of W_R's kept values inside it. No W_RCᵀ (no backward here), no dense W unless
+  ``dense_fallback_tokens`` asks for one. W_R's mask is cuSPARSELt's metadata in ``packed``, and nothing else
+  (``separate_mask="auto"``, the default), wherever that metadata's layout is the one `slope.kernels.nm_pack`
+  knows — checked against the library's own compress once per tile shape on this GPU (`SpMM.writes_metadata`:
+  tiles of multiples of 128 rows and columns) — and the layer has no adapter rows (with them the last tile has
+  r_pad more rows and is not such a tile). So the layer holds 9/16 of a dense weight (the 2:4 storage bound).
+  Otherwise, or with ``separate_mask=True``, it also keeps ``mask_nibbles`` (d_out, d_in/4), one byte per group
+  of 4, for the few-token kernel and for `state_dict`: 1/8 of a dense weight more (11/16 in all).
 * **Few tokens** (``dense_fallback_tokens=N`` or ``"auto"``): at N tokens or fewer a dense copy of W_R (adapters
   folded in) runs through cuBLAS instead. It costs a dense weight's memory, so it is off by default; ``"auto"``
   measures the crossover against an ``nn.Linear`` for this shape once on this GPU (calls issued back to back,
@@ -26,11 +32,14 @@ with one compressed matrix and one fused multiply-add (the paper's merged path):
 * **Decode** (a few tokens, ``few_token_kernel_tokens``: an int, or ``"auto"`` to time both per shape, the
   setting for serving; default 1 token, `FEW_TOKEN_KERNEL_TOKENS`): at that many tokens or fewer the layer skips
   cuSPARSELt and runs `slope.kernels.sparse_gemv` (form ``few_token_form``) on its own buffers (``values`` and
-  ``mask_nibbles``; the adapter rows' values in the last tile and their nibbles), which reads 1.25 bytes per
-  weight instead of dense's 2 — no extra memory, unlike the dense fallback. The adapters then merge as above.
+  the metadata in ``packed``, or ``mask_nibbles``; the adapter rows' values in the last tile and their nibbles),
+  which reads 1.125 (1.25 with ``mask_nibbles``) bytes per weight instead of dense's 2 — no extra memory, unlike
+  the dense fallback. The adapters then merge as above.
 * **state_dict** holds the training layer's canonical entries (``values`` (d_out, d_in/2), ``mask_nibbles``,
-  bias, adapters): it loads from a trained `CompressedSLoPeLinear` checkpoint (whose derived ``w_metadata`` /
-  ``wt_*`` entries are ignored) and round-trips exactly; the packed buffers are rebuilt on load.
+  bias, adapters) whether or not the layer keeps a mask of its own (without one, ``mask_nibbles`` is read back
+  from the metadata, `nm_pack.nibbles_from_metadata`): it loads from a trained `CompressedSLoPeLinear`
+  checkpoint (whose derived ``w_metadata`` / ``wt_*`` entries are ignored) and round-trips exactly; the packed
+  buffers are rebuilt on load.
 """
 from __future__ import annotations
 
@@ -40,7 +49,7 @@ from torch import nn
 
 from .compressed import DIM_ALIGNMENT, CompressedSLoPeLinear, check_compressible
 from .kernels import fused, nm_pack
-from .kernels.cusparselt import SpMM, cached_choice
+from .kernels.cusparselt import SpMM, cached_choice, metadata_view
 from .kernels import sparse_gemv as gemv
 from .linear import SLoPeLinear, SparseLinearBase
 from .masks import nm_mask
@@ -54,6 +63,7 @@ from .masks import nm_mask
 # building a layer never pays that unasked.
 FEW_TOKEN_KERNEL_TOKENS = 1
 _DERIVED_KEYS = ("w_metadata", "wt_packed", "wt_nibbles")  # a training layer's entries that the values determine
+SEPARATE_MASK = (True, False, "auto")
 
 
 def tile_rows(d_out: int, d_in: int, adapter_rows: int, tiling: bool) -> list[int]:
@@ -75,7 +85,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, lora_rank: int = 0,
                  tiling: bool = True, dtype=torch.bfloat16, device="cuda", layer_name: str = "",
-                 implementation: str = "auto"):
+                 implementation: str = "auto", separate_mask: bool | str = "auto"):
         super().__init__(in_features, out_features, bias, sparsity="2:4", layer_name=layer_name, device=device,
                          dtype=dtype)
         check_compressible(out_features, in_features, dtype, torch.device(device), self.layer_name)
@@ -83,13 +93,15 @@ class SLoPeInferenceLinear(SparseLinearBase):
         self.adapter_rows = -lora_rank % DIM_ALIGNMENT + lora_rank  # r rounded up to 32 (zero rows past r)
         self.rows = tile_rows(out_features, in_features, self.adapter_rows, tiling)
         self.ops = [SpMM(rows, in_features, dtype, implementation=implementation) for rows in self.rows]
-        sizes = [op.compress(torch.zeros(rows, in_features, device=device, dtype=dtype)).numel()
+        empty = [op.compress(torch.zeros(rows, in_features, device=device, dtype=dtype))
                  for op, rows in zip(self.ops, self.rows)]
-        self.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]  # byte offsets of the tiles in `packed`
-        self.register_buffer("packed", torch.zeros(self.offsets[-1], device=device, dtype=torch.uint8),
-                             persistent=False)
-        self.register_buffer("mask_nibbles", torch.zeros(out_features, in_features // 4, device=device,
-                                                         dtype=torch.uint8))
+        self.offsets = [sum(t.numel() for t in empty[:i]) for i in range(len(empty) + 1)]  # tiles' byte offsets
+        # the compressed zero matrix, not zero bytes: its metadata is a valid (if arbitrary) 2:4 mask to read back
+        self.register_buffer("packed", torch.cat(empty), persistent=False)
+        self.mask_in_metadata = self._mask_in_metadata(separate_mask)
+        self.register_buffer("mask_nibbles", None if self.mask_in_metadata else torch.zeros(
+            out_features, in_features // 4, device=device, dtype=torch.uint8))
+        self._staged_nibbles: torch.Tensor | None = None  # a mask to compress at the next rebuild (no own copy)
         # the fused bias of each tile reads its slice of [b ; 0] (rebuilt when the bias Parameter changes)
         self.register_buffer("bias_padded", torch.zeros(out_features + self.adapter_rows, device=device, dtype=dtype),
                              persistent=False)
@@ -105,6 +117,37 @@ class SLoPeInferenceLinear(SparseLinearBase):
         self.register_buffer("dense_weight", None, persistent=False)
         self._built_from: tuple | None = None
         self._refresh_tiles()
+
+    def _mask_in_metadata(self, separate_mask: bool | str) -> bool:
+        """Whether W_R's mask lives only in cuSPARSELt's metadata (the module docstring's **Storage**)."""
+        if separate_mask not in SEPARATE_MASK or not isinstance(separate_mask, (bool, str)):
+            raise ValueError(f"{self.layer_name}: separate_mask must be True, False or 'auto', got {separate_mask!r}")
+        if separate_mask is True:
+            return False
+        why = ("it has adapter rows (the last tile is not a multiple of 128 rows)" if self.adapter_rows else
+               None if all(op.writes_metadata() for op in self.ops) else
+               f"cuSPARSELt's metadata layout for its tiles {self.rows}×{self.in_features} is not the one "
+               "slope.kernels.nm_pack reads on this GPU")
+        if why and separate_mask is False:
+            raise ValueError(f"{self.layer_name}: separate_mask=False, but the mask cannot be read from the "
+                             f"metadata: {why}; use separate_mask='auto' or True")
+        return why is None
+
+    def nibbles(self) -> torch.Tensor:
+        """W_R's mask as nibbles (d_out, d_in/4): the layer's own copy, or read back from the metadata."""
+        if self._staged_nibbles is not None:
+            return self._staged_nibbles
+        if self.mask_nibbles is not None:
+            return self.mask_nibbles
+        per_tile = [nm_pack.nibbles_from_metadata(metadata_view(tile, op.m, op.k, self.dtype), op.m, op.k)
+                    for op, tile, _, _ in self._tiles]
+        return torch.cat(per_tile)[: self.out_features]
+
+    def _set_nibbles(self, nibbles: torch.Tensor) -> None:
+        if self.mask_nibbles is not None:
+            self.mask_nibbles.copy_(nibbles)
+        else:
+            self._staged_nibbles = nibbles.to(device=self.packed.device, dtype=torch.uint8).clone()
 
     def _refresh_tiles(self) -> None:
         # Per-tile views made once, not per call: at a few tokens the forward is host-bound, every µs counts.
@@ -137,14 +180,16 @@ class SLoPeInferenceLinear(SparseLinearBase):
         super()._apply(fn, recurse)
         if self.values.data_ptr() != self.packed.data_ptr():  # .to()/.cuda() moved the buffer and the view apart
             self.values.data = self._values_view()
+        if self._staged_nibbles is not None:
+            self._staged_nibbles = self._staged_nibbles.to(self.packed.device)
         self._refresh_tiles()
         return self
 
     # ----- building -----------------------------------------------------------------------------------------
     @classmethod
     def from_layer(cls, layer: SparseLinearBase, *, tiling: bool = True, dense_fallback_tokens: int | str = 0,
-                   implementation: str = "auto",
-                   few_token_kernel_tokens: int | str = FEW_TOKEN_KERNEL_TOKENS) -> "SLoPeInferenceLinear":
+                   implementation: str = "auto", few_token_kernel_tokens: int | str = FEW_TOKEN_KERNEL_TOKENS,
+                   separate_mask: bool | str = "auto") -> "SLoPeInferenceLinear":
         """From a trained `CompressedSLoPeLinear` or a 2:4 `SLoPeLinear` (fp16/bf16, CUDA); adapters are merged."""
         if not isinstance(layer, (CompressedSLoPeLinear, SLoPeLinear)) or layer.sparsity != "2:4":
             raise TypeError(f"{layer.layer_name}: inference layers are built from 2:4 SLoPe layers, got "
@@ -152,7 +197,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
         dtype = layer.dtype if isinstance(layer, CompressedSLoPeLinear) else layer.weight.dtype
         new = cls(layer.in_features, layer.out_features, layer.bias is not None, lora_rank=layer.lora_rank,
                   tiling=tiling, dtype=dtype, device=next(layer.parameters()).device, layer_name=layer.layer_name,
-                  implementation=implementation)
+                  implementation=implementation, separate_mask=separate_mask)
         new.origin = layer.origin
         with torch.no_grad():
             if isinstance(layer, CompressedSLoPeLinear):
@@ -160,7 +205,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
             else:
                 nibbles = nm_pack.pack_nibbles(layer.mask)
                 values = nm_pack.gather_kept(layer.weight.detach().to(dtype), nibbles)
-            new.mask_nibbles.copy_(nibbles)
+            new._set_nibbles(nibbles)
             new.values.copy_(values.reshape(new.values.shape))
             if layer.bias is not None:
                 new.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
@@ -178,7 +223,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
     def rebuild(self) -> None:
         """Write every tile of S (metadata and values) from ``values``, ``mask_nibbles`` and L, in place."""
         values = self.values.detach().reshape(self.out_features, self.in_features // 2).clone()
-        nibbles = self.mask_nibbles
+        nibbles = self.nibbles().clone()  # before the tiles are rewritten: without a copy it is read from them
         if self.lora_left is not None:
             left = self.lora_left.detach().to(self.dtype)
             left_mask = nm_mask(left, 2, 4, dim=0, name=f"{self.layer_name}.lora_left").t()  # (r, d_in)
@@ -204,6 +249,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
             start += rows
         if self.bias is not None:
             self.bias_padded[: self.out_features].copy_(self.bias.detach())
+        self._staged_nibbles = None  # compressed into the metadata now
         if self.dense_fallback_tokens:
             self._build_dense()
         self._gemv_plans = None  # the adapter rows' mask is a new tensor
@@ -244,9 +290,11 @@ class SLoPeInferenceLinear(SparseLinearBase):
         self.few_token_kernel_tokens = tokens
 
     def _choice_key(self, what: str) -> str:
-        """Disk-cache key of a measured per-shape choice (`cached_choice`): GPU, shape, dtype, rank, tiles, bias."""
+        """Disk-cache key of a measured per-shape choice (`cached_choice`): GPU, shape, dtype, rank, tiles, bias,
+        where the few-token kernel reads the mask."""
         return (f"{torch.cuda.get_device_name()}|{self.out_features}x{self.in_features}|{self.dtype}|r{self.lora_rank}"
-                f"|tiles{len(self.rows)}|b{int(self.bias is not None)}|{what}")
+                f"|tiles{len(self.rows)}|b{int(self.bias is not None)}|mask{'meta' if self.mask_in_metadata else 'copy'}"
+                f"|{what}")
 
     def _measure_few_token_crossover(self) -> int:
         return cached_choice(self._choice_key(f"few_token_kernel_v{gemv.KERNEL_VERSION}_gpu_time"),
@@ -302,7 +350,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
     # ----- compute ------------------------------------------------------------------------------------------
     def effective_weight(self) -> torch.Tensor:
         values = self.values.detach().reshape(self.out_features, self.in_features // 2)
-        return nm_pack.scatter_kept(values, self.mask_nibbles)
+        return nm_pack.scatter_kept(values, self.nibbles())
 
     def _sparse_forward(self, x2d: torch.Tensor) -> torch.Tensor:
         if len(self._tiles) == 1:
@@ -317,8 +365,12 @@ class SLoPeInferenceLinear(SparseLinearBase):
     def _make_gemv_plans(self) -> tuple:
         # the operands were checked once (`_refresh_tiles`), so the plans launch without per-call checks
         n, tile_rows, tile_stride = self._values_geometry
-        plans = (gemv.GemvPlan(self.values, self.mask_nibbles, self._dense_bias, n, self.in_features, tile_rows,
-                               tile_stride),)
+        if self.mask_in_metadata:  # the masks are read from the metadata inside `packed`
+            plans = (gemv.GemvPlan(self.values, self.packed, self._dense_bias, n, self.in_features, tile_rows,
+                                   tile_stride, mask_layout="cusparselt"),)
+        else:
+            plans = (gemv.GemvPlan(self.values, self.mask_nibbles, self._dense_bias, n, self.in_features, tile_rows,
+                                   tile_stride),)
         if self.lora_left is not None:
             n, tile_rows, tile_stride = self._adapter_geometry
             plans += (gemv.GemvPlan(self._adapter_values, self.adapter_nibbles, None, n, self.in_features, tile_rows,
@@ -365,6 +417,8 @@ class SLoPeInferenceLinear(SparseLinearBase):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "values"] = self.values.detach().reshape(self.out_features, -1).clone()
+        if self.mask_nibbles is None:  # no copy of its own: the canonical entry is read back from the metadata
+            destination[prefix + "mask_nibbles"] = self.nibbles().clone()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -373,12 +427,23 @@ class SLoPeInferenceLinear(SparseLinearBase):
         values = state_dict.get(prefix + "values")
         if values is not None and values.dim() == 2:  # canonical (d_out, d_in/2) -> this layer's tiled view
             state_dict[prefix + "values"] = values.reshape(self.values.shape)
+        if self.mask_nibbles is None:  # no buffer to load into: staged for the rebuild before the next forward
+            nibbles = state_dict.pop(prefix + "mask_nibbles", None)
+            if nibbles is None:
+                missing_keys.append(prefix + "mask_nibbles")
+            elif nibbles.shape != (self.out_features, self.in_features // 4) or nibbles.dtype != torch.uint8:
+                error_msgs.append(f"size mismatch for {prefix}mask_nibbles: copying uint8 "
+                                  f"{(self.out_features, self.in_features // 4)} from {nibbles.dtype} "
+                                  f"{tuple(nibbles.shape)}")
+            else:
+                self._set_nibbles(nibbles)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         self._built_from = None  # rebuilt before the next forward
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", inference, tiles={self.rows}, dtype={self.dtype}" + (
+            ", mask in cuSPARSELt's metadata" if self.mask_in_metadata else ", separate mask") + (
             f", dense_fallback_tokens={self.dense_fallback_tokens}" if self.dense_fallback_tokens else "") + (
             f", few_token_kernel_tokens={self.few_token_kernel_tokens}")
 
@@ -411,11 +476,12 @@ def _graph_ms(fn, x: torch.Tensor, calls: int = 20, repeats: int = 5) -> float:
 
 
 def prepare_inference(model: nn.Module, *, tiling: bool = True, dense_fallback_tokens: int | str = 0,
-                      implementation: str = "auto",
-                      few_token_kernel_tokens: int | str = FEW_TOKEN_KERNEL_TOKENS) -> nn.Module:
+                      implementation: str = "auto", few_token_kernel_tokens: int | str = FEW_TOKEN_KERNEL_TOKENS,
+                      separate_mask: bool | str = "auto") -> nn.Module:
     """Replace every compressed (or 2:4 simulated fp16/bf16 CUDA) SLoPe layer by its inference form, in place.
 
     Adapters are merged (L pruned 2:4, same 1/r scale). The model can no longer be trained afterwards.
+    ``separate_mask``: see `SLoPeInferenceLinear` (the default keeps no mask copy where the metadata is readable).
     """
     from .lora import sparse_layers
     from .prune import _set_submodule
@@ -425,5 +491,5 @@ def prepare_inference(model: nn.Module, *, tiling: bool = True, dense_fallback_t
             continue
         _set_submodule(model, name, SLoPeInferenceLinear.from_layer(
             layer, tiling=tiling, dense_fallback_tokens=dense_fallback_tokens, implementation=implementation,
-            few_token_kernel_tokens=few_token_kernel_tokens))
+            few_token_kernel_tokens=few_token_kernel_tokens, separate_mask=separate_mask))
     return model

@@ -196,3 +196,51 @@ def test_torch_private_op_fallback_builds_and_matches(tiling):
     training = CompressedSLoPeLinear.from_simulated(layer, implementation="torch")  # unmerged adapters, like layer
     with torch.no_grad():
         assert _rel(training(x), layer(x).double()) < 4e-3
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tiling", [True, False])
+def test_mask_lives_only_in_the_cusparselt_metadata_where_its_layout_is_known(dtype, tiling):
+    layer = _simulated(256, 512, 0, True, dtype)  # tiles of 256 x 256 (or one of 512 x 256): multiples of 128
+    lean = slope.SLoPeInferenceLinear.from_layer(layer, tiling=tiling, few_token_kernel_tokens=32)
+    copy = slope.SLoPeInferenceLinear.from_layer(layer, tiling=tiling, few_token_kernel_tokens=32, separate_mask=True)
+    assert lean.rows == ([256, 256] if tiling else [512])
+    assert lean.mask_in_metadata and lean.mask_nibbles is None and not copy.mask_in_metadata
+    # the mask read back from the library's metadata is the one the layer was built with
+    assert torch.equal(lean.nibbles(), copy.mask_nibbles)
+    assert torch.equal(lean.effective_weight(), copy.effective_weight())
+    # no uint8 state beside the compressed tiles: the layer is 9/16 of the dense weight (+ its bias)
+    assert [name for name, b in lean.named_buffers() if b.dtype == torch.uint8] == ["packed"]
+    with torch.no_grad():
+        for tokens in (1, 13, 256):  # the few-token kernel's fma and dot forms, then cuSPARSELt
+            x = torch.randn(tokens, 256, device="cuda", dtype=dtype)
+            reference, simulated = _reference(layer, x), layer(x)
+            assert _rel(lean(x), reference) <= 2 * _rel(simulated, reference) + 1e-3
+    # state_dict keeps the canonical mask entry, and a fresh layer loads it from either kind of layer
+    state = lean.state_dict()
+    assert torch.equal(state["mask_nibbles"], copy.state_dict()["mask_nibbles"])
+    x = torch.randn(3, 256, device="cuda", dtype=dtype)
+    for source in (state, copy.state_dict()):
+        fresh = slope.SLoPeInferenceLinear(256, 512, True, tiling=tiling, dtype=dtype)
+        fresh.set_few_token_kernel(32)
+        assert fresh.mask_in_metadata
+        fresh.load_state_dict(source)
+        with torch.no_grad():
+            assert torch.equal(fresh(x), lean(x))
+        assert torch.equal(fresh.nibbles(), copy.mask_nibbles)
+    with pytest.raises(RuntimeError, match="mask_nibbles"):
+        fresh.load_state_dict({k: v for k, v in state.items() if k != "mask_nibbles"})
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_layers_with_adapter_rows_keep_a_mask_copy_and_false_says_why():
+    layer = _simulated(256, 512, 8, True, torch.bfloat16)
+    fast = slope.SLoPeInferenceLinear.from_layer(layer)
+    assert not fast.mask_in_metadata and fast.mask_nibbles is not None
+    with pytest.raises(ValueError, match="fc: separate_mask=False.*adapter rows"):
+        slope.SLoPeInferenceLinear.from_layer(layer, separate_mask=False)
+    with pytest.raises(ValueError, match="separate_mask must be"):
+        slope.SLoPeInferenceLinear.from_layer(layer, separate_mask=1)

@@ -122,6 +122,27 @@ def test_metadata_slot_reproduces_the_measured_h100_layout():
         assert torch.equal(predicted, torch.from_numpy(measured[key].astype(np.int64))), key
 
 
+def test_nibbles_read_back_from_metadata_by_the_measured_layout():
+    # independent of metadata_slot: place each group's code where the measured map says, then read masks back
+    import numpy as np
+    from pathlib import Path
+
+    measured = np.load(Path(__file__).parent / "data" / "cslt_layout_h100.npz")
+    for key in measured.files:
+        rows, cols = map(int, key.split("_")[0].split("x"))
+        nib = _random_nibbles(rows, cols, "cpu", seed=rows + cols)
+        kept = nm_pack.unpack_nibbles(nib).view(-1, 4)
+        codes = torch.tensor([(p[0] | (p[1] << 2)) for p in (torch.nonzero(g).flatten().tolist() for g in kept)],
+                             dtype=torch.uint8)
+        slots = codes[torch.from_numpy(measured[key].astype(np.int64))]  # slot s holds its group's code
+        metadata = slots[0::2] | (slots[1::2] << 4)
+        assert torch.equal(nm_pack.nibbles_from_metadata(metadata, rows, cols), nib), key
+    with pytest.raises(ValueError, match="multiples of 128"):
+        nm_pack.nibbles_from_metadata(torch.zeros(64 * 128 // 8, dtype=torch.uint8), 64, 128)
+    with pytest.raises(ValueError, match="2048 uint8 bytes"):
+        nm_pack.nibbles_from_metadata(torch.zeros(100, dtype=torch.uint8), 128, 128)
+
+
 def test_metadata_reference_packs_codes_by_the_measured_layout():
     # independent of metadata_slot: read each group's code back through the measured slot -> group map
     import numpy as np

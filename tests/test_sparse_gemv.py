@@ -277,3 +277,53 @@ def test_direct_launch_setting_comes_back_after_the_block(monkeypatch):
             assert module.DIRECT_LAUNCH is False
             raise RuntimeError("inside")
     assert module.DIRECT_LAUNCH is True
+
+
+def _compressed_tiles(dense_mask_values, tiles, rows, k, dtype, device):
+    """A cuSPARSELt-like buffer built on any device: per tile its kept values, then its metadata bytes as
+    `nm_pack.metadata_reference` lays them out (the layout measured on the H100, checked there against the
+    library's own compress), tiles back to back; plus the (tiles, rows, K/2) values view into it."""
+    _, values, nibbles = dense_mask_values
+    size = torch.finfo(dtype).bits // 8
+    tile_bytes = rows * k * 9 // 16 * size
+    packed = torch.zeros(tiles * tile_bytes, dtype=torch.uint8, device=device)
+    for t in range(tiles):
+        tile = packed[t * tile_bytes:(t + 1) * tile_bytes]
+        tile[: rows * k // 2 * size].view(dtype).copy_(values[t * rows:(t + 1) * rows].reshape(-1))
+        tile[rows * k // 2 * size:].copy_(nm_pack.metadata_reference(nibbles[t * rows:(t + 1) * rows]))
+    view = packed.view(dtype).as_strided((tiles, rows, k // 2), (tile_bytes // size, k // 2, 1))
+    return packed, view
+
+
+FP16_CASES = [pytest.param("cpu", torch.float16, id="cpu-fp16")] + [
+    pytest.param("cuda", d, id=f"cuda-{n}", marks=_CUDA) for d, n in ((torch.float16, "fp16"), (torch.bfloat16, "bf16"))]
+
+
+@pytest.mark.parametrize("device,dtype", FP16_CASES)
+@pytest.mark.parametrize("tiles,tokens,form", [(1, 1, "fma"), (1, 20, "dot"), (2, 1, "fma"), (2, 3, "dot"),
+                                               (3, 70, "dot")])
+def test_masks_read_from_the_cusparselt_metadata_match_masked_dense(device, dtype, tiles, tokens, form):
+    # the mask read from the metadata after each tile's values, not from a nibble copy: same product
+    rows, k = 128, 256
+    sparse = _sparse(tiles * rows, k, device, dtype)
+    packed, view = _compressed_tiles(sparse, tiles, rows, k, dtype, device)
+    x = torch.randn(tokens, k, device=device).to(dtype)
+    b = torch.randn(tiles * rows, device=device).to(dtype)
+    result = sparse_gemv(x, view if tiles > 1 else view[0], packed, b, form=form, mask_layout="cusparselt")
+    _check(result, x, sparse[0], b, dtype)
+
+
+def test_metadata_mask_layout_checks_its_buffer():
+    sparse = _sparse(128, 128, "cpu", torch.float16)
+    packed, view = _compressed_tiles(sparse, 1, 128, 128, torch.float16, "cpu")
+    x = torch.randn(2, 128).half()
+    with pytest.raises(ValueError, match="mask_layout must be"):
+        sparse_gemv(x, view[0], packed, mask_layout="metadata")
+    with pytest.raises(ValueError, match="whose first bytes are the values"):
+        sparse_gemv(x, view[0], sparse[2], mask_layout="cusparselt")
+    with pytest.raises(ValueError, match="multiples of 128"):
+        small = _sparse(64, 128, "cpu", torch.float16)
+        buffer, small_view = _compressed_tiles(small, 1, 64, 128, torch.float16, "cpu")
+        sparse_gemv(x, small_view[0], buffer, mask_layout="cusparselt")
+    with pytest.raises(ValueError, match="bytes, .* needed"):
+        sparse_gemv(x, view[0], packed[:-1], mask_layout="cusparselt")

@@ -63,6 +63,10 @@ def test_static_memory_counts_params_grads_and_adam_state(toy_rows):
     assert memory[("dense", "train static: grads")] == params
     assert memory[("dense", "train static: optimizer")] >= 2 * params  # two moments (+ step counters)
     assert memory[("dense", "inference static (params + buffers)")] == params
+    # the sparse-able linears alone: their weights and biases, fp32 here (the toy's paper-filtered linears)
+    linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and slope.paper_filter(m, n)]
+    assert memory[("dense", "inference static, sparse-able linears")] == 4 * sum(
+        m.weight.numel() + m.bias.numel() for m in linears)
     # the simulator keeps dense weights plus a bool mask per sparse weight: more than dense, never less
     assert memory[("slope (simulated)", "train static: buffers")] > 0
 

@@ -331,7 +331,8 @@ class SpMM:
             _metadata_checks[key] = bool(torch.equal(want, got))
             if not _metadata_checks[key]:
                 warnings.warn(f"cuSPARSELt's metadata layout on {key[0]} differs from the one measured on an H100 "
-                              f"(cuSPARSELt 0.8): a new W_RCᵀ mask is made with the library's compress (slower)",
+                              f"(cuSPARSELt 0.8): a new W_RCᵀ mask is made with the library's compress (slower), and "
+                              f"inference layers keep a mask copy beside the compressed weight (more memory)",
                               stacklevel=2)
         return _metadata_checks[key]
 

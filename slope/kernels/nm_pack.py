@@ -13,7 +13,7 @@ i kept): a quarter byte per weight instead of a byte. Triton kernels move betwee
 * `transpose_mask_values(values, nibbles, wt_nibbles, out)`: both in one pass (new mask, values under it)
 * `write_metadata(nibbles, out)`: cuSPARSELt's metadata bytes written from nibble masks, without its compress
   (the layout, `metadata_slot`, was measured on an H100 with cuSPARSELt 0.8; `SpMM.writes_metadata` checks it
-  against the library's own compress before a layer relies on it)
+  against the library's own compress before a layer relies on it); `nibbles_from_metadata` reads them back
 
 Values inside a group are ordered by position, which is the order of cuSPARSELt's compressed values.
 Triton is imported lazily: `import slope` never needs it. Under ``TRITON_INTERPRET=1`` the kernels run on CPU.
@@ -174,6 +174,26 @@ def metadata_reference(nibbles: torch.Tensor) -> torch.Tensor:
     slots = torch.empty(rows * col_groups, dtype=torch.uint8, device=nibbles.device)
     slots[metadata_slot(r, q, col_groups * 4).reshape(-1)] = code.reshape(-1)
     return slots[0::2] | (slots[1::2] << 4)
+
+
+def nibbles_from_metadata(metadata: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """The nibble masks (rows, cols/4) of cuSPARSELt metadata bytes (rows·cols/8,): `metadata_reference` inverted.
+
+    The layout's bits are a fixed permutation, so this is a reshape and a permute, not a gather: a 64-row × 8-group
+    block is 256 bytes whose index bits are, from the top, row bits 5, 4, 2, 1, 0 and group bits 1, 0, 2, and the
+    nibble inside a byte (low first) is row bit 3. Used where a layer keeps no mask of its own (`slope.inference`).
+    """
+    if not direct_metadata_shape(rows, cols):
+        raise ValueError(f"nibbles_from_metadata: layout known for multiples of 128 only, got ({rows}, {cols})")
+    if metadata.dtype != torch.uint8 or metadata.numel() != rows * cols // 8:
+        raise ValueError(f"nibbles_from_metadata: metadata must be {rows * cols // 8} uint8 bytes, got "
+                         f"{metadata.numel()} {metadata.dtype}")
+    halves = torch.stack([metadata & 15, metadata >> 4], dim=-1)  # the last axis is row bit 3
+    # (band, block, r5, r4, r2, r1, r0, q1, q0, q2, r3) -> (band, r5, r4, r3, r2, r1, r0, block, q2, q1, q0)
+    codes = halves.reshape(rows // 64, cols // 32, *(2,) * 9).permute(0, 2, 3, 10, 4, 5, 6, 1, 9, 7, 8)
+    codes = codes.reshape(rows, cols // 4).to(torch.int32)
+    one = torch.ones((), dtype=torch.int32, device=metadata.device)
+    return ((one << (codes & 3)) | (one << (codes >> 2))).to(torch.uint8)  # code p0 | p1 << 2 -> bits p0 and p1
 
 
 def write_metadata(nibbles: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,9 @@ FMA_MAX_TOKENS = 1
 # Part of the cache key of measured kernel-vs-cuSPARSELt choices: bump it when the kernel's speed changes.
 KERNEL_VERSION = 4
 FORMS = ("auto", "fma", "dot")
+# Where the masks come from: "nibbles", one byte per group (N, K/4); "cusparselt", the metadata inside the
+# compressed buffer the values live in (`sparse_gemv_triton`'s META: no mask copy beside cuSPARSELt's buffer).
+MASK_LAYOUTS = ("nibbles", "cusparselt")
 # Split K when fewer than MIN_PROGRAMS (row block x token block) programs would run (about two per SM of an H100),
 # into enough pieces for TARGET_PROGRAMS[form]. Rows per program are autotuned (16-128); the split is decided for
 # 32 rows. H100 bf16, CUDA-graph replay, 2-32 tokens (results/sparse_gemv_variants_h100.md): the dot form on
@@ -95,12 +98,15 @@ def geometry(values: torch.Tensor, k: int) -> tuple[int, int, int]:
 
 
 def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bias: torch.Tensor | None = None, *,
-                out: torch.Tensor | None = None, form: str = "auto", words: bool | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None, form: str = "auto", words: bool | None = None,
+                mask_layout: str = "nibbles") -> torch.Tensor:
     """out (T, N) = x (T, K) · Wᵀ (+ bias), W given as kept ``values`` and mask ``nibbles`` (see the module doc).
 
     ``form``: ``"fma"`` or ``"dot"`` (tensor cores) kernel; ``"auto"`` takes fma up to `FMA_MAX_TOKENS` tokens.
     ``words``: read the kept values in pairs, as integer words (needs ``values`` aligned to two elements);
     None: the forms in `WORD_LOAD_FORMS` do where the values allow.
+    ``mask_layout="cusparselt"``: ``nibbles`` is the compressed uint8 buffer that ``values`` is a view of (one
+    cuSPARSELt tile, or equal tiles back to back), and the masks are read from its metadata (`check_metadata_operand`).
     """
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"sparse_gemv: x must be a (tokens, K) matrix with unit column stride, got shape "
@@ -111,7 +117,11 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
     if form not in FORMS:
         raise ValueError(f"sparse_gemv: form must be one of {FORMS}, got {form!r}")
     n, tile_rows, tile_stride = geometry(values, k)
-    if nibbles.shape != (n, k // 4) or nibbles.dtype != torch.uint8 or not nibbles.is_contiguous():
+    if mask_layout not in MASK_LAYOUTS:
+        raise ValueError(f"sparse_gemv: mask_layout must be one of {MASK_LAYOUTS}, got {mask_layout!r}")
+    if mask_layout == "cusparselt":
+        check_metadata_operand(values, nibbles, n, k, tile_rows, tile_stride)
+    elif nibbles.shape != (n, k // 4) or nibbles.dtype != torch.uint8 or not nibbles.is_contiguous():
         raise ValueError(f"sparse_gemv: nibbles must be contiguous uint8 ({n}, {k // 4}), got "
                          f"{nibbles.dtype} {tuple(nibbles.shape)}")
     if bias is not None and (bias.shape != (n,) or not bias.is_contiguous()):
@@ -127,8 +137,36 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
                          f"{2 * values.element_size()} = {values.data_ptr() % (2 * values.element_size())}, tile "
                          f"stride {tile_stride} (pass words=False)")
     if tokens and n:
-        launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words)
+        launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words, mask_layout)
     return out
+
+
+def check_metadata_operand(values: torch.Tensor, packed: torch.Tensor, n: int, k: int, tile_rows: int,
+                           tile_stride: int) -> None:
+    """Raise unless ``packed`` is the compressed buffer ``values`` views, laid out as the metadata mask layout
+    needs: each tile's tile_rows·K/2 values, then its tile_rows·K/16 metadata elements, tiles ``tile_stride``
+    elements apart, and tile_rows and K multiples of 128 (`slope.kernels.nm_pack.direct_metadata_shape`)."""
+    from .nm_pack import direct_metadata_shape
+
+    size = values.element_size()
+    if size != 2:
+        raise ValueError(f"sparse_gemv: mask_layout='cusparselt' is the layout of 16-bit compressed weights, got "
+                         f"{values.dtype} values")
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.data_ptr() != values.data_ptr():
+        raise ValueError("sparse_gemv: with mask_layout='cusparselt', nibbles must be the flat uint8 compressed "
+                         "buffer whose first bytes are the values (values a view of it)")
+    if not direct_metadata_shape(tile_rows, k):
+        raise ValueError(f"sparse_gemv: mask_layout='cusparselt' reads the metadata layout measured for tiles of "
+                         f"multiples of 128 rows and columns; got tiles of ({tile_rows}, {k}) (use nibbles)")
+    tiles = n // tile_rows
+    tile_bytes = tile_rows * k * 9 // 16 * size
+    if tiles > 1 and tile_stride * size < tile_bytes:
+        raise ValueError(f"sparse_gemv: tiles {tile_stride * size} bytes apart overlap their {tile_bytes}-byte "
+                         "compressed buffers")
+    need = (tiles - 1) * tile_stride * size + tile_bytes
+    if packed.numel() < need:
+        raise ValueError(f"sparse_gemv: the compressed buffer has {packed.numel()} bytes, {need} needed for "
+                         f"{tiles} tile(s) of ({tile_rows}, {k})")
 
 
 def word_aligned(values: torch.Tensor, tile_stride: int) -> bool:
@@ -137,16 +175,16 @@ def word_aligned(values: torch.Tensor, tile_stride: int) -> bool:
 
 
 def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_stride: int, form: str = "auto",
-           words: bool | None = None):
+           words: bool | None = None, mask_layout: str = "nibbles"):
     """The kernel launch behind `sparse_gemv`, without its checks: for callers that checked their operands once.
     A caller that launches one weight many times (a layer) should hold a `GemvPlan`, which also skips Triton's
     per-call dispatch."""
-    _launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words, keep=False)
+    _launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words, mask_layout, keep=False)
     return out
 
 
 def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_stride: int, form: str,
-            words: bool | None, keep: bool = True):
+            words: bool | None, mask_layout: str = "nibbles", keep: bool = True):
     """Launch through Triton's JIT. With ``keep`` (a `GemvPlan`), returns a ``direct(x, out)`` that repeats this
     launch for another x and out of the same geometry past the JIT, or None where the compiled kernels are not at
     hand; a one-off call (``keep=False``) builds no such runner and returns None."""
@@ -169,7 +207,8 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
     bias_arg = bias if bias is not None else values  # never read without HAS_BIAS
     target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
     meta = dict(HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t,
-                WORDS=16 * values.element_size() if words else 0)
+                WORDS=16 * values.element_size() if words else 0, META=int(mask_layout == "cusparselt"),
+                ESIZE=values.element_size())
     args = (x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows, out.stride(0),
             k_chunk, tokens * n)
     compiled, config = _launch_tuned(kernel, grid, (kernel, n, k, x.dtype, values.dtype, target.dtype,
@@ -255,8 +294,9 @@ class GemvPlan:
     """
 
     def __init__(self, values: torch.Tensor, nibbles: torch.Tensor, bias: torch.Tensor | None, n: int, k: int,
-                 tile_rows: int, tile_stride: int):
+                 tile_rows: int, tile_stride: int, mask_layout: str = "nibbles"):
         self._operands = (values, nibbles, bias, n, k, tile_rows, tile_stride)
+        self.mask_layout = mask_layout
         self._direct: dict[tuple, object] = {}
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor, form: str = "auto") -> torch.Tensor:
@@ -272,7 +312,7 @@ class GemvPlan:
                 return out
             except TypeError as error:  # a Triton whose launcher takes other arguments: the JIT path stays correct
                 _turn_off_direct_launch(error)
-        direct = _launch(x, *self._operands[:3], out, *self._operands[3:], form, None)
+        direct = _launch(x, *self._operands[:3], out, *self._operands[3:], form, None, self.mask_layout)
         if direct is not None:
             self._direct[key] = direct
         return out

@@ -16,6 +16,13 @@ Word loads (``WORDS``, the dot form's default): a group's two kept values are re
 into halves, which hands the (rows, groups) layout straight to the rebuild instead of reshaping and splitting a
 (rows, 2·groups) block of values (about +1-11% at 2-32 tokens, H100 bf16).
 
+Masks (``META``): by default one byte per group of 4 (bit i = position i kept, `slope.kernels.nm_pack`'s
+nibbles, (N, K/4) row-major). With ``META`` the kernel reads cuSPARSELt's own metadata instead, the bytes after
+each tile's values in the compressed buffer (``nibbles_ptr`` is then that uint8 buffer): one nibble per group,
+p0 | p1 << 2 (the two kept positions), at `slope.kernels.nm_pack.metadata_slot`. A layer then keeps no mask copy
+of its own (1.125 bytes per weight in memory and per read instead of 1.25). The two nibbles of a byte are rows
+r and r + 8 of one 64-row band, so a program's row block reads whole 64-byte runs of each 256-byte block.
+
 Rebuilding a group from its nibble: with exactly two bits set, position 0 (if kept) is always the first kept
 value and position 3 always the second; position 1 is the second iff bit 0 is set; position 2 iff bit 0 or 1 is.
 """
@@ -41,8 +48,32 @@ _FMA_CONFIGS = _CONFIGS if os.environ.get("TRITON_INTERPRET") == "1" else [
 
 
 @triton.jit
-def _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr, WORDS: tl.constexpr = 0):
+def _group_masks(nibbles_ptr, rows, q, group_ok, K, tile_rows, tile_stride, META: tl.constexpr,
+                 ESIZE: tl.constexpr):
+    """The (BLOCK_N, groups) masks, bit i = position i kept, of W's ``rows`` (global, int64) at groups ``q``:
+    from the nibble bytes, or (``META``) from cuSPARSELt's metadata after each tile's values (tile t starts
+    t·tile_stride elements of ESIZE bytes into the buffer; its metadata follows its tile_rows·K/2 values)."""
+    if META:
+        local = rows % tile_rows
+        # int64 throughout (rows is): a tile's values can pass 2**31 bytes; tile_rows may arrive as a constexpr 1
+        base = (rows // tile_rows) * tile_stride * ESIZE + (rows * 0 + tile_rows) * (K // 2) * ESIZE
+        r = local[:, None]
+        g = q[None, :]
+        inner = (((r >> 3) & 1) | (((g >> 2) & 1) << 1) | ((g & 3) << 2) | ((r & 7) << 4)
+                 | (((r >> 4) & 3) << 7))
+        slot = ((r // 64) * (K // 32) + g // 8) * 512 + inner
+        byte = tl.load(nibbles_ptr + base[:, None] + slot // 2, mask=group_ok, other=0).to(tl.int32)
+        code = (byte >> ((slot & 1) * 4)) & 15
+        nib = tl.where(group_ok, (1 << (code & 3)) | (1 << (code >> 2)), 0)
+    else:
+        nib = tl.load(nibbles_ptr + rows[:, None] * (K // 4) + q[None, :], mask=group_ok, other=0).to(tl.int32)
+    return nib
+
+
+@triton.jit
+def _group_weights(values_ptr, nibbles_ptr, value_rows, rows, row_ok, k0, k_end, K, tile_rows, tile_stride,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr = 0, META: tl.constexpr = 0,
+                   ESIZE: tl.constexpr = 2):
     """W at positions 0..3 of each group of the (BLOCK_N, BLOCK_K) block starting at k0: four (BLOCK_N, BLOCK_K/4)
     tensors in the values' dtype, zero where the mask drops the weight (and from k_end on, or past N).
 
@@ -54,7 +85,7 @@ def _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0,
     rg = tl.arange(0, GROUPS)
     g_ok = (k0 // 4 + rg) < k_end // 4
     group_ok = row_ok[:, None] & g_ok[None, :]
-    nib = tl.load(nibbles_ptr + nibble_rows[:, None] + (k0 // 4 + rg)[None, :], mask=group_ok, other=0).to(tl.int32)
+    nib = _group_masks(nibbles_ptr, rows, k0 // 4 + rg, group_ok, K, tile_rows, tile_stride, META, ESIZE)
     if WORDS == 32:
         words = tl.load(values_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + value_rows[:, None] // 2
                         + (k0 // 4 + rg)[None, :], mask=group_ok, other=0)
@@ -81,16 +112,16 @@ def _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0,
 
 @triton.jit
 def _program_block(T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
-    """This program's rows (rn) and tokens (rt) with their bounds, where each of its rows starts in the values and
-    nibbles, and its k range [k_start, k_end) (one chunk under split K; a chunk may end inside a k block, so the
-    loads are masked at k_end)."""
+    """This program's rows (rn) and tokens (rt) with their bounds, where each of its rows starts in the values, its
+    rows as int64, and its k range [k_start, k_end) (one chunk under split K; a chunk may end inside a k block, so
+    the loads are masked at k_end)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rt = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     rows = rn.to(tl.int64)
     # row n of W lives in tile n // tile_rows (tiles tile_stride elements apart), each tile row-major (k/2 per row)
     value_rows = (rows // tile_rows) * tile_stride + (rows % tile_rows) * (K // 2)
     k_start = tl.program_id(2) * k_chunk
-    return rn, rt, rn < N, rt < T, value_rows, rows * (K // 4), k_start, tl.minimum(K, k_start + k_chunk)
+    return rn, rt, rn < N, rt < T, value_rows, rows, k_start, tl.minimum(K, k_start + k_chunk)
 
 
 @triton.jit
@@ -108,19 +139,20 @@ def _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stri
                  mask=inside)
 
 
-@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS"])
+@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "META"])
 @triton.jit
 def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride, tile_rows,
                        stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                       BLOCK_T: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
-    rn, rt, row_ok, token_ok, value_rows, nibble_rows, k_start, k_end = _program_block(
+    rn, rt, row_ok, token_ok, value_rows, rows, k_start, k_end = _program_block(
         T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, BLOCK_N,
-                                        BLOCK_K, WORDS)
+        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, rows, row_ok, k0, k_end, K, tile_rows,
+                                        tile_stride, BLOCK_N, BLOCK_K, WORDS, META, ESIZE)
         # join stacks along a new last axis: join(join(w0, w2), join(w1, w3))[..., i, j] = w_{2i+j}, so the
         # row-major reshape puts position 4g+2i+j in place
         dense = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
@@ -131,22 +163,23 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, 
     _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS, SPLIT)
 
 
-@triton.autotune(configs=_FMA_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS"])
+@triton.autotune(configs=_FMA_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "META"])
 @triton.jit
 def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride,
                            tile_rows, stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                           BLOCK_T: tl.constexpr, WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                           BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr,
+                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores. Each position i of a group multiplies
     the token's x at 4g+i (a stride-4 load of the small, cached x), summed over the groups of the block."""
     GROUPS: tl.constexpr = BLOCK_K // 4
-    rn, rt, row_ok, token_ok, value_rows, nibble_rows, k_start, k_end = _program_block(
+    rn, rt, row_ok, token_ok, value_rows, rows, k_start, k_end = _program_block(
         T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
     rg = tl.arange(0, GROUPS)
     cols = tl.arange(0, BLOCK_T)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, nibble_rows, row_ok, k0, k_end, BLOCK_N,
-                                        BLOCK_K, WORDS)
+        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, rows, row_ok, k0, k_end, K, tile_rows,
+                                        tile_stride, BLOCK_N, BLOCK_K, WORDS, META, ESIZE)
         w0, w1, w2, w3 = w0.to(tl.float32), w1.to(tl.float32), w2.to(tl.float32), w3.to(tl.float32)
         g_ok = (k0 // 4 + rg) < k_end // 4
         for t in tl.static_range(BLOCK_T):
