@@ -32,6 +32,7 @@ rows, ae4c28e). Triton is imported lazily; on CPU it runs only under ``TRITON_IN
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 
@@ -201,7 +202,9 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
         words = resolved in WORD_LOAD_FORMS and word_aligned(values, tile_stride)
     token_blocks = -(-tokens // block_t)
     splits = split_k(n, k, token_blocks, resolved)
-    k_chunk = -(-(-(-k // splits)) // K_CHUNK_ALIGN) * K_CHUNK_ALIGN  # ⌈k / splits⌉ rounded up
+    # the metadata layout's mask addresses assume every k block starts at a multiple of 32 columns
+    align = math.lcm(K_CHUNK_ALIGN, 32) if mask_layout == "cusparselt" else K_CHUNK_ALIGN
+    k_chunk = -(-(-(-k // splits)) // align) * align  # ⌈k / splits⌉ rounded up
     splits = -(-k // k_chunk)
     grid = lambda meta: (-(-n // meta["BLOCK_N"]), token_blocks, splits)  # noqa: E731
     bias_arg = bias if bias is not None else values  # never read without HAS_BIAS

@@ -48,32 +48,57 @@ _FMA_CONFIGS = _CONFIGS if os.environ.get("TRITON_INTERPRET") == "1" else [
 
 
 @triton.jit
-def _group_masks(nibbles_ptr, rows, q, group_ok, K, tile_rows, tile_stride, META: tl.constexpr,
-                 ESIZE: tl.constexpr):
-    """The (BLOCK_N, groups) masks, bit i = position i kept, of W's ``rows`` (global, int64) at groups ``q``:
-    from the nibble bytes, or (``META``) from cuSPARSELt's metadata after each tile's values (tile t starts
-    t·tile_stride elements of ESIZE bytes into the buffer; its metadata follows its tile_rows·K/2 values)."""
+def _mask_addresses(rows, K, tile_rows, tile_stride, GROUPS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr):
+    """Where a program's masks are, computed once before its k loop: (row base int64 (BLOCK_N,), offsets int32
+    (BLOCK_N, GROUPS) or (1, GROUPS), nibble shift (BLOCK_N, 1)); group block k0 is at base + `_mask_k_term` + offset.
+
+    Nibble bytes: row n's group q is byte n·K/4 + q. Metadata (``META``): rows of one 64-row band and groups of one
+    8-group block share a 256-byte block, band-major, so for a k block starting at a multiple of 32 columns (every
+    k0 here: chunks are multiples of 512, blocks of 64-512) the position inside the block depends on (row, group
+    index in the k block) only — the slot arithmetic is paid once, not per k block (per k block it cost ~3x the
+    kernel's time on an H200). Tile t's metadata follows its tile_rows·K/2 values, t·tile_stride elements in."""
+    g = tl.arange(0, GROUPS)[None, :]
     if META:
-        local = rows % tile_rows
-        # int64 throughout (rows is): a tile's values can pass 2**31 bytes; tile_rows may arrive as a constexpr 1
-        base = (rows // tile_rows) * tile_stride * ESIZE + (rows * 0 + tile_rows) * (K // 2) * ESIZE
-        r = local[:, None]
-        g = q[None, :]
+        local = rows % tile_rows  # int64 throughout: a tile's values can pass 2**31 bytes
+        base = ((rows // tile_rows) * tile_stride * ESIZE + (rows * 0 + tile_rows) * (K // 2) * ESIZE
+                + (local // 64) * (K // 32) * 256)
+        r = (local % 64).to(tl.int32)[:, None]
         inner = (((r >> 3) & 1) | (((g >> 2) & 1) << 1) | ((g & 3) << 2) | ((r & 7) << 4)
                  | (((r >> 4) & 3) << 7))
-        slot = ((r // 64) * (K // 32) + g // 8) * 512 + inner
-        byte = tl.load(nibbles_ptr + base[:, None] + slot // 2, mask=group_ok, other=0).to(tl.int32)
-        code = (byte >> ((slot & 1) * 4)) & 15
-        nib = tl.where(group_ok, (1 << (code & 3)) | (1 << (code >> 2)), 0)
+        offsets = (g // 8) * 256 + inner // 2
+        shift = ((r >> 3) & 1) * 4
     else:
-        nib = tl.load(nibbles_ptr + rows[:, None] * (K // 4) + q[None, :], mask=group_ok, other=0).to(tl.int32)
+        base = rows * (K // 4)
+        offsets = g
+        shift = tl.zeros((1, 1), dtype=tl.int32)
+    return base, offsets, shift
+
+
+@triton.jit
+def _mask_k_term(k0, META: tl.constexpr):
+    """The k block's part of its mask addresses (see `_mask_addresses`)."""
+    if META:
+        term = (k0 // 32) * 256
+    else:
+        term = k0 // 4
+    return term
+
+
+@triton.jit
+def _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, group_ok, META: tl.constexpr):
+    """The (BLOCK_N, groups) masks of the k block at k0, bit i = position i kept: a nibble byte each, or
+    (``META``) cuSPARSELt's nibble p0 | p1 << 2 turned into bits p0 and p1."""
+    at = nibbles_ptr + mask_base[:, None] + _mask_k_term(k0, META) + mask_offsets
+    nib = tl.load(at, mask=group_ok, other=0).to(tl.int32)
+    if META:
+        code = (nib >> mask_shift) & 15
+        nib = tl.where(group_ok, (1 << (code & 3)) | (1 << (code >> 2)), 0)
     return nib
 
 
 @triton.jit
-def _group_weights(values_ptr, nibbles_ptr, value_rows, rows, row_ok, k0, k_end, K, tile_rows, tile_stride,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr = 0, META: tl.constexpr = 0,
-                   ESIZE: tl.constexpr = 2):
+def _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift, row_ok, k0, k_end,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr = 0, META: tl.constexpr = 0):
     """W at positions 0..3 of each group of the (BLOCK_N, BLOCK_K) block starting at k0: four (BLOCK_N, BLOCK_K/4)
     tensors in the values' dtype, zero where the mask drops the weight (and from k_end on, or past N).
 
@@ -85,7 +110,7 @@ def _group_weights(values_ptr, nibbles_ptr, value_rows, rows, row_ok, k0, k_end,
     rg = tl.arange(0, GROUPS)
     g_ok = (k0 // 4 + rg) < k_end // 4
     group_ok = row_ok[:, None] & g_ok[None, :]
-    nib = _group_masks(nibbles_ptr, rows, k0 // 4 + rg, group_ok, K, tile_rows, tile_stride, META, ESIZE)
+    nib = _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, group_ok, META)
     if WORDS == 32:
         words = tl.load(values_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + value_rows[:, None] // 2
                         + (k0 // 4 + rg)[None, :], mask=group_ok, other=0)
@@ -148,11 +173,12 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, 
     """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
     rn, rt, row_ok, token_ok, value_rows, rows, k_start, k_end = _program_block(
         T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
+    mask_base, mask_offsets, mask_shift = _mask_addresses(rows, K, tile_rows, tile_stride, BLOCK_K // 4, META, ESIZE)
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, rows, row_ok, k0, k_end, K, tile_rows,
-                                        tile_stride, BLOCK_N, BLOCK_K, WORDS, META, ESIZE)
+        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift,
+                                        row_ok, k0, k_end, BLOCK_N, BLOCK_K, WORDS, META)
         # join stacks along a new last axis: join(join(w0, w2), join(w1, w3))[..., i, j] = w_{2i+j}, so the
         # row-major reshape puts position 4g+2i+j in place
         dense = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
@@ -174,12 +200,13 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T,
     GROUPS: tl.constexpr = BLOCK_K // 4
     rn, rt, row_ok, token_ok, value_rows, rows, k_start, k_end = _program_block(
         T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
+    mask_base, mask_offsets, mask_shift = _mask_addresses(rows, K, tile_rows, tile_stride, GROUPS, META, ESIZE)
     rg = tl.arange(0, GROUPS)
     cols = tl.arange(0, BLOCK_T)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, rows, row_ok, k0, k_end, K, tile_rows,
-                                        tile_stride, BLOCK_N, BLOCK_K, WORDS, META, ESIZE)
+        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift,
+                                        row_ok, k0, k_end, BLOCK_N, BLOCK_K, WORDS, META)
         w0, w1, w2, w3 = w0.to(tl.float32), w1.to(tl.float32), w2.to(tl.float32), w3.to(tl.float32)
         g_ok = (k0 // 4 + rg) < k_end // 4
         for t in tl.static_range(BLOCK_T):
