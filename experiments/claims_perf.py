@@ -12,6 +12,8 @@ inputs, goals and shared helpers in `claims_perf_inputs`. Inputs, each optional 
 * ``bench_inference_<gpu>.csv`` inference layers: tiling, merged adapters, Triton vs torch, CUDA graphs
 * ``ablations_<gpu>.csv``      model-level switches on vs off (`performance_experiments/ablations.py`): P10 in
                                `claims_perf_ablations`
+* ``speedup_<other gpu>.csv``  end to end on another GPU (the lent H200): P11 in `claims_perf_gpus`, the same
+                               builders as P1–P4, its own lines
 * ``paper_reference.csv``      the paper's figures (goals where the paper's number *is* the goal)
 
 How a number is made (all from CSV rows; nothing measured is written in this file; the generic machinery —
@@ -39,12 +41,13 @@ from pathlib import Path
 
 from .claims_perf_ablations import claim_ablations
 from .claims_perf_e2e import claim_decode, claim_memory, claim_prefill, claim_training
+from .claims_perf_gpus import claim_other_gpus
 from .claims_perf_inputs import E2E_KEYS, GPU, Inputs, load, speedup_vs_dense
 from .claims_perf_layers import claim_coverage, claim_layer, claim_merged, claim_notes, claim_tiling
 from .perf_evidence import cite, Claim, describe, Line, numeric, run_of, select
 
 CLAIM_BUILDERS = (claim_training, claim_prefill, claim_decode, claim_memory, claim_tiling, claim_merged, claim_layer,
-                  claim_notes, claim_coverage, claim_ablations)
+                  claim_notes, claim_coverage, claim_ablations, claim_other_gpus)
 
 
 # ----- checks on the CSVs themselves ---------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class Inputs:
     ablations: list[dict] | None = None
     notes: list[dict] | None = None
     ddp: list[dict] | None = None
+    e2e_other: dict[str, list[dict]] | None = None  # gpu tag -> rows of speedup_<gpu>.csv, other GPUs (P11)
 
     def absent(self, source: str) -> str:
         return NOT_MEASURED if getattr(self, source) is not None else f"{NOT_RUN} (no `{self.names[source]}`)"
@@ -59,8 +60,13 @@ def load(results: Path, gpu: str = GPU) -> Inputs:
         found = [read_rows(p) for p in paths]
         rows[key] = [r for part in found for r in part] if found else None
     paper = read_rows(results / "paper_reference.csv") or []
+    other = {}
+    for path in sorted(results.glob("speedup_*.csv")):
+        tag = path.stem.removeprefix("speedup_")
+        if tag != gpu and not tag.startswith("ddp_") and (found := read_rows(path)):
+            other[tag] = found
     return Inputs(rows["e2e"], rows["linear"], rows["inference"], paper, names, rows["ablations"], rows["notes"],
-                  rows["ddp"])
+                  rows["ddp"], other or None)
 
 
 def paper_figure(inp: Inputs, table: str, rank: str, model: str) -> float | None:

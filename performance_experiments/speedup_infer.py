@@ -96,7 +96,9 @@ def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
                         ratio_vs_dense=round_or_blank(linears / ref["linears"] if ref.get("linears") else ""),
                         ideal=round_or_blank(1.0 if is_dense else linear_ideal),
                         ideal_basis="reference" if is_dense else (
-                            f"analytic, weights only: 9/16 + 1/8 x the share with a mask copy ({mask_text})"
+                            f"analytic, weights only: 9/16 + 1/8 × {copies / counts['sparse']:.0%} (the weights "
+                            "whose layer keeps a mask copy)" if linear_ideal != "" and copies else
+                            "analytic, weights only: 9/16 (no mask copy: the masks are cuSPARSELt's metadata)"
                             if linear_ideal != "" else "none (simulated sparsity keeps dense weights)"),
                         note=note))
     if "prefill" in cfg.sections and run.over_budget():

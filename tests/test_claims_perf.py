@@ -304,3 +304,29 @@ def test_seed_notes_without_their_csvs_are_not_run(tmp_path):
     lines = {c.key: c for c in perf.build(tmp_path)[1]}["P8"].lines
     assert any(line.verdict == "not run (no `seed_notes_*.csv`)" for line in lines)
     assert any(line.verdict == "not run (no `speedup_ddp_*.csv`)" for line in lines)
+
+
+def test_other_gpus_rows_get_their_own_claim_and_never_replace_the_h100_runs(tmp_path):
+    h200 = dict(RUN_A, git_sha="ddddddd444", config_hash="cfgD", device="GPU-Y", date="2026-02-01T10:00:00+00:00")
+    _write(tmp_path / "speedup_h100.csv", E2E_COLUMNS, _train_rows())
+    _write(tmp_path / "speedup_h200.csv", E2E_COLUMNS, [
+        _e2e("dense", "step", 240, 2, run=h200), _e2e("slope", "step", 120, 2, run=h200),
+        _e2e("dense", "inference static, sparse-able linears", 1000, run=h200, experiment="memory"),
+        _e2e("slope", "inference static, sparse-able linears", 563, run=h200, experiment="memory")])
+    _write(tmp_path / "speedup_ddp_h200.csv", E2E_COLUMNS, [])  # data-parallel runs are P8's, not P11's
+    text, built = perf.build(tmp_path)
+    by_key = {c.key: c for c in built}
+    assert all("GPU-Y" not in line.measure.cites for line in by_key["P1"].lines if line.measure)
+    p11 = by_key["P11"].lines
+    assert {line.subject.split(":")[0] for line in p11} == {"H200"}
+    step = next(line for line in p11 if "train step" in line.subject)
+    assert step.measure.median == pytest.approx(2.0) and "GPU-Y · ddddddd" in step.measure.cites
+    linears = next(line for line in p11 if "sparse-able linears only" in line.subject)
+    assert linears.measure.median == pytest.approx(0.563) and linears.verdict == ev.MET  # ≤ 0.58
+    assert "### P11." in text and "| P11 | H200: " in text
+
+
+def test_without_another_gpus_csv_p11_is_not_run(tmp_path):
+    _write(tmp_path / "speedup_h100.csv", E2E_COLUMNS, _train_rows())
+    p11 = {c.key: c for c in perf.build(tmp_path)[1]}["P11"].lines
+    assert len(p11) == 1 and p11[0].verdict.startswith("not run")
