@@ -221,7 +221,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
 
     @torch.no_grad()
     def rebuild(self) -> None:
-        """Write every tile of S (metadata and values) from ``values``, ``mask_nibbles`` and L, in place."""
+        """Write every tile of S (metadata and values) from ``values``, the mask (`nibbles`) and L, in place."""
         values = self.values.detach().reshape(self.out_features, self.in_features // 2).clone()
         nibbles = self.nibbles().clone()  # before the tiles are rewritten: without a copy it is read from them
         if self.lora_left is not None:
