@@ -182,8 +182,9 @@ def to_inference(variant: Variant, dtype: torch.dtype, *, prepare: bool = True, 
 
     launches = "" if sparse_gemv.DIRECT_LAUNCH else " (launched through Triton's JIT: SLOPE_GEMV_DIRECT_LAUNCH=0)"
     in_metadata = [layer.mask_in_metadata for layer in layers.values() if hasattr(layer, "mask_in_metadata")]
-    masks = (f"; masks: cuSPARSELt's metadata only in {sum(in_metadata)} of {len(in_metadata)} layers, the others "
-             "keep a mask copy" if in_metadata else "")
+    copies = len(in_metadata) - sum(in_metadata)
+    masks = "" if not in_metadata else (f"; masks: cuSPARSELt's metadata only in {sum(in_metadata)} of "
+                                        f"{len(in_metadata)} layers" + (f", {copies} keep a mask copy" if copies else ""))
     return (f"inference layers: {','.join(kinds) or 'dense'}" + (f" (tiles per layer: {tiles})" if tiles else "")
             + masks + (f"; few-token kernel at <= {few} tokens{launches}" if few else ""))
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -50,11 +50,15 @@ def load_csv(path: str | Path) -> list[dict]:
 
 
 def load_speedup(results: str | Path) -> list[dict]:
-    """GPU rows of every results/speedup_*.csv (CPU toy rows left out)."""
+    """GPU rows of every results/speedup_*.csv (CPU toy rows left out), of one GPU: the one with the most rows.
+
+    One GPU because the figures keep the newest run per configuration (`latest`), and an H200 run must not stand
+    in for the H100's; the other GPUs' rows are in CLAIMS.md (P11)."""
     rows = []
     for path in sorted(Path(results).glob("speedup_*.csv")):
         rows += [r for r in load_csv(path) if r.get("mode") == "gpu" and r.get("status") == "ok"]
-    return rows
+    devices = Counter(r.get("device", "") for r in rows)
+    return [r for r in rows if r.get("device", "") == devices.most_common(1)[0][0]] if devices else rows
 
 
 def latest(rows: list[dict], key_fields: tuple[str, ...]) -> list[dict]:

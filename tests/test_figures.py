@@ -96,3 +96,17 @@ def test_seed_notes_lines_take_the_newest_run_of_each_point(tmp_path):
     (line,) = fig.axes[1].get_lines()[:1]
     assert list(line.get_xdata()) == [256, 8192] and list(line.get_ydata()) == [0.7, 1.0]
     assert fig_seed_notes([dict(base, benchmark="out_probe", speedup_vs_dense="")]) is None
+
+
+def test_end_to_end_figures_keep_to_the_gpu_with_the_most_rows(tmp_path):
+    from performance_experiments import figures
+
+    def write(name, device, count):
+        with (tmp_path / name).open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["mode", "status", "device", "model"])
+            writer.writeheader()
+            writer.writerows({"mode": "gpu", "status": "ok", "device": device, "model": str(i)} for i in range(count))
+
+    write("speedup_h100.csv", "GPU-A", 3)
+    write("speedup_h200.csv", "GPU-B", 2)  # a newer run on another GPU must not replace the H100's bars
+    assert {r["device"] for r in figures.load_speedup(tmp_path)} == {"GPU-A"}
