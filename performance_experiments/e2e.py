@@ -151,13 +151,13 @@ def forward_backward(variant: Variant, input_ids: torch.Tensor, device) -> torch
 
 def to_inference(variant: Variant, dtype: torch.dtype, *, prepare: bool = True, tiling: bool = True,
                  dense_fallback_tokens: int | str = 0, implementation: str = "auto",
-                 few_token_kernel_tokens: int | str | None = None) -> str:
+                 few_token_kernel_tokens: int | str | None = None, separate_mask: bool | str = True) -> str:
     """Make a variant's model an inference model, in place; returns a note on the layers it now has.
 
     Optimizer state and gradients go; an amp model is cast to the 16-bit dtype; compressed training layers become
     the library's inference layers (`slope.prepare_inference`: no W_RCᵀ, adapters merged, square tiles when
     ``tiling``) when ``prepare`` — the unmerged-adapter comparison keeps the training layers instead.
-    ``few_token_kernel_tokens``: see `slope.SLoPeInferenceLinear` (None: the library's default).
+    ``few_token_kernel_tokens``, ``separate_mask``: see `slope.SLoPeInferenceLinear` (None: the library's default).
     """
     from slope.inference import FEW_TOKEN_KERNEL_TOKENS
     from slope.compressed import CompressedSLoPeLinear
@@ -173,7 +173,8 @@ def to_inference(variant: Variant, dtype: torch.dtype, *, prepare: bool = True, 
     if prepare and any(isinstance(layer, CompressedSLoPeLinear) for layer in layers.values()):
         few = FEW_TOKEN_KERNEL_TOKENS if few_token_kernel_tokens is None else few_token_kernel_tokens
         slope.prepare_inference(model, tiling=tiling, dense_fallback_tokens=dense_fallback_tokens,
-                                implementation=implementation, few_token_kernel_tokens=few)
+                                implementation=implementation, few_token_kernel_tokens=few,
+                                separate_mask=separate_mask)
         layers = slope.sparse_layers(model)
     kinds = sorted({type(layer).__name__ for layer in layers.values()})
     tiles = sorted({len(layer.rows) for layer in layers.values() if hasattr(layer, "rows")})

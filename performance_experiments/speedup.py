@@ -82,6 +82,9 @@ class SpeedupConfig:
     sections: tuple[str, ...] = SECTIONS
     attention: str = "sdpa"              # "eager" = math attention (ablation)
     tiling: bool = True                  # square tiles in the compressed inference layers
+    # the inference layers' mask: "true" a copy beside cuSPARSELt's buffer (the library's default, fast decode),
+    # "auto" cuSPARSELt's metadata only where its layout is known (9/16 of dense, slower few-token kernel)
+    separate_mask: str = "true"
     # Also decode with the inference layers' dense path at <= this many tokens ("0": off; "auto": the library
     # measures the crossover per shape, which times 10 token counts per shape and takes minutes per dtype).
     decode_fallback: str = "64"

@@ -55,7 +55,11 @@ def _ideal(share, gain: float) -> tuple[float | str, str]:
 def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
     cfg, device = run.cfg, run.device
     is_dense = variant.name == "dense"
+    separate = {"true": True, "false": False, "auto": "auto"}.get(cfg.separate_mask.lower())
+    if separate is None:
+        raise SystemExit(f"--separate-mask must be true, false or auto, got {cfg.separate_mask!r}")
     layers_note = e2e.to_inference(variant, run.dtype, prepare="unmerged" not in variant.name, tiling=cfg.tiling,
+                                   separate_mask=separate,
                                    few_token_kernel_tokens=_few_token_setting(cfg.few_token_kernel_tokens))
     model = variant.model
     ref = run.dense.get("infer", {})

@@ -18,13 +18,19 @@ with one compressed matrix and one fused multiply-add (the paper's merged path):
   (``slope_cslt::spmm_out``). Tiling is an inference-only layout here: the training layer stays untiled.
 * **Storage**: the tiles' compressed buffers back to back in ``packed``; ``values`` is a (tiles, rows per tile,
   d_in/2) *view* of W_R's kept values inside it. No W_RCᵀ (no backward here), no dense W unless
-  ``dense_fallback_tokens`` asks for one. W_R's mask is cuSPARSELt's metadata in ``packed``, and nothing else
-  (``separate_mask="auto"``, the default), wherever that metadata's layout is the one `slope.kernels.nm_pack`
-  knows — checked against the library's own compress once per tile shape on this GPU (`SpMM.writes_metadata`:
-  tiles of multiples of 128 rows and columns) — and the layer has no adapter rows (with them the last tile has
-  r_pad more rows and is not such a tile). So the layer holds 9/16 of a dense weight (the 2:4 storage bound).
-  Otherwise, or with ``separate_mask=True``, it also keeps ``mask_nibbles`` (d_out, d_in/4), one byte per group
-  of 4, for the few-token kernel and for `state_dict`: 1/8 of a dense weight more (11/16 in all).
+  ``dense_fallback_tokens`` asks for one. By default (``separate_mask=True``) the layer also keeps W_R's mask as
+  ``mask_nibbles`` (d_out, d_in/4), one byte per group of 4, for the few-token kernel and for `state_dict`: 1/8
+  of a dense weight beside the 9/16 of the compressed tiles (11/16 in all). With ``separate_mask="auto"`` (or
+  False, which raises where it cannot hold) the mask is cuSPARSELt's metadata in ``packed`` and nothing else,
+  wherever that metadata's layout is the one `slope.kernels.nm_pack` knows — checked against the library's own
+  compress once per tile shape on this GPU (`SpMM.writes_metadata`: tiles of multiples of 128 rows and columns)
+  — and the layer has no adapter rows (with them the last tile has r_pad more rows and is not such a tile): the
+  layer then holds 9/16 of a dense weight, the 2:4 storage bound (OPT-13B, 8 blocks: 0.617x dense in all, the
+  linears 0.5627x, against 0.727x / 0.6875x with the copy; H200, 9fd773d). The cost is decode speed: the
+  few-token kernel reading the metadata (two rows' nibbles per byte, a gathered byte per group) ran 0.25-0.46x
+  dense F.linear under CUDA-graph replay on the OPT-13B / LLaMA-3-8B MLP shapes at 1-32 tokens, the same kernel
+  reading the mask copy 0.83-1.39x (bf16, H200, results/logs/bench_decode_metadata_h200.csv). Hence the copy
+  by default; "auto" is for memory-bound serving that decodes with cuSPARSELt or at larger batches.
 * **Few tokens** (``dense_fallback_tokens=N`` or ``"auto"``): at N tokens or fewer a dense copy of W_R (adapters
   folded in) runs through cuBLAS instead. It costs a dense weight's memory, so it is off by default; ``"auto"``
   measures the crossover against an ``nn.Linear`` for this shape once on this GPU (calls issued back to back,
@@ -63,7 +69,7 @@ from .masks import nm_mask
 # building a layer never pays that unasked.
 FEW_TOKEN_KERNEL_TOKENS = 1
 _DERIVED_KEYS = ("w_metadata", "wt_packed", "wt_nibbles")  # a training layer's entries that the values determine
-SEPARATE_MASK = (True, False, "auto")
+SEPARATE_MASK = (True, False, "auto")  # see the module docstring's **Storage**
 
 
 def tile_rows(d_out: int, d_in: int, adapter_rows: int, tiling: bool) -> list[int]:
@@ -85,7 +91,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, lora_rank: int = 0,
                  tiling: bool = True, dtype=torch.bfloat16, device="cuda", layer_name: str = "",
-                 implementation: str = "auto", separate_mask: bool | str = "auto"):
+                 implementation: str = "auto", separate_mask: bool | str = True):
         super().__init__(in_features, out_features, bias, sparsity="2:4", layer_name=layer_name, device=device,
                          dtype=dtype)
         check_compressible(out_features, in_features, dtype, torch.device(device), self.layer_name)
@@ -189,7 +195,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
     @classmethod
     def from_layer(cls, layer: SparseLinearBase, *, tiling: bool = True, dense_fallback_tokens: int | str = 0,
                    implementation: str = "auto", few_token_kernel_tokens: int | str = FEW_TOKEN_KERNEL_TOKENS,
-                   separate_mask: bool | str = "auto") -> "SLoPeInferenceLinear":
+                   separate_mask: bool | str = True) -> "SLoPeInferenceLinear":
         """From a trained `CompressedSLoPeLinear` or a 2:4 `SLoPeLinear` (fp16/bf16, CUDA); adapters are merged."""
         if not isinstance(layer, (CompressedSLoPeLinear, SLoPeLinear)) or layer.sparsity != "2:4":
             raise TypeError(f"{layer.layer_name}: inference layers are built from 2:4 SLoPe layers, got "
@@ -477,7 +483,7 @@ def _graph_ms(fn, x: torch.Tensor, calls: int = 20, repeats: int = 5) -> float:
 
 def prepare_inference(model: nn.Module, *, tiling: bool = True, dense_fallback_tokens: int | str = 0,
                       implementation: str = "auto", few_token_kernel_tokens: int | str = FEW_TOKEN_KERNEL_TOKENS,
-                      separate_mask: bool | str = "auto") -> nn.Module:
+                      separate_mask: bool | str = True) -> nn.Module:
     """Replace every compressed (or 2:4 simulated fp16/bf16 CUDA) SLoPe layer by its inference form, in place.
 
     Adapters are merged (L pruned 2:4, same 1/r scale). The model can no longer be trained afterwards.

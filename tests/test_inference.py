@@ -204,8 +204,9 @@ def test_torch_private_op_fallback_builds_and_matches(tiling):
 @pytest.mark.parametrize("tiling", [True, False])
 def test_mask_lives_only_in_the_cusparselt_metadata_where_its_layout_is_known(dtype, tiling):
     layer = _simulated(256, 512, 0, True, dtype)  # tiles of 256 x 256 (or one of 512 x 256): multiples of 128
-    lean = slope.SLoPeInferenceLinear.from_layer(layer, tiling=tiling, few_token_kernel_tokens=32)
-    copy = slope.SLoPeInferenceLinear.from_layer(layer, tiling=tiling, few_token_kernel_tokens=32, separate_mask=True)
+    lean = slope.SLoPeInferenceLinear.from_layer(layer, tiling=tiling, few_token_kernel_tokens=32,
+                                                 separate_mask="auto")
+    copy = slope.SLoPeInferenceLinear.from_layer(layer, tiling=tiling, few_token_kernel_tokens=32)  # the default
     assert lean.rows == ([256, 256] if tiling else [512])
     assert lean.mask_in_metadata and lean.mask_nibbles is None and not copy.mask_in_metadata
     # the mask read back from the library's metadata is the one the layer was built with
@@ -223,7 +224,7 @@ def test_mask_lives_only_in_the_cusparselt_metadata_where_its_layout_is_known(dt
     assert torch.equal(state["mask_nibbles"], copy.state_dict()["mask_nibbles"])
     x = torch.randn(3, 256, device="cuda", dtype=dtype)
     for source in (state, copy.state_dict()):
-        fresh = slope.SLoPeInferenceLinear(256, 512, True, tiling=tiling, dtype=dtype)
+        fresh = slope.SLoPeInferenceLinear(256, 512, True, tiling=tiling, dtype=dtype, separate_mask="auto")
         fresh.set_few_token_kernel(32)
         assert fresh.mask_in_metadata
         fresh.load_state_dict(source)
@@ -238,7 +239,7 @@ def test_mask_lives_only_in_the_cusparselt_metadata_where_its_layout_is_known(dt
 @needs_gpu
 def test_layers_with_adapter_rows_keep_a_mask_copy_and_false_says_why():
     layer = _simulated(256, 512, 8, True, torch.bfloat16)
-    fast = slope.SLoPeInferenceLinear.from_layer(layer)
+    fast = slope.SLoPeInferenceLinear.from_layer(layer, separate_mask="auto")
     assert not fast.mask_in_metadata and fast.mask_nibbles is not None
     with pytest.raises(ValueError, match="fc: separate_mask=False.*adapter rows"):
         slope.SLoPeInferenceLinear.from_layer(layer, separate_mask=False)

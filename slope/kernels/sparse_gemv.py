@@ -21,7 +21,12 @@ from 17% slower to 8% faster). Both forms stream exactly these bytes:
 `values` (N, K/2), the kept entries in position order (the first N·K/2 elements of every cuSPARSELt tile, so a
 `SLoPeInferenceLinear` reads its own buffers, no copy), and `nibbles` (N, K/4), one byte per group (bit i = kept).
 A mask of two groups per byte (half the mask bytes, 1.125 bytes per weight) was tried and dropped: the dot form
-fell to 0.22-0.93x dense (f6d4663, results/sparse_gemv_variants_h100.md).
+fell to 0.22-0.93x dense (f6d4663, results/sparse_gemv_variants_h100.md). Reading cuSPARSELt's own metadata
+instead of a mask copy (``mask_layout="cusparselt"``: no mask bytes beside the compressed weight, 1.125 bytes per
+weight) is kept as an option for memory, not speed: its nibbles are gathered a byte per group, and it ran
+0.25-0.46x dense against the copy's 0.83-1.39x (bf16, CUDA-graph replay, 1-32 tokens, H200, 9fd773d;
+results/logs/bench_decode_metadata_h200.csv, and the first version with its slot arithmetic per k block in
+results/logs/bench_decode_metadata_v1_h200.csv).
 
 ``values`` may also be a (tiles, rows per tile, K/2) strided view (a tiled layer's W_R inside its packed buffer);
 ``out`` may be a column block of a wider buffer (unit column stride). A caller that runs one weight many times
