@@ -28,6 +28,8 @@ Benchmarks (rows of one long-form CSV, same columns as `bench_linear`, provenanc
 """
 from __future__ import annotations
 
+import contextlib
+
 import sys
 from dataclasses import dataclass
 
@@ -193,6 +195,18 @@ def _weight_bytes(layer, dense: bool, d_in: int, d_out: int, dtype: torch.dtype)
     return d_out * (d_in // 2 * size + mask_bytes) + adapters
 
 
+@contextlib.contextmanager
+def _metadata_words(enabled: bool):
+    """`sparse_gemv.METADATA_WORDS` set within the block (the kernel reads cuSPARSELt metadata in words or bytes)."""
+    from slope.kernels import sparse_gemv
+
+    previous, sparse_gemv.METADATA_WORDS = sparse_gemv.METADATA_WORDS, enabled
+    try:
+        yield
+    finally:
+        sparse_gemv.METADATA_WORDS = previous
+
+
 def bench_decode(rows: list[dict], shape: str, dtype: torch.dtype, cfg: InferenceBenchConfig) -> None:
     from slope.inference import SLoPeInferenceLinear
 
@@ -201,12 +215,15 @@ def bench_decode(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
     w, bias = dense.weight.detach(), dense.bias.detach()
     layers = {label: SLoPeInferenceLinear.from_layer(_simulated_layer(d_in, d_out, _rank(shape, label), dtype))
               for label in cfg.decode_ranks}
+    metadata_labels = {}  # label -> whether the kernel reads the metadata in words (`sparse_gemv.METADATA_WORDS`)
     if "r0" in layers:
         # the same weight without the mask copy (``separate_mask="auto"``): the kernel reads cuSPARSELt's
-        # metadata, 1/8 of a dense weight's bytes less, each group's nibble a gathered byte
-        lean = SLoPeInferenceLinear.from_layer(_simulated_layer(d_in, d_out, 0, dtype), separate_mask="auto")
-        if lean.mask_in_metadata:
-            layers["r0 mask in metadata"] = lean
+        # metadata, 1/8 of a dense weight's bytes less; in 8-byte words (the default) and a byte per group (the
+        # first version), each on its own layer, since a layer keeps the launch it compiled first
+        for label, in_words in (("r0 mask in metadata", True), ("r0 mask in metadata, bytes", False)):
+            lean = SLoPeInferenceLinear.from_layer(_simulated_layer(d_in, d_out, 0, dtype), separate_mask="auto")
+            if lean.mask_in_metadata:
+                layers[label], metadata_labels[label] = lean, in_words
     dense_bytes = _weight_bytes(None, True, d_in, d_out, dtype)
     for tokens in map(int, cfg.decode_tokens):
         xs = Rotating(lambda: torch.randn(tokens, d_in, device="cuda", dtype=dtype))
@@ -220,14 +237,14 @@ def bench_decode(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
         for label, layer in layers.items():
             sparse_bytes = _weight_bytes(layer, False, d_in, d_out, dtype)
             kernels = [("cusparselt", 0, "auto"), ("sparse_gemv", tokens, "auto")]
-            if label == "r0 mask in metadata":  # where the mask is read changes the few-token kernel only
+            if label in metadata_labels:  # where the mask is read changes the few-token kernel only
                 kernels = [("sparse_gemv", tokens, "auto")]
             elif layer.lora_left is None:  # the kernel's two forms, each forced (auto picks by token count)
                 kernels += [("sparse_gemv fma", tokens, "fma"), ("sparse_gemv dot", tokens, "dot")]
             for kernel, threshold, form in kernels:
                 layer.set_few_token_kernel(threshold)
                 layer.few_token_form = form
-                with torch.no_grad():
+                with torch.no_grad(), _metadata_words(metadata_labels.get(label, True)):
                     layer(x)  # algorithm choice / autotuning for this shape happens here, outside the timing
                     times = {"eager": cuda_time_ms(lambda: layer(xs()), repeats=cfg.repeats),
                              "graph": _graph_time(layer, x, cfg.repeats)}
@@ -236,7 +253,20 @@ def bench_decode(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
                                      ts, speedup=reference[mode]["median_ms"] / ts["median_ms"],
                                      ideal=round(dense_bytes / sparse_bytes, 4),
                                      note=f"tiles={layer.rows}; {sparse_bytes / ts['median_ms'] / 1e6:.0f} GB/s; "
-                                          f"vs dense {mode} without adapters"))
+                                          f"vs dense {mode} without adapters" + _metadata_read(layer, label,
+                                                                                              metadata_labels)))
+
+
+def _metadata_read(layer, label: str, metadata_labels: dict) -> str:
+    """For a layer that reads cuSPARSELt's metadata: how the kernel read it (words need a 16-byte aligned buffer
+    and tile stride, else it reads bytes), so that a row never claims the words path it did not run."""
+    from slope.kernels import sparse_gemv
+
+    if label not in metadata_labels:
+        return ""
+    with _metadata_words(metadata_labels[label]):
+        mode = sparse_gemv._metadata_mode("cusparselt", layer.packed, layer.values, layer._values_geometry[2])
+    return "; metadata read in " + ("8-byte words" if mode == 2 else "bytes")
 
 
 def bench_decode_host(rows: list[dict], shape: str, dtype: torch.dtype, cfg: InferenceBenchConfig) -> None:

@@ -302,8 +302,14 @@ FP16_CASES = [pytest.param("cpu", torch.float16, id="cpu-fp16")] + [
 @pytest.mark.parametrize("device,dtype", FP16_CASES)
 @pytest.mark.parametrize("tiles,tokens,form", [(1, 1, "fma"), (1, 20, "dot"), (2, 1, "fma"), (2, 3, "dot"),
                                                (3, 70, "dot")])
-def test_masks_read_from_the_cusparselt_metadata_match_masked_dense(device, dtype, tiles, tokens, form):
-    # the mask read from the metadata after each tile's values, not from a nibble copy: same product
+@pytest.mark.parametrize("metadata_words", [True, False], ids=["words", "bytes"])
+def test_masks_read_from_the_cusparselt_metadata_match_masked_dense(device, dtype, tiles, tokens, form,
+                                                                   metadata_words, monkeypatch):
+    # the mask read from the metadata after each tile's values, not from a nibble copy: same product, whether the
+    # metadata is read in 8-byte words (the default where aligned) or a byte per group
+    from slope.kernels import sparse_gemv as module
+
+    monkeypatch.setattr(module, "METADATA_WORDS", metadata_words)
     rows, k = 128, 256
     sparse = _sparse(tiles * rows, k, device, dtype)
     packed, view = _compressed_tiles(sparse, tiles, rows, k, dtype, device)
@@ -327,3 +333,25 @@ def test_metadata_mask_layout_checks_its_buffer():
         sparse_gemv(x, small_view[0], buffer, mask_layout="cusparselt")
     with pytest.raises(ValueError, match="bytes, .* needed"):
         sparse_gemv(x, view[0], packed[:-1], mask_layout="cusparselt")
+
+
+@pytest.mark.parametrize("meta", [1, 2], ids=["bytes", "words"])
+@pytest.mark.parametrize("block_n,block_k", [(16, 64), (32, 128), (64, 64), (128, 32), (128, 256)])
+@pytest.mark.parametrize("fma", [False, True], ids=["dot", "fma"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_CUDA)])
+def test_metadata_reads_are_right_for_every_row_block_width(meta, block_n, block_k, fma, device):
+    # the autotuner's configs run 16-128 rows and 64-512 columns per program, but the interpreter tries one: each
+    # width (128 rows span two 64-row metadata bands) launched directly, two 256-row tiles
+    from slope.kernels import sparse_gemv_triton as kernels
+
+    tiles, rows, k, tokens, dtype = 2, 256, 512, 3, torch.float16
+    sparse = _sparse(tiles * rows, k, device, dtype)
+    packed, view = _compressed_tiles(sparse, tiles, rows, k, dtype, device)
+    x = torch.randn(tokens, k, device=device).to(dtype)
+    out = torch.empty(tokens, tiles * rows, device=device, dtype=dtype)
+    kernel, block_t = (kernels.sparse_gemv_fma_kernel, 1) if fma else (kernels.sparse_gemv_kernel, 16)
+    grid = (tiles * rows // block_n, -(-tokens // block_t), 1)
+    kernel.fn[grid](x, view, packed, view, out, tokens, tiles * rows, k, x.stride(0), view.stride(0), rows,
+                    out.stride(0), k, tokens * tiles * rows, HAS_BIAS=False, SPLIT=False, BLOCK_T=block_t, WORDS=32,
+                    META=meta, ESIZE=2, BLOCK_N=block_n, BLOCK_K=block_k)
+    _check(out, x, sparse[0], None, dtype)

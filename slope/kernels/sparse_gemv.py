@@ -56,6 +56,10 @@ FORMS = ("auto", "fma", "dot")
 # Where the masks come from: "nibbles", one byte per group (N, K/4); "cusparselt", the metadata inside the
 # compressed buffer the values live in (`sparse_gemv_triton`'s META: no mask copy beside cuSPARSELt's buffer).
 MASK_LAYOUTS = ("nibbles", "cusparselt")
+# The metadata layout reads a row's 8 groups of 32 columns as one 8-byte word (`sparse_gemv_triton`'s META 2)
+# where the compressed buffer and its tile stride are 16-byte aligned; else (or with this off: a benchmark
+# compares both in one process) a byte per group (META 1, the first version).
+METADATA_WORDS = True
 # Split K when fewer than MIN_PROGRAMS (row block x token block) programs would run (about two per SM of an H100),
 # into enough pieces for TARGET_PROGRAMS[form]. Rows per program are autotuned (16-128); the split is decided for
 # 32 rows. H100 bf16, CUDA-graph replay, 2-32 tokens (results/sparse_gemv_variants_h100.md): the dot form on
@@ -215,7 +219,8 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
     bias_arg = bias if bias is not None else values  # never read without HAS_BIAS
     target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
     meta = dict(HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t,
-                WORDS=16 * values.element_size() if words else 0, META=int(mask_layout == "cusparselt"),
+                WORDS=16 * values.element_size() if words else 0, META=_metadata_mode(mask_layout, nibbles, values,
+                                                                                     tile_stride),
                 ESIZE=values.element_size())
     args = (x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows, out.stride(0),
             k_chunk, tokens * n)
@@ -249,6 +254,14 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
         run(x, *operands, target, *scalars)
         run_finish(target, finish_bias, out, *finish_scalars)
     return direct_split
+
+
+def _metadata_mode(mask_layout: str, packed: torch.Tensor, values: torch.Tensor, tile_stride: int) -> int:
+    """The kernel's META: 0 nibble bytes, 1 metadata a byte per group, 2 metadata in words (see `METADATA_WORDS`)."""
+    if mask_layout != "cusparselt":
+        return 0
+    aligned = packed.data_ptr() % 16 == 0 and tile_stride * values.element_size() % 16 == 0
+    return 2 if METADATA_WORDS and aligned else 1
 
 
 def _runner(jit_fn, compiled, grid: tuple, args: tuple, kwargs: dict):

@@ -48,17 +48,40 @@ _FMA_CONFIGS = _CONFIGS if os.environ.get("TRITON_INTERPRET") == "1" else [
 
 
 @triton.jit
-def _mask_addresses(rows, K, tile_rows, tile_stride, GROUPS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr):
-    """Where a program's masks are, computed once before its k loop: (row base int64 (BLOCK_N,), offsets int32
-    (BLOCK_N, GROUPS) or (1, GROUPS), nibble shift (BLOCK_N, 1)); group block k0 is at base + `_mask_k_term` + offset.
+def _mask_addresses(rows, K, tile_rows, tile_stride, GROUPS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+    """Where a program's masks are, computed once before its k loop: (base, offsets, shift); the masks of the k
+    block at k0 are at base + `_mask_k_term` + offsets (`_group_masks` reads them).
 
-    Nibble bytes: row n's group q is byte n·K/4 + q. Metadata (``META``): rows of one 64-row band and groups of one
-    8-group block share a 256-byte block, band-major, so for a k block starting at a multiple of 32 columns (every
-    k0 here: chunks are multiples of 512, blocks of 64-512) the position inside the block depends on (row, group
-    index in the k block) only — the slot arithmetic is paid once, not per k block (per k block it cost ~3x the
-    kernel's time on an H200). Tile t's metadata follows its tile_rows·K/2 values, t·tile_stride elements in."""
+    Nibble bytes (META 0): row n's group q is byte n·K/4 + q; base (BLOCK_N,), offsets (1, GROUPS).
+    Metadata: rows of one 64-row band and groups of one 8-group block share a 256-byte block, band-major, so for a
+    k block starting at a multiple of 32 columns (every k0 here: chunks are multiples of 512, blocks of 64-512) the
+    position inside the block depends on (row, group index in the k block) only — the slot arithmetic is paid
+    once, not per k block (per k block it cost ~3x the kernel's time on an H200). Tile t's metadata follows its
+    tile_rows·K/2 values, t·tile_stride elements in.
+    * META 1, a byte per (row, group): base (BLOCK_N,) int64, offsets (BLOCK_N, GROUPS), shift (BLOCK_N, 1).
+    * META 2, 8-byte words: inside a block, row r's 8 groups are the 8 bytes at (r bits 4-5)·64 + (r bits 0-2)·8,
+      the low nibbles rows with bit 3 clear, the high ones rows with it set; so one word per (row, 32 columns),
+      and the words of rows r..r+7 are adjacent (16-byte vector loads). base is a scalar (a program's rows lie in
+      one tile: BLOCK_N divides 128, tiles are multiples of 128 rows), offsets (BLOCK_N, GROUPS/8) in words,
+      shift (BLOCK_N, 1, 8): where group g's nibble of its row is in the word."""
     g = tl.arange(0, GROUPS)[None, :]
-    if META:
+    if META == 2:
+        first = (tl.program_id(0) * BLOCK_N).to(tl.int64)
+        local0 = first % tile_rows
+        base = ((first // tile_rows) * tile_stride * ESIZE + (first * 0 + tile_rows) * (K // 2) * ESIZE
+                + (local0 // 64) * (K // 32) * 256) // 8  # int64: a tile's values can pass 2**31 bytes
+        i = tl.arange(0, BLOCK_N)
+        band_row = (local0 % 64) + i  # 0..127: BLOCK_N = 128 spans two bands
+        row_words = (band_row // 64) * (K // 32) * 32 + ((band_row % 64) // 16) * 8 + band_row % 8
+        offsets = row_words[:, None] + tl.arange(0, GROUPS // 8)[None, :] * 32
+        # runs of 8 adjacent words along the rows, each starting 16-byte aligned (the wrapper checks the buffer and
+        # tile stride): the hints let Triton vectorize the gather, which its analysis cannot see through local0
+        offsets = tl.max_contiguous(tl.multiple_of(offsets, [2, 1]), [8, 1])
+        q = tl.arange(0, 8)[None, None, :]
+        r3 = ((i >> 3) & 1)[:, None, None]  # local0 is a multiple of 16: row bit 3 is i's
+        shift = (((q & 3) * 2 + (q >> 2)) * 2 + r3) * 4
+    elif META == 1:
         local = rows % tile_rows  # int64 throughout: a tile's values can pass 2**31 bytes
         base = ((rows // tile_rows) * tile_stride * ESIZE + (rows * 0 + tile_rows) * (K // 2) * ESIZE
                 + (local // 64) * (K // 32) * 256)
@@ -76,8 +99,10 @@ def _mask_addresses(rows, K, tile_rows, tile_stride, GROUPS: tl.constexpr, META:
 
 @triton.jit
 def _mask_k_term(k0, META: tl.constexpr):
-    """The k block's part of its mask addresses (see `_mask_addresses`)."""
-    if META:
+    """The k block's part of its mask addresses (see `_mask_addresses`), in the unit its offsets count."""
+    if META == 2:
+        term = (k0 // 32) * 32  # words: 256 bytes per 32 columns
+    elif META == 1:
         term = (k0 // 32) * 256
     else:
         term = k0 // 4
@@ -85,14 +110,22 @@ def _mask_k_term(k0, META: tl.constexpr):
 
 
 @triton.jit
-def _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, group_ok, META: tl.constexpr):
+def _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, k_end, row_ok, group_ok,
+                 BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, META: tl.constexpr):
     """The (BLOCK_N, groups) masks of the k block at k0, bit i = position i kept: a nibble byte each, or
     (``META``) cuSPARSELt's nibble p0 | p1 << 2 turned into bits p0 and p1."""
-    at = nibbles_ptr + mask_base[:, None] + _mask_k_term(k0, META) + mask_offsets
-    nib = tl.load(at, mask=group_ok, other=0).to(tl.int32)
-    if META:
-        code = (nib >> mask_shift) & 15
+    if META == 2:
+        blocks = (k0 // 32 + tl.arange(0, GROUPS // 8)) < k_end // 32
+        words = tl.load(nibbles_ptr.to(tl.pointer_type(tl.int64), bitcast=True) + mask_base
+                        + _mask_k_term(k0, META) + mask_offsets, mask=row_ok[:, None] & blocks[None, :], other=0)
+        code = tl.reshape(((words[:, :, None] >> mask_shift) & 15).to(tl.int32), (BLOCK_N, GROUPS))
         nib = tl.where(group_ok, (1 << (code & 3)) | (1 << (code >> 2)), 0)
+    else:
+        at = nibbles_ptr + mask_base[:, None] + _mask_k_term(k0, META) + mask_offsets
+        nib = tl.load(at, mask=group_ok, other=0).to(tl.int32)
+        if META == 1:
+            code = (nib >> mask_shift) & 15
+            nib = tl.where(group_ok, (1 << (code & 3)) | (1 << (code >> 2)), 0)
     return nib
 
 
@@ -110,7 +143,8 @@ def _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets,
     rg = tl.arange(0, GROUPS)
     g_ok = (k0 // 4 + rg) < k_end // 4
     group_ok = row_ok[:, None] & g_ok[None, :]
-    nib = _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, group_ok, META)
+    nib = _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, k_end, row_ok, group_ok, BLOCK_N, GROUPS,
+                      META)
     if WORDS == 32:
         words = tl.load(values_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + value_rows[:, None] // 2
                         + (k0 // 4 + rg)[None, :], mask=group_ok, other=0)
@@ -173,7 +207,8 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, 
     """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
     rn, rt, row_ok, token_ok, value_rows, rows, k_start, k_end = _program_block(
         T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
-    mask_base, mask_offsets, mask_shift = _mask_addresses(rows, K, tile_rows, tile_stride, BLOCK_K // 4, META, ESIZE)
+    mask_base, mask_offsets, mask_shift = _mask_addresses(rows, K, tile_rows, tile_stride, BLOCK_K // 4, META, ESIZE,
+                                                             BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
@@ -200,7 +235,8 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T,
     GROUPS: tl.constexpr = BLOCK_K // 4
     rn, rt, row_ok, token_ok, value_rows, rows, k_start, k_end = _program_block(
         T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
-    mask_base, mask_offsets, mask_shift = _mask_addresses(rows, K, tile_rows, tile_stride, GROUPS, META, ESIZE)
+    mask_base, mask_offsets, mask_shift = _mask_addresses(rows, K, tile_rows, tile_stride, GROUPS, META, ESIZE,
+                                                             BLOCK_N)
     rg = tl.arange(0, GROUPS)
     cols = tl.arange(0, BLOCK_T)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
