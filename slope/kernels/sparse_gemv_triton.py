@@ -64,7 +64,7 @@ def _mask_addresses(rows, K, tile_rows, tile_stride, GROUPS: tl.constexpr, META:
       the low nibbles rows with bit 3 clear, the high ones rows with it set; so one word per (row, 32 columns),
       and the words of rows r..r+7 are adjacent (16-byte vector loads). base is a scalar (a program's rows lie in
       one tile: BLOCK_N divides 128, tiles are multiples of 128 rows), offsets (BLOCK_N, GROUPS/8) in words,
-      shift (BLOCK_N, 1, 8): where group g's nibble of its row is in the word."""
+      shift (BLOCK_N, 1, 8): the bit where group g's nibble of its row starts in the word."""
     g = tl.arange(0, GROUPS)[None, :]
     if META == 2:
         first = (tl.program_id(0) * BLOCK_N).to(tl.int64)
@@ -80,6 +80,8 @@ def _mask_addresses(rows, K, tile_rows, tile_stride, GROUPS: tl.constexpr, META:
         offsets = tl.max_contiguous(tl.multiple_of(offsets, [2, 1]), [8, 1])
         q = tl.arange(0, 8)[None, None, :]
         r3 = ((i >> 3) & 1)[:, None, None]  # local0 is a multiple of 16: row bit 3 is i's
+        # group q's nibble is nibble ((q & 3)·2 + (q >> 2))·2 + r3 of the word: bit 4·nibble, in the high 32 bits
+        # iff nibble >= 8 (q & 3 >= 2)
         shift = (((q & 3) * 2 + (q >> 2)) * 2 + r3) * 4
     elif META == 1:
         local = rows % tile_rows  # int64 throughout: a tile's values can pass 2**31 bytes
@@ -110,6 +112,20 @@ def _mask_k_term(k0, META: tl.constexpr):
 
 
 @triton.jit
+def _kept_bits(words):
+    """cuSPARSELt's nibbles p0 | p1 << 2 (kept positions p0 < p1) turned into kept-bit nibbles (1 << p0) | (1 << p1),
+    all 16 of an int64 word at once (a few word-wide ops instead of several per group)."""
+    m = 0x1111111111111111  # each nibble's bit 0
+    a0, a1, b0, b1 = words & m, (words >> 1) & m, (words >> 2) & m, (words >> 3) & m  # p0's bits, p1's bits
+    na0, na1, nb0, nb1 = a0 ^ m, a1 ^ m, b0 ^ m, b1 ^ m
+    kept0 = na0 & na1  # p0 == 0 (p1 > p0 is never 0)
+    kept1 = (a0 & na1) | (b0 & nb1)  # p0 == 1 or p1 == 1
+    kept2 = (na0 & a1) | (nb0 & b1)  # p0 == 2 or p1 == 2
+    kept3 = b0 & b1  # p1 == 3 (p0 < p1 is never 3)
+    return kept0 | (kept1 << 1) | (kept2 << 2) | (kept3 << 3)
+
+
+@triton.jit
 def _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, k_end, row_ok, group_ok,
                  BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, META: tl.constexpr):
     """The (BLOCK_N, groups) masks of the k block at k0, bit i = position i kept: a nibble byte each, or
@@ -118,8 +134,14 @@ def _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, k_end, ro
         blocks = (k0 // 32 + tl.arange(0, GROUPS // 8)) < k_end // 32
         words = tl.load(nibbles_ptr.to(tl.pointer_type(tl.int64), bitcast=True) + mask_base
                         + _mask_k_term(k0, META) + mask_offsets, mask=row_ok[:, None] & blocks[None, :], other=0)
-        code = tl.reshape(((words[:, :, None] >> mask_shift) & 15).to(tl.int32), (BLOCK_N, GROUPS))
-        nib = tl.where(group_ok, (1 << (code & 3)) | (1 << (code >> 2)), 0)
+        bits = _kept_bits(words)
+        low, high = bits.to(tl.int32)[:, :, None], (bits >> 32).to(tl.int32)[:, :, None]
+        # 32-bit work per (row, group): pick the half, shift, mask. (a6cf4ce shifted the 64-bit word per group and
+        # turned each code into bits there: 0.60-0.97x dense against the copy's 0.82-1.40x, H200 bf16, 1-32 tokens;
+        # results/logs/bench_decode_metadata_words_v1_h200.csv.) Groups past k_end or N come out as whatever the
+        # zero word decodes to: their values and x are loaded as zeros, so their weights are zero anyway.
+        nib = (tl.where(mask_shift >= 32, high, low) >> (mask_shift & 31)) & 15  # loop-invariant parts hoisted
+        nib = tl.reshape(nib, (BLOCK_N, GROUPS))
     else:
         at = nibbles_ptr + mask_base[:, None] + _mask_k_term(k0, META) + mask_offsets
         nib = tl.load(at, mask=group_ok, other=0).to(tl.int32)
