@@ -3,6 +3,8 @@ memory — each against its goal, with the per-phase and per-part tables that sa
 See `experiments.claims_perf` for how a number is made."""
 from __future__ import annotations
 
+import re
+
 from .claims_perf_inputs import (amdahl, basis_share, BENCH_KEYS, cited, DECODE_GOAL, DEFAULT_LAYOUT, E2E_KEYS,
                                  gb_text, INFER_MEMORY_CEILING, INFER_MEMORY_GOAL, Inputs, layer_ceiling, layer_infer,
                                  linear_share, mask_freq, ms_text, paper_figure, paper_text, PREFILL_GOAL,
@@ -160,7 +162,8 @@ def claim_decode(inp: Inputs) -> Claim:
     if not rows:
         return Claim("P3", title, [Line("P3", "decode", None, DECODE_GOAL, "≥ 1.0", absent=inp.absent("e2e"))])
     rows.sort(key=lambda r: (r["phase"], r["variant"], r["model"], int(r["batch"] or 0)))
-    lines = [Line("P3", f"{r['model']} decode b={r['batch']}, {how[(r['variant'], r['phase'])]} ({r['dtype']})",
+    lines = [Line("P3", f"{r['model']} decode b={r['batch']}, {how[(r['variant'], r['phase'])]} ({r['dtype']})"
+                        f"{mask_placement(r)}",
                   vs_dense(inp, r), DECODE_GOAL,
                   f"≥ {DECODE_GOAL} (issue)" + (f"; Amdahl ideal {r['ideal'] or '—'}×" if r["phase"] == WALL else ""),
                   ceiling=numeric(r, "ideal") if r["phase"] == WALL else None)
@@ -228,7 +231,7 @@ def claim_memory(inp: Inputs) -> Claim:
                            f"{INFER_MEMORY_CEILING}; {paper_text(paper)}") if rank == "0" else \
             (paper, f"≤ {paper_text(paper)}")
         lines.append(Line("P4", f"{r['model']} inference static ({r['dtype']}), {r['variant']}"
-                                f"{'' if rank == '0' else ' r=' + rank}",
+                                f"{'' if rank == '0' else ' r=' + rank}{mask_placement(r)}",
                           vs_dense(inp, r), goal, goal_text, higher=False,
                           why=f"analytic {r['ideal'] or '—'} ({r['ideal_basis']})" + _runs_text(runs)))
         anchors.setdefault((r["variant"], r["adapter_rank"], run_of(r)), r)
@@ -239,11 +242,30 @@ def claim_memory(inp: Inputs) -> Claim:
     # free of the truncated model's dense embeddings
     linears = select(e2e, phase="inference static, sparse-able linears", variant="slope")
     for r, runs in _distinct_memory(inp, linears, ("model", "num_blocks", "dtype", "precision")):
-        lines.append(Line("P4", f"{r['model']} inference static ({r['dtype']}), slope, sparse-able linears only",
+        lines.append(Line("P4", f"{r['model']} inference static ({r['dtype']}), slope, sparse-able linears only"
+                                f"{mask_placement(r)}",
                           vs_dense(inp, r), INFER_MEMORY_GOAL, f"≤ {INFER_MEMORY_GOAL} (issue); storage ceiling "
                           f"{INFER_MEMORY_CEILING}", higher=False,
                           why=f"analytic {r['ideal'] or '—'} ({r['ideal_basis']})" + _runs_text(runs)))
     return Claim("P4", title, lines, _memory_table(inp, list(anchors.values())))
+
+
+_MASKS_NOTE = re.compile(r"masks: cuSPARSELt's metadata only in (\d+) of (\d+) layers")
+
+
+def mask_placement(row: dict) -> str:
+    """Where the inference layers of a run kept their masks (`SLoPeInferenceLinear`'s ``separate_mask``), as a
+    subject suffix, so that runs of the two storage layouts are separate configurations (they differ in bytes and
+    in the few-token kernel); empty for runs from before the note said (every layer then kept a mask copy)."""
+    found = _MASKS_NOTE.search(row.get("note") or "")
+    if not found:
+        return ""
+    in_metadata, layers = map(int, found.groups())
+    if in_metadata == 0:
+        return ", mask copies"
+    if in_metadata == layers:
+        return ", masks in cuSPARSELt's metadata"
+    return f", masks in cuSPARSELt's metadata in {in_metadata} of {layers} layers"
 
 
 def _distinct_memory(inp: Inputs, rows: list[dict], keys: tuple[str, ...]) -> list[tuple[dict, list[dict]]]:

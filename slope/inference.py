@@ -27,10 +27,10 @@ with one compressed matrix and one fused multiply-add (the paper's merged path):
   — and the layer has no adapter rows (with them the last tile has r_pad more rows and is not such a tile): the
   layer then holds 9/16 of a dense weight, the 2:4 storage bound (OPT-13B, 8 blocks: 0.617x dense in all, the
   linears 0.5627x, against 0.727x / 0.6875x with the copy; H200, 9fd773d). The cost is decode speed: the
-  few-token kernel reading the metadata (two rows' nibbles per byte, a gathered byte per group) ran 0.25-0.46x
-  dense F.linear under CUDA-graph replay on the OPT-13B / LLaMA-3-8B MLP shapes at 1-32 tokens, the same kernel
-  reading the mask copy 0.83-1.39x (bf16, H200, results/logs/bench_decode_metadata_h200.csv). Hence the copy
-  by default; "auto" is for memory-bound serving that decodes with cuSPARSELt or at larger batches.
+  few-token kernel reading the metadata (8-byte words, decoded in registers) ran 0.68-1.06x dense F.linear under
+  CUDA-graph replay on the OPT-13B / LLaMA-3-8B MLP shapes at 1-32 tokens, the same kernel reading the mask copy
+  0.81-1.39x in the same process (bf16, H200, bd12323; results/logs/bench_decode_metadata_words_h200.csv). Hence
+  the copy by default; "auto" is for memory-bound serving.
 * **Few tokens** (``dense_fallback_tokens=N`` or ``"auto"``): at N tokens or fewer a dense copy of W_R (adapters
   folded in) runs through cuBLAS instead. It costs a dense weight's memory, so it is off by default; ``"auto"``
   measures the crossover against an ``nn.Linear`` for this shape once on this GPU (calls issued back to back,

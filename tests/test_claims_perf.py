@@ -330,3 +330,13 @@ def test_without_another_gpus_csv_p11_is_not_run(tmp_path):
     _write(tmp_path / "speedup_h100.csv", E2E_COLUMNS, _train_rows())
     p11 = {c.key: c for c in perf.build(tmp_path)[1]}["P11"].lines
     assert len(p11) == 1 and p11[0].verdict.startswith("not run")
+
+
+def test_runs_of_the_two_mask_storages_are_separate_configurations():
+    from experiments.claims_perf_e2e import mask_placement
+
+    note = "inference layers: SLoPeInferenceLinear; masks: cuSPARSELt's metadata only in {} of 45 layers; more"
+    assert mask_placement({"note": note.format(45)}) == ", masks in cuSPARSELt's metadata"
+    assert mask_placement({"note": note.format(0)}) == ", mask copies"
+    assert mask_placement({"note": note.format(3)}) == ", masks in cuSPARSELt's metadata in 3 of 45 layers"
+    assert mask_placement({"note": "kernels: extension"}) == mask_placement({}) == ""  # runs before the note

@@ -23,10 +23,11 @@ from 17% slower to 8% faster). Both forms stream exactly these bytes:
 A mask of two groups per byte (half the mask bytes, 1.125 bytes per weight) was tried and dropped: the dot form
 fell to 0.22-0.93x dense (f6d4663, results/sparse_gemv_variants_h100.md). Reading cuSPARSELt's own metadata
 instead of a mask copy (``mask_layout="cusparselt"``: no mask bytes beside the compressed weight, 1.125 bytes per
-weight) is kept as an option for memory, not speed: its nibbles are gathered a byte per group, and it ran
-0.25-0.46x dense against the copy's 0.83-1.39x (bf16, CUDA-graph replay, 1-32 tokens, H200, 9fd773d;
-results/logs/bench_decode_metadata_h200.csv, and the first version with its slot arithmetic per k block in
-results/logs/bench_decode_metadata_v1_h200.csv).
+weight) is kept as an option for memory, not speed. Read as 8-byte words (a row's 8 groups of 32 columns, adjacent
+rows' words side by side) and decoded in registers, it ran 0.68-1.06x dense against the copy's 0.81-1.39x, and a
+byte gathered per group 0.25-0.43x (bf16, CUDA-graph replay, 1-32 tokens, OPT-13B fc1/fc2 and LLaMA-3-8B up, same
+process, H200, bd12323; results/logs/bench_decode_metadata_words_h200.csv; earlier versions: ``_v1`` of that file,
+a 64-bit shift per group, 0.60-0.97x; bench_decode_metadata_h200.csv and ``_v1``, the byte reads).
 
 ``values`` may also be a (tiles, rows per tile, K/2) strided view (a tiled layer's W_R inside its packed buffer);
 ``out`` may be a column block of a wider buffer (unit column stride). A caller that runs one weight many times
