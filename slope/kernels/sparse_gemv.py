@@ -52,7 +52,7 @@ MAX_BLOCK_T = 64  # tokens per program; more tokens take more programs along the
 # (results/sparse_gemv_variants_h100.md) two FMA token blocks ran 0.74-1.00x, the dot form 1.03-1.20x.
 FMA_MAX_TOKENS = 1
 # Part of the cache key of measured kernel-vs-cuSPARSELt choices: bump it when the kernel's speed changes.
-KERNEL_VERSION = 4
+KERNEL_VERSION = 5
 FORMS = ("auto", "fma", "dot")
 # Where the masks come from: "nibbles", one byte per group (N, K/4); "cusparselt", the metadata inside the
 # compressed buffer the values live in (`sparse_gemv_triton`'s META: no mask copy beside cuSPARSELt's buffer).

@@ -126,56 +126,29 @@ def _kept_bits(words):
 
 
 @triton.jit
-def _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, group_ok, META: tl.constexpr):
+def _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, k_end, row_ok, group_ok,
+                 BLOCK_N: tl.constexpr, GROUPS: tl.constexpr, META: tl.constexpr):
     """The (BLOCK_N, groups) masks of the k block at k0, bit i = position i kept: a nibble byte each, or
     (``META``) cuSPARSELt's nibble p0 | p1 << 2 turned into bits p0 and p1."""
-    at = nibbles_ptr + mask_base[:, None] + _mask_k_term(k0, META) + mask_offsets
-    nib = tl.load(at, mask=group_ok, other=0).to(tl.int32)
-    if META == 1:
-        code = (nib >> mask_shift) & 15
-        nib = tl.where(group_ok, (1 << (code & 3)) | (1 << (code >> 2)), 0)
+    if META == 2:
+        blocks = (k0 // 32 + tl.arange(0, GROUPS // 8)) < k_end // 32
+        words = tl.load(nibbles_ptr.to(tl.pointer_type(tl.int64), bitcast=True) + mask_base
+                        + _mask_k_term(k0, META) + mask_offsets, mask=row_ok[:, None] & blocks[None, :], other=0)
+        bits = _kept_bits(words)
+        low, high = bits.to(tl.int32)[:, :, None], (bits >> 32).to(tl.int32)[:, :, None]
+        # 32-bit work per (row, group): pick the half, shift, mask. (a6cf4ce shifted the 64-bit word per group and
+        # turned each code into bits there: 0.60-0.97x dense against the copy's 0.82-1.40x, H200 bf16, 1-32 tokens;
+        # results/logs/bench_decode_metadata_words_v1_h200.csv.) Groups past k_end or N come out as whatever the
+        # zero word decodes to: their values and x are loaded as zeros, so their weights are zero anyway.
+        nib = (tl.where(mask_shift >= 32, high, low) >> (mask_shift & 31)) & 15  # loop-invariant parts hoisted
+        nib = tl.reshape(nib, (BLOCK_N, GROUPS))
+    else:
+        at = nibbles_ptr + mask_base[:, None] + _mask_k_term(k0, META) + mask_offsets
+        nib = tl.load(at, mask=group_ok, other=0).to(tl.int32)
+        if META == 1:
+            code = (nib >> mask_shift) & 15
+            nib = tl.where(group_ok, (1 << (code & 3)) | (1 << (code >> 2)), 0)
     return nib
-
-
-@triton.jit
-def _metadata_group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift, row_ok, k0,
-                            k_end, BLOCK_K: tl.constexpr):
-    """`_group_weights` with the masks read from cuSPARSELt's metadata in words (META 2): four (BLOCK_N,
-    BLOCK_K/32, 8) tensors, (row, 32-column block, group in it). The group axis stays split as the metadata word
-    splits it, so each word's 8 groups are decoded where they are used, with no reshape of the masks between the
-    decode and the values (the (rows, groups) masks of a6cf4ce/bd12323 were reshaped there: 0.60-0.97x and
-    0.68-1.06x dense against the copy's 0.81-1.39x, H200 bf16, 1-32 tokens;
-    results/logs/bench_decode_metadata_words_v1_h200.csv, bench_decode_metadata_words_h200.csv). The kept pairs are
-    read as 32-bit words (META 2 has 16-bit values, 16-byte aligned). Groups past k_end or N decode from a zero
-    word to a mask that does not matter: their values are loaded as zeros."""
-    J: tl.constexpr = BLOCK_K // 32
-    blocks = k0 // 32 + tl.arange(0, J)
-    mask_words = tl.load(nibbles_ptr.to(tl.pointer_type(tl.int64), bitcast=True) + mask_base
-                         + _mask_k_term(k0, 2) + mask_offsets, mask=row_ok[:, None] & (blocks < k_end // 32)[None, :],
-                         other=0)
-    bits = _kept_bits(mask_words)
-    low, high = bits.to(tl.int32)[:, :, None], (bits >> 32).to(tl.int32)[:, :, None]
-    # 32-bit work per (row, group): pick the half, shift, mask (the shift's parts are loop-invariant)
-    nib = (tl.where(mask_shift >= 32, high, low) >> (mask_shift & 31)) & 15
-    groups = (blocks * 8)[:, None] + tl.arange(0, 8)[None, :]
-    words = tl.load(values_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + (value_rows // 2)[:, None, None]
-                    + groups[None, :, :], mask=row_ok[:, None, None] & (groups < k_end // 4)[None, :, :], other=0)
-    first = words.to(tl.int16).to(values_ptr.dtype.element_ty, bitcast=True)
-    second = (words >> 16).to(tl.int16).to(values_ptr.dtype.element_ty, bitcast=True)
-    return _place_kept(first, second, nib)
-
-
-@triton.jit
-def _place_kept(first, second, nib):
-    """W at positions 0..3 of each group from its two kept values (in position order) and its kept bits: with
-    exactly two bits set, position 0 (if kept) is always the first kept value and position 3 always the second;
-    position 1 is the second iff bit 0 is set; position 2 iff bit 0 or 1 is."""
-    zero = tl.zeros_like(first)
-    w0 = tl.where((nib & 1) != 0, first, zero)
-    w1 = tl.where((nib & 2) != 0, tl.where((nib & 1) != 0, second, first), zero)
-    w2 = tl.where((nib & 4) != 0, tl.where((nib & 3) != 0, second, first), zero)
-    w3 = tl.where((nib & 8) != 0, second, zero)
-    return w0, w1, w2, w3
 
 
 @triton.jit
@@ -192,7 +165,8 @@ def _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets,
     rg = tl.arange(0, GROUPS)
     g_ok = (k0 // 4 + rg) < k_end // 4
     group_ok = row_ok[:, None] & g_ok[None, :]
-    nib = _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, group_ok, META)
+    nib = _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, k_end, row_ok, group_ok, BLOCK_N, GROUPS,
+                      META)
     if WORDS == 32:
         words = tl.load(values_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + value_rows[:, None] // 2
                         + (k0 // 4 + rg)[None, :], mask=group_ok, other=0)
@@ -209,7 +183,12 @@ def _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets,
         values = tl.load(values_ptr + value_rows[:, None] + (k0 // 2 + rv)[None, :],
                          mask=row_ok[:, None] & v_ok[None, :], other=0.0)
         first, second = tl.split(tl.reshape(values, (BLOCK_N, GROUPS, 2)))
-    return _place_kept(first, second, nib)
+    zero = tl.zeros_like(first)
+    w0 = tl.where((nib & 1) != 0, first, zero)
+    w1 = tl.where((nib & 2) != 0, tl.where((nib & 1) != 0, second, first), zero)
+    w2 = tl.where((nib & 4) != 0, tl.where((nib & 3) != 0, second, first), zero)
+    w3 = tl.where((nib & 8) != 0, second, zero)
+    return w0, w1, w2, w3
 
 
 @triton.jit
@@ -255,12 +234,8 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, 
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        if META == 2:  # (rows, 32-column blocks, 8 groups): the same row-major order as (rows, groups)
-            w0, w1, w2, w3 = _metadata_group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets,
-                                                     mask_shift, row_ok, k0, k_end, BLOCK_K)
-        else:
-            w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift,
-                                            row_ok, k0, k_end, BLOCK_N, BLOCK_K, WORDS, META)
+        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift,
+                                        row_ok, k0, k_end, BLOCK_N, BLOCK_K, WORDS, META)
         # join stacks along a new last axis: join(join(w0, w2), join(w1, w3))[..., i, j] = w_{2i+j}, so the
         # row-major reshape puts position 4g+2i+j in place
         dense = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
@@ -284,19 +259,12 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T,
         T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
     mask_base, mask_offsets, mask_shift = _mask_addresses(rows, K, tile_rows, tile_stride, GROUPS, META, ESIZE,
                                                              BLOCK_N)
-    if META == 2:  # the weights come as (rows, 32-column blocks, 8 groups): x's groups the same way
-        rg = tl.arange(0, GROUPS // 8)[:, None] * 8 + tl.arange(0, 8)[None, :]
-    else:
-        rg = tl.arange(0, GROUPS)
+    rg = tl.arange(0, GROUPS)
     cols = tl.arange(0, BLOCK_T)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        if META == 2:
-            w0, w1, w2, w3 = _metadata_group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets,
-                                                     mask_shift, row_ok, k0, k_end, BLOCK_K)
-        else:
-            w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift,
-                                            row_ok, k0, k_end, BLOCK_N, BLOCK_K, WORDS, META)
+        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift,
+                                        row_ok, k0, k_end, BLOCK_N, BLOCK_K, WORDS, META)
         w0, w1, w2, w3 = w0.to(tl.float32), w1.to(tl.float32), w2.to(tl.float32), w3.to(tl.float32)
         g_ok = (k0 // 4 + rg) < k_end // 4
         for t in tl.static_range(BLOCK_T):
@@ -307,10 +275,7 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T,
             x1 = tl.load(x_at + 1, mask=ok, other=0.0).to(tl.float32)
             x2 = tl.load(x_at + 2, mask=ok, other=0.0).to(tl.float32)
             x3 = tl.load(x_at + 3, mask=ok, other=0.0).to(tl.float32)
-            part = w0 * x0[None, :] + w1 * x1[None, :] + w2 * x2[None, :] + w3 * x3[None, :]
-            if META == 2:
-                part = tl.sum(part, axis=2)
-            part = tl.sum(part, axis=1)
+            part = tl.sum(w0 * x0[None, :] + w1 * x1[None, :] + w2 * x2[None, :] + w3 * x3[None, :], axis=1)
             acc += tl.where(cols[None, :] == t, part[:, None], 0.0)
     _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS, SPLIT)
 
