@@ -27,7 +27,8 @@ weight) is kept as an option for memory, not speed. Read as 8-byte words (a row'
 rows' words side by side) and decoded in registers, it ran 0.68-1.06x dense against the copy's 0.81-1.39x, and a
 byte gathered per group 0.25-0.43x (bf16, CUDA-graph replay, 1-32 tokens, OPT-13B fc1/fc2 and LLaMA-3-8B up, same
 process, H200, bd12323; results/logs/bench_decode_metadata_words_h200.csv; earlier versions: ``_v1`` of that file,
-a 64-bit shift per group, 0.60-0.97x; bench_decode_metadata_h200.csv and ``_v1``, the byte reads).
+a 64-bit shift per group, 0.60-0.97x; ``_3d_rejected``, the group axis kept split as the words split it, slower
+still on OPT-13B fc1; bench_decode_metadata_h200.csv and ``_v1``, the byte reads).
 
 ``values`` may also be a (tiles, rows per tile, K/2) strided view (a tiled layer's W_R inside its packed buffer);
 ``out`` may be a column block of a wider buffer (unit column stride). A caller that runs one weight many times
