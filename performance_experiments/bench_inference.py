@@ -29,7 +29,6 @@ Benchmarks (rows of one long-form CSV, same columns as `bench_linear`, provenanc
 from __future__ import annotations
 
 import contextlib
-
 import sys
 from dataclasses import dataclass
 
