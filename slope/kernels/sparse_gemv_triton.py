@@ -23,7 +23,7 @@ p0 | p1 << 2 (the two kept positions), at `slope.kernels.nm_pack.metadata_slot`.
 of its own (1.125 bytes per weight in memory and per read instead of 1.25). The two nibbles of a byte are rows
 r and r + 8 of one 64-row band, so a program's row block reads whole 64-byte runs of each 256-byte block. META 1
 gathers a byte per (row, group); META 2 (the wrapper's default where the buffer allows) loads one 8-byte word per
-(row, 32 columns), adjacent rows' words side by side, and takes it apart in registers (`_kept_bits`; about 2-2.5x
+(row, 32 columns), adjacent rows' words side by side, and takes it apart in registers (`_kept_bits`; 1.7-3.2x
 META 1's speed on the H200, still below the mask copy's, `slope.kernels.sparse_gemv`'s docstring has the numbers).
 
 Rebuilding a group from its nibble: with exactly two bits set, position 0 (if kept) is always the first kept
