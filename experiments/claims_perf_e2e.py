@@ -250,7 +250,7 @@ def claim_memory(inp: Inputs) -> Claim:
     return Claim("P4", title, lines, _memory_table(inp, list(anchors.values())))
 
 
-_MASKS_NOTE = re.compile(r"masks: cuSPARSELt's metadata only in (\d+) of (\d+) layers")
+_MASKS_NOTE = re.compile(r"masks: cuSPARSELt's metadata only in (\d+) of (\d+) layers")  # e2e.masks_note
 
 
 def mask_placement(row: dict) -> str:

@@ -264,7 +264,7 @@ def _metadata_read(layer, label: str, metadata_labels: dict) -> str:
     if label not in metadata_labels:
         return ""
     with _metadata_words(metadata_labels[label]):
-        mode = sparse_gemv._metadata_mode("cusparselt", layer.packed, layer.values, layer._values_geometry[2])
+        mode = sparse_gemv.metadata_mode("cusparselt", layer.packed, layer.values, layer._values_geometry[2])
     return "; metadata read in " + ("8-byte words" if mode == 2 else "bytes")
 
 

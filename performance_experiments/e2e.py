@@ -183,11 +183,18 @@ def to_inference(variant: Variant, dtype: torch.dtype, *, prepare: bool = True, 
 
     launches = "" if sparse_gemv.DIRECT_LAUNCH else " (launched through Triton's JIT: SLOPE_GEMV_DIRECT_LAUNCH=0)"
     in_metadata = [layer.mask_in_metadata for layer in layers.values() if hasattr(layer, "mask_in_metadata")]
-    copies = len(in_metadata) - sum(in_metadata)
-    masks = "" if not in_metadata else (f"; masks: cuSPARSELt's metadata only in {sum(in_metadata)} of "
-                                        f"{len(in_metadata)} layers" + (f", {copies} keep a mask copy" if copies else ""))
     return (f"inference layers: {','.join(kinds) or 'dense'}" + (f" (tiles per layer: {tiles})" if tiles else "")
-            + masks + (f"; few-token kernel at <= {few} tokens{launches}" if few else ""))
+            + masks_note(in_metadata) + (f"; few-token kernel at <= {few} tokens{launches}" if few else ""))
+
+
+def masks_note(in_metadata: list[bool]) -> str:
+    """The row note's part on where the inference layers keep their masks (per layer: in cuSPARSELt's metadata
+    only, or beside it as a copy). `experiments.claims_perf_e2e.mask_placement` reads it back."""
+    if not in_metadata:
+        return ""
+    copies = len(in_metadata) - sum(in_metadata)
+    return (f"; masks: cuSPARSELt's metadata only in {sum(in_metadata)} of {len(in_metadata)} layers"
+            + (f", {copies} keep a mask copy" if copies else ""))
 
 
 def prefill_fn(model, input_ids: torch.Tensor):

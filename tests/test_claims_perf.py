@@ -334,9 +334,11 @@ def test_without_another_gpus_csv_p11_is_not_run(tmp_path):
 
 def test_runs_of_the_two_mask_storages_are_separate_configurations():
     from experiments.claims_perf_e2e import mask_placement
+    from performance_experiments.e2e import masks_note
 
-    note = "inference layers: SLoPeInferenceLinear; masks: cuSPARSELt's metadata only in {} of 45 layers; more"
-    assert mask_placement({"note": note.format(45)}) == ", masks in cuSPARSELt's metadata"
-    assert mask_placement({"note": note.format(0)}) == ", mask copies"
-    assert mask_placement({"note": note.format(3)}) == ", masks in cuSPARSELt's metadata in 3 of 45 layers"
+    note = "inference layers: SLoPeInferenceLinear{}; few-token kernel at <= [0] tokens"  # as speedup writes it
+    assert mask_placement({"note": note.format(masks_note([True] * 45))}) == ", masks in cuSPARSELt's metadata"
+    assert mask_placement({"note": note.format(masks_note([False] * 45))}) == ", mask copies"
+    assert mask_placement({"note": note.format(masks_note([True] * 3 + [False] * 42))}) == \
+        ", masks in cuSPARSELt's metadata in 3 of 45 layers"
     assert mask_placement({"note": "kernels: extension"}) == mask_placement({}) == ""  # runs before the note

@@ -60,7 +60,8 @@ FORMS = ("auto", "fma", "dot")
 MASK_LAYOUTS = ("nibbles", "cusparselt")
 # The metadata layout reads a row's 8 groups of 32 columns as one 8-byte word (`sparse_gemv_triton`'s META 2)
 # where the compressed buffer and its tile stride are 16-byte aligned; else (or with this off: a benchmark
-# compares both in one process) a byte per group (META 1, the first version).
+# compares both in one process) a byte per group (META 1, the first version). Read when a launch is compiled: a
+# `GemvPlan` keeps the kernels it launched first.
 METADATA_WORDS = True
 # Split K when fewer than MIN_PROGRAMS (row block x token block) programs would run (about two per SM of an H100),
 # into enough pieces for TARGET_PROGRAMS[form]. Rows per program are autotuned (16-128); the split is decided for
@@ -221,8 +222,8 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
     bias_arg = bias if bias is not None else values  # never read without HAS_BIAS
     target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
     meta = dict(HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t,
-                WORDS=16 * values.element_size() if words else 0, META=_metadata_mode(mask_layout, nibbles, values,
-                                                                                     tile_stride),
+                WORDS=16 * values.element_size() if words else 0, META=metadata_mode(mask_layout, nibbles, values,
+                                                                                    tile_stride),
                 ESIZE=values.element_size())
     args = (x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows, out.stride(0),
             k_chunk, tokens * n)
@@ -258,7 +259,7 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
     return direct_split
 
 
-def _metadata_mode(mask_layout: str, packed: torch.Tensor, values: torch.Tensor, tile_stride: int) -> int:
+def metadata_mode(mask_layout: str, packed: torch.Tensor, values: torch.Tensor, tile_stride: int) -> int:
     """The kernel's META: 0 nibble bytes, 1 metadata a byte per group, 2 metadata in words (see `METADATA_WORDS`)."""
     if mask_layout != "cusparselt":
         return 0
