@@ -19,8 +19,10 @@ Benchmarks (rows of one long-form CSV, same columns as `bench_linear`, provenanc
                  launches twice; `experiments.bench.host_time_us` queues a GPU sleep first, so the wall time is the
                  host's): dense nn.Linear vs the SLoPe layer through cuSPARSELt and the few-token kernel. In an
                  eager decode step every layer pays this, and at small batch the step is host-bound. The
-                 few-token kernel also gets a ``(JIT dispatch)`` row: every launch through Triton's JIT instead
-                 of `slope.kernels.sparse_gemv.GemvPlan`'s direct launch, in the same process.
+                 few-token kernel also gets a ``(Triton launcher)`` row (direct launches through the compiled
+                 kernel's own launcher instead of PyTorch's static one) and a ``(JIT dispatch)`` row (every launch
+                 through Triton's JIT instead of `slope.kernels.sparse_gemv.GemvPlan`'s direct launch), in the same
+                 process.
 * ``crossover``  per shape: the largest token count at which dense beat the sparse layer (the value
                  ``dense_fallback_tokens="auto"`` picks), measured by the layer itself
 
@@ -281,15 +283,18 @@ def bench_decode_host(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inf
         for kernel, threshold in (("cusparselt", 0), ("sparse_gemv", 1)):
             calls[f"slope {label} {kernel}"] = SLoPeInferenceLinear.from_layer(
                 _simulated_layer(d, d, rank, dtype), few_token_kernel_tokens=threshold)
-    # the few-token kernel twice: its compiled kernels launched directly (the default) and every launch through
-    # Triton's JIT dispatch (what it cost before `sparse_gemv.GemvPlan`), same layers, same process
+    # the few-token kernel three times: launched directly (the default: PyTorch's static launcher where it fits),
+    # directly through the compiled kernel's own launcher, and every launch through Triton's JIT dispatch (what it
+    # cost before `sparse_gemv.GemvPlan`); same layers, same process
     default = sparse_gemv.DIRECT_LAUNCH  # SLOPE_GEMV_DIRECT_LAUNCH=0 turns it off for the whole run
-    dispatch = [(name, default) for name in calls] + [(f"{name} (JIT dispatch)", False) for name in calls
-                                                      if name.endswith("sparse_gemv") and default]
+    kernel_calls = [name for name in calls if name.endswith("sparse_gemv") and default]
+    dispatch = ([(name, name, default, None) for name in calls]
+                + [(f"{name} (Triton launcher)", name, True, False) for name in kernel_calls]
+                + [(f"{name} (JIT dispatch)", name, False, None) for name in kernel_calls])
     with torch.no_grad():
-        for name, direct in dispatch:
-            fn = calls[name.removesuffix(" (JIT dispatch)")]
-            with sparse_gemv.direct_launch(direct):
+        for name, layer, direct, static in dispatch:
+            fn = calls[layer]
+            with sparse_gemv.direct_launch(direct, static=static):
                 us = [host_time_us(lambda: fn(x)) for _ in range(5)]
             stats = {"median_ms": sorted(us)[2], "iqr_ms": sorted(us)[3] - sorted(us)[1], "min_ms": min(us),
                      "max_ms": max(us), "repeats": 5}

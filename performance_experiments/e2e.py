@@ -187,6 +187,15 @@ def to_inference(variant: Variant, dtype: torch.dtype, *, prepare: bool = True, 
             + masks_note(in_metadata) + (f"; few-token kernel at <= {few} tokens{launches}" if few else ""))
 
 
+def launchers_note(layers) -> str:
+    """Which launchers the few-token kernel's direct launches went through in these layers, once they have run
+    (`slope.kernels.sparse_gemv.GemvPlan.launchers`): "static" (PyTorch's C++ launcher), "triton" (the compiled
+    kernel's own); empty where no plan launched directly."""
+    used = sorted({name for layer in layers for plan in (getattr(layer, "_gemv_plans", None) or ())
+                   for name in plan.launchers()})
+    return f"; few-token direct launches: {'+'.join(used)} launcher" if used else ""
+
+
 def masks_note(in_metadata: list[bool]) -> str:
     """The row note's part on where the inference layers keep their masks (per layer: in cuSPARSELt's metadata
     only, or beside it as a copy). `experiments.claims_perf_e2e.mask_placement` reads it back."""

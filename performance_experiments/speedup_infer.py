@@ -134,7 +134,9 @@ def inference_section(run, variant: e2e.Variant, rank: str = "0") -> list[dict]:
                                 ratio_vs_dense=round_or_blank(peak / dense_peak if dense_peak else ""),
                                 ideal=1.0 if is_dense else "", ideal_basis="reference" if is_dense else "none"))
     if "decode" in cfg.sections:
-        rows += _decode_rows(run, model, common, ref, is_dense, note)
+        decoded = _decode_rows(run, model, common, ref, is_dense, note)
+        launched = e2e.launchers_note(slope.sparse_layers(model).values())  # known once the layers have run
+        rows += [dict(row, note=row["note"] + launched) if launched and row.get("note") else row for row in decoded]
         fallback_layers = [layer for layer in slope.sparse_layers(model).values()
                            if hasattr(layer, "set_dense_fallback")]
         few_token = [layer for layer in fallback_layers if layer.few_token_kernel_tokens]

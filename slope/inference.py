@@ -172,6 +172,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
         self._values_geometry = gemv.geometry(self.values, self.in_features)
         self._adapter_geometry = gemv.geometry(self._adapter_values, self.in_features)
         self._gemv_plans = None  # made at the first few-token call (the adapter rows' mask comes with `rebuild`)
+        self._merge_right, self._merge_rank = None, 0  # set by `rebuild`, which runs before the first forward
 
     def _values_view(self) -> torch.Tensor:
         # Every tile but the last has the same size, and W_R's rows of the last tile come first in it: so W_R's
@@ -259,6 +260,10 @@ class SLoPeInferenceLinear(SparseLinearBase):
         if self.dense_fallback_tokens:
             self._build_dense()
         self._gemv_plans = None  # the adapter rows' mask is a new tensor
+        # R in the layer's dtype for the merge, cast once here instead of per call (a view where R already has
+        # that dtype; a rebuild follows any change to R: `_fingerprint`)
+        self._merge_right = None if self.lora_right is None else self.lora_right.detach().to(self.dtype)
+        self._merge_rank = self.lora_rank
         self._built_from = self._fingerprint()
 
     def _fingerprint(self) -> tuple:
@@ -395,11 +400,11 @@ class SLoPeInferenceLinear(SparseLinearBase):
         return self._merge_adapters(out)
 
     def _merge_adapters(self, out: torch.Tensor) -> torch.Tensor:
-        if self.lora_left is None:
+        if self._merge_right is None:
             return out
         # Y = Y₀ + Z·R / r, Y₀ and Z two column blocks of `out`; the result is contiguous for the next layer
-        return fused.addmm(out[:, : self.out_features], out[:, self.out_features:self.out_features + self.lora_rank],
-                           self.lora_right.detach().to(self.dtype), 1.0 / self.lora_rank, impl=self.addmm_impl)
+        return fused.addmm(out[:, : self.out_features], out[:, self.out_features:self.out_features + self._merge_rank],
+                           self._merge_right, 1.0 / self._merge_rank, impl=self.addmm_impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -409,15 +414,28 @@ class SLoPeInferenceLinear(SparseLinearBase):
                                "or train with the compress=True training layers (merge_lora=False)")
         if self._built_from != self._fingerprint():
             self.rebuild()
-        x2d = x.reshape(-1, self.in_features).to(self.dtype).contiguous()
+        # Each tensor op below costs host time that an eager decode step pays in full (at a few tokens the GPU
+        # waits on the host), so the no-op ones are skipped rather than called: a 2-D input needs no reshape, an
+        # input of the layer's dtype no cast (`performance_experiments.profile_host` shows the split).
+        x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        if x2d.dtype != self.dtype:
+            x2d = x2d.to(self.dtype)
+        x2d = x2d.contiguous()
         tokens = x2d.shape[0]
         if tokens <= self.dense_fallback_tokens:
-            return F.linear(x2d, self.dense_weight, self._dense_bias).reshape(*x.shape[:-1], self.out_features)
-        if tokens <= self.few_token_kernel_tokens:
-            return self._few_token_forward(x2d).reshape(*x.shape[:-1], self.out_features)
-        pad = -tokens % 8  # cuSPARSELt wants the token count to be a multiple of 8
-        y = self._sparse_forward(F.pad(x2d, (0, 0, 0, pad)) if pad else x2d)
-        return (y[:tokens] if pad else y).reshape(*x.shape[:-1], self.out_features)
+            y = F.linear(x2d, self.dense_weight, self._dense_bias)
+        elif tokens <= self.few_token_kernel_tokens:
+            y = self._few_token_forward(x2d)
+        else:
+            pad = -tokens % 8  # cuSPARSELt wants the token count to be a multiple of 8
+            if pad:  # the pad rows stay unwritten: output column j of the SpMM reads only input row j, and the
+                # pad rows' outputs are dropped (an empty buffer and one copy instead of F.pad's fill and copy)
+                padded = x2d.new_empty((tokens + pad, self.in_features))
+                padded[:tokens] = x2d
+                y = self._sparse_forward(padded)[:tokens]
+            else:
+                y = self._sparse_forward(x2d)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     # ----- state_dict: the training layer's canonical entries -----------------------------------------------
     def _save_to_state_dict(self, destination, prefix, keep_vars):

@@ -168,11 +168,14 @@ def _plan(values, nibbles, bias, k):
 @pytest.mark.parametrize("n,k,tokens,form", [(48, 256, 1, "auto"), (24, 2304, 1, "auto"), (24, 2304, 20, "auto"),
                                              (48, 256, 5, "dot"), (48, 256, 3, "fma")])  # rows 24: split K
 @pytest.mark.parametrize("bias", [False, True])
-def test_plan_launches_the_compiled_kernels_directly_with_the_jits_numbers(dtype, n, k, tokens, form, bias,
+@pytest.mark.parametrize("static", [True, False], ids=["static-launcher", "triton-launcher"])
+def test_plan_launches_the_compiled_kernels_directly_with_the_jits_numbers(dtype, n, k, tokens, form, bias, static,
                                                                              monkeypatch):
     from unittest import mock
 
     from slope.kernels import sparse_gemv as module
+
+    monkeypatch.setattr(module, "STATIC_LAUNCH", static)
 
     _, values, nibbles = _sparse(n, k, "cuda", dtype)
     b = torch.randn(n, device="cuda").to(dtype) if bias else None
@@ -187,6 +190,8 @@ def test_plan_launches_the_compiled_kernels_directly_with_the_jits_numbers(dtype
             assert torch.equal(plan(inputs, torch.empty(tokens, n, device="cuda", dtype=dtype), form),
                                expected[id(inputs)])
         assert jit.call_count == 2  # once per key (alignment is one): the other calls launched directly
+        # PyTorch's launcher where asked for (it is in every torch this project supports: no silent fallback here)
+        assert plan.launchers() == {"static" if static else "triton"}
         x.copy_(torch.randn(tokens, k, device="cuda").to(dtype))  # same key, new numbers: read at launch
         assert torch.equal(plan(x, torch.empty(tokens, n, device="cuda", dtype=dtype), form),
                            sparse_gemv(x, values, nibbles, b, form=form))
@@ -205,11 +210,12 @@ def test_plan_falls_back_to_the_jit_when_a_direct_launch_fails(monkeypatch):
     x = torch.randn(2, 64).half()
     real = module._launch
 
-    def launch_returning_a_broken_direct(*args):
-        real(*args)
+    def launch_returning_a_broken_direct(*args, **kwargs):
+        real(*args, **kwargs)
 
         def broken(x, out):
             raise TypeError("function takes exactly 12 arguments (20 given)")
+        broken.launcher = "triton"
         return broken
 
     monkeypatch.setattr(module, "_launch", launch_returning_a_broken_direct)
@@ -355,3 +361,69 @@ def test_metadata_reads_are_right_for_every_row_block_width(meta, block_n, block
                     out.stride(0), k, tokens * tiles * rows, HAS_BIAS=False, SPLIT=False, BLOCK_T=block_t, WORDS=32,
                     META=meta, ESIZE=2, BLOCK_N=block_n, BLOCK_K=block_k)
     _check(out, x, sparse[0], None, dtype)
+
+
+def test_static_launch_passes_only_the_cubins_arguments_as_addresses(monkeypatch):
+    """PyTorch's launcher gets the arguments the cubin has, in order: no constexprs, no integer Triton specialised
+    away (== 1), tensors as their addresses, a None per scratch parameter; the two changing ones at their places."""
+    from slope.kernels import sparse_gemv as module
+
+    launched = []
+
+    class Static:  # what `_static_launch` reads of torch's StaticallyLaunchedCudaKernel
+        def __init__(self, view):
+            assert view._cubin_path is None and view.function == 77  # the compiled kernel's, seen through
+            self.arg_tys, self.num_warps, self.shared = "OOiO", 4, 1024
+            self.has_global_scratch, self.has_profile_scratch = True, False
+            self.C_impl = type("C", (), {"_launch_kernel": staticmethod(lambda *a: launched.append(a))})
+
+    class Src:
+        signature = {"x_ptr": "*bf16", "values_ptr": "*bf16", "T": "i32", "K": "i32", "out_ptr": "*bf16",
+                     "BLOCK": "constexpr"}
+        constants = {(2,): 1}  # specialised: T == 1 (Triton 3.3+ keys it by its index path)
+
+    class Compiled:
+        function, src = 77, Src()
+
+    names = ["x_ptr", "values_ptr", "T", "K", "out_ptr", "BLOCK"]
+    values_tensor, x, out = torch.zeros(4), torch.zeros(2), torch.zeros(3)
+    monkeypatch.setattr(module, "_static_kernel_class", lambda: Static)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 1234, raising=False)
+    launch = module._static_launch(Compiled(), (5, 2), names, [None, values_tensor, 1, 512, None, 64], 0, 4)
+    assert launch.launcher == "static"
+    launch(x, out)
+    assert launched == [(77, 5, 2, 1, 4, 1024, "OOiOO",
+                         (x.data_ptr(), values_tensor.data_ptr(), 512, out.data_ptr(), None), 1234)]
+    Static.__init__ = lambda self, view: (_ for _ in ()).throw(NotImplementedError("launch hooks"))
+    assert module._static_launch(Compiled(), (5, 2), names, [None, values_tensor, 1, 512, None, 64], 0, 4) is None
+
+
+def test_plan_keeps_tritons_launcher_where_the_static_one_disagrees_with_the_jit(monkeypatch):
+    """A direct launch through PyTorch's launcher is checked once against the JIT's result; one that differs warns,
+    and the plan relaunches that key with Triton's launcher (CPU interpreter: the launchers are stand-ins)."""
+    from slope.kernels import sparse_gemv as module
+
+    dense, values, nibbles = _sparse(16, 64, "cpu", torch.float16)
+    x = torch.randn(2, 64).half()
+    real, statics = module._launch, []
+
+    def launch(*args, static=True, **kwargs):
+        real(*args, **kwargs)
+        statics.append(static)
+
+        def direct(x, out):
+            real(x, *args[1:4], out, *args[5:], **kwargs)
+            if static:
+                out.zero_()  # a launcher handed the wrong arguments
+        direct.launcher = "static" if static else "triton"
+        return direct
+
+    monkeypatch.setattr(module, "_launch", launch)
+    monkeypatch.setattr(module, "DIRECT_LAUNCH", True)
+    plan = _plan(values, nibbles, None, 64)
+    with pytest.warns(UserWarning, match="result differs from the JIT's"):
+        _check(plan(x, torch.empty(2, 16).half()), x, dense, None, torch.float16)
+    assert statics == [True, False] and plan.launchers() == {"triton"}
+    _check(plan(x, torch.empty(2, 16).half()), x, dense, None, torch.float16)  # the kept launch: Triton's
+    assert statics == [True, False]

@@ -42,7 +42,9 @@ def addmm(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0,
         raise ValueError(f"addmm: shapes c {tuple(c.shape)}, a {tuple(a.shape)}, b {tuple(b.shape)} do not chain "
                          "as (M, N) + (M, K)·(K, N)")
     if _resolve("addmm", impl, c) == "torch":
-        result = torch.addmm(c, a.to(c.dtype), b.to(c.dtype), alpha=alpha)
+        # casts only where needed: at decode sizes each call is host time (`SLoPeInferenceLinear`'s merge)
+        a, b = (t if t.dtype == c.dtype else t.to(c.dtype) for t in (a, b))
+        result = torch.addmm(c, a, b, alpha=alpha)
         return result if out is None else out.copy_(result)
     from . import addmm_triton
 

@@ -84,6 +84,10 @@ WORD_LOAD_FORMS = ("dot",)
 # `GemvPlan` launches the compiled kernels itself after a first launch through Triton's JIT (off: every launch
 # through the JIT). A module attribute, so that a benchmark can measure both in one process.
 DIRECT_LAUNCH = os.environ.get("SLOPE_GEMV_DIRECT_LAUNCH", "1") != "0"
+# Direct launches go through PyTorch's C++ launcher for Triton cubins where this torch and the kernel allow
+# (`_static_launch`), else through the compiled kernel's own launcher. Off: always the latter (a benchmark
+# compares both in one process: `direct_launch(True, static=False)`).
+STATIC_LAUNCH = os.environ.get("SLOPE_GEMV_STATIC_LAUNCH", "1") != "0"
 
 
 def split_k(n: int, k: int, token_blocks: int = 1, form: str = "fma") -> int:
@@ -197,10 +201,11 @@ def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_s
 
 
 def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_stride: int, form: str,
-            words: bool | None, mask_layout: str = "nibbles", keep: bool = True):
+            words: bool | None, mask_layout: str = "nibbles", keep: bool = True, static: bool = True):
     """Launch through Triton's JIT. With ``keep`` (a `GemvPlan`), returns a ``direct(x, out)`` that repeats this
-    launch for another x and out of the same geometry past the JIT, or None where the compiled kernels are not at
-    hand; a one-off call (``keep=False``) builds no such runner and returns None."""
+    launch for another x and out of the same geometry past the JIT (its ``launcher`` attribute says which one:
+    `_direct_runner`; ``static=False`` leaves PyTorch's launcher out), or None where the compiled kernels are not
+    at hand; a one-off call (``keep=False``) builds no such runner and returns None."""
     from . import sparse_gemv_triton
 
     tokens = x.shape[0]
@@ -229,33 +234,28 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
             k_chunk, tokens * n)
     compiled, config = _launch_tuned(kernel, grid, (kernel, n, k, x.dtype, values.dtype, target.dtype,
                                                     *meta.values()), args, meta)
-    main = None if compiled is None or not keep else _runner(kernel.fn, compiled, grid(config.kwargs), args,
-                                                             {**meta, **config.kwargs})
+    main = None if compiled is None or not keep else _direct_runner(
+        kernel.fn, compiled, grid(config.kwargs), args, {**meta, **config.kwargs}, ("x_ptr", "out_ptr"), static)
     if splits == 1:
-        if main is None:
-            return None
-        run, bound = main  # (x, values, nibbles, bias, out, scalars...): x and out change, the rest is fixed
-        operands, scalars = bound[1:4], bound[5:]
-
-        def direct(x, out):
-            run(x, *operands, out, *scalars)
-        return direct
+        return main  # direct(x, out), or None
     block = 256
     finish_kernel, finish_grid = sparse_gemv_triton.sparse_gemv_finish_kernel, (-(-n // block), tokens)
     finish_args = (target, bias_arg, out, tokens, n, splits, out.stride(0))
     finish_meta = dict(HAS_BIAS=bias is not None, BLOCK=block)
     finished = finish_kernel[finish_grid](*finish_args, **finish_meta)
-    finish = _runner(finish_kernel, finished, finish_grid, finish_args, finish_meta) if main is not None else None
-    if main is None or finish is None:
+    if main is None:
         return None
-    (run, bound), (run_finish, finish_bound) = main, finish  # finish: (partials, bias, out, scalars...)
-    operands, scalars, finish_bias, finish_scalars = bound[1:4], bound[5:], finish_bound[1], finish_bound[3:]
+    finish = _direct_runner(finish_kernel, finished, finish_grid, finish_args, finish_meta, ("partial_ptr", "out_ptr"),
+                            static)
+    if finish is None:
+        return None
     partials = (splits, tokens, n)
 
     def direct_split(x, out):
         target = torch.empty(partials, device=out.device, dtype=torch.float32)
-        run(x, *operands, target, *scalars)
-        run_finish(target, finish_bias, out, *finish_scalars)
+        main(x, target)
+        finish(target, out)
+    direct_split.launcher = main.launcher if main.launcher == finish.launcher else "mixed"
     return direct_split
 
 
@@ -280,6 +280,91 @@ def _runner(jit_fn, compiled, grid: tuple, args: tuple, kwargs: dict):
         return None
     grid = tuple(grid) + (1,) * (3 - len(grid))  # the compiled runner reads all three axes; the JIT pads them
     return compiled[grid], [named[name] for name in jit_fn.arg_names]
+
+
+def _direct_runner(jit_fn, compiled, grid: tuple, args: tuple, kwargs: dict, changing: tuple[str, str],
+                   static: bool = True):
+    """``launch(a, b)``: this launch again with the two ``changing`` parameters (by name, in signature order) set to
+    a and b and every other argument as now, past the JIT; None where `_runner` gives none. ``launch.launcher``:
+    "static" (PyTorch's launcher, `_static_launch`, where ``static``, `STATIC_LAUNCH` and this torch allow) or
+    "triton" (the compiled kernel's own, ``compiled[grid]``)."""
+    bound = _runner(jit_fn, compiled, grid, args, kwargs)
+    if bound is None:
+        return None
+    run, values = bound
+    first, second = (jit_fn.arg_names.index(name) for name in changing)
+    launch = _static_launch(compiled, grid, jit_fn.arg_names, values, first, second) if static and STATIC_LAUNCH \
+        else None
+    if launch is not None:
+        return launch
+    head, middle, tail = values[:first], values[first + 1:second], values[second + 1:]
+
+    def triton_launch(a, b):
+        run(*head, a, *middle, b, *tail)
+    triton_launch.launcher = "triton"
+    return triton_launch
+
+
+class _KernelView:
+    """A `CompiledKernel` as PyTorch's static launcher reads one, without a cubin file of its own: the kernel is
+    already loaded (the JIT launched it), so its function handle is reused and no module is loaded or unloaded."""
+
+    def __init__(self, compiled):
+        self._compiled, self._cubin_path = compiled, None
+
+    def __getattr__(self, name):
+        return getattr(self._compiled, name)
+
+
+def _static_kernel_class():
+    try:  # torch >= 2.12 (the launcher also serves XPU there)
+        from torch._inductor.runtime.static_triton_launcher import StaticallyLaunchedCudaKernel
+    except ImportError:
+        from torch._inductor.runtime.static_cuda_launcher import StaticallyLaunchedCudaKernel
+    return StaticallyLaunchedCudaKernel
+
+
+def _static_launch(compiled, grid: tuple, arg_names: list[str], values: list, first: int, second: int):
+    """``launch(a, b)`` through PyTorch's C++ launcher for Triton cubins (``torch._C._StaticCudaLauncher``, what
+    torch.compile launches its Triton kernels with), or None where it cannot take this kernel (no such launcher in
+    this torch, launch hooks set, a scratch buffer needed, an argument type it has no code for).
+
+    Why: Triton's own launch path runs ~6 Python frames per launch (the runner, launch metadata, hooks, scratch
+    allocation, the current device and stream) before its C launcher; at one decode token that was about half of
+    a SLoPe layer's host time (`performance_experiments.profile_host`). This one is a single C call. It takes only
+    the arguments the cubin has: Triton drops constexprs and the integers it specialised (== 1), so the positions
+    kept are read from the compiled kernel's signature; `GemvPlan` checks its first launch against the JIT's."""
+    try:
+        static = _static_kernel_class()(_KernelView(compiled))
+        function, signature = compiled.function, compiled.src.signature
+        def index(key):  # Triton keys parameters by name, by index, or (3.3+) by a path tuple (index,)
+            key = key[0] if isinstance(key, tuple) else key
+            return arg_names.index(key) if isinstance(key, str) else key
+
+        constants = {index(key) for key in getattr(compiled.src, "constants", {})}
+        by_index = {index(key): kind for key, kind in signature.items()}
+        kept = [i for i in sorted(by_index) if by_index[i] != "constexpr" and i not in constants]
+        scratch = (None,) * (static.has_global_scratch + static.has_profile_scratch)
+        arg_tys = static.arg_tys + "O" * len(scratch)
+        c_launch, warps, shared = static.C_impl._launch_kernel, static.num_warps, static.shared
+        device, raw_stream = torch.cuda.current_device(), torch._C._cuda_getCurrentRawStream
+    except Exception:  # noqa: BLE001 - any torch/Triton this launcher does not fit: Triton's launcher stays
+        return None
+    if function is None or first not in kept or second not in kept or len(kept) + len(scratch) != len(arg_tys):
+        return None
+    # tensors as their addresses: the launcher takes an int as is, but asks the driver about every other pointer
+    # object (a driver call per argument per launch); the plan holds the operands, so the addresses stay valid
+    fixed = [values[i].data_ptr() if isinstance(values[i], torch.Tensor) else values[i] for i in kept]
+    at_first, at_second = kept.index(first), kept.index(second)
+    head, middle = tuple(fixed[:at_first]), tuple(fixed[at_first + 1:at_second])
+    tail = tuple(fixed[at_second + 1:]) + scratch
+    grid_x, grid_y, grid_z = tuple(grid) + (1,) * (3 - len(grid))
+
+    def static_launch(a, b):
+        c_launch(function, grid_x, grid_y, grid_z, warps, shared, arg_tys,
+                 (*head, a.data_ptr(), *middle, b.data_ptr(), *tail), raw_stream(device))
+    static_launch.launcher = "static"
+    return static_launch
 
 
 _TUNED: dict[tuple, object] = {}  # launch key -> the triton.Config the autotuner chose for it
@@ -309,10 +394,12 @@ class GemvPlan:
     callback, for the split-K finish kernel a second time — was most of a SLoPe layer's. So a call with a new key
     (tokens, x's and out's row strides, 16-byte alignment and dtypes, form) goes through the JIT (autotuning and
     compiling as needed) and, once the autotuner has chosen, keeps what it launched; later calls with that key
-    launch the same compiled kernels directly
-    (`triton.compiler.CompiledKernel[grid]`, the arguments in the order the JIT binds them). The key holds every
-    argument value Triton specialises on that can change between calls, so a direct launch runs exactly the kernel
-    the JIT would pick. ``SLOPE_GEMV_DIRECT_LAUNCH=0`` (or `DIRECT_LAUNCH` = False) turns it off.
+    launch the same compiled kernels directly: through PyTorch's C++ launcher for Triton cubins where it fits
+    (`_static_launch`; checked bit for bit against the JIT's result on the key's first launch) or else the
+    compiled kernel's own (`triton.compiler.CompiledKernel[grid]`, the arguments in the order the JIT binds them);
+    `launchers` says which ran. The key holds every argument value Triton specialises on that can change between
+    calls, so a direct launch runs exactly the kernel the JIT would pick. ``SLOPE_GEMV_DIRECT_LAUNCH=0`` (or
+    `DIRECT_LAUNCH` = False) turns direct launches off, ``SLOPE_GEMV_STATIC_LAUNCH=0`` PyTorch's launcher.
 
     The plan keeps references to the operands: build a new one when they are reallocated.
     """
@@ -323,12 +410,17 @@ class GemvPlan:
         self.mask_layout = mask_layout
         self._direct: dict[tuple, object] = {}
 
+    def launchers(self) -> set[str]:
+        """Which launchers this plan's direct launches use ("static", "triton"; "mixed": a split-K launch whose
+        two kernels use different ones); empty while every launch went through the JIT."""
+        return {direct.launcher for direct in self._direct.values()}
+
     def __call__(self, x: torch.Tensor, out: torch.Tensor, form: str = "auto") -> torch.Tensor:
         tokens = x.shape[0]
         if not tokens:
             return out
         key = (tokens, x.stride(0), out.stride(0), x.data_ptr() % 16 == 0, out.data_ptr() % 16 == 0, x.dtype,
-               out.dtype, form)
+               out.dtype, form, STATIC_LAUNCH)
         direct = self._direct.get(key)
         if direct is not None and DIRECT_LAUNCH:
             try:
@@ -336,22 +428,51 @@ class GemvPlan:
                 return out
             except TypeError as error:  # a Triton whose launcher takes other arguments: the JIT path stays correct
                 _turn_off_direct_launch(error)
-        direct = _launch(x, *self._operands[:3], out, *self._operands[3:], form, None, self.mask_layout)
+        # under CUDA graph capture the static launch cannot be checked (that reads the result back): Triton's
+        # launcher then, as the JIT would launch
+        static = not torch.cuda.is_available() or not torch.cuda.is_current_stream_capturing()
+        direct = self._launch(x, out, form, static)
+        if direct is not None and direct.launcher != "triton" and not self._same_as_jit(direct, x, out):
+            direct = self._launch(x, out, form, static=False)
         if direct is not None:
             self._direct[key] = direct
         return out
 
+    def _launch(self, x, out, form, static: bool):
+        return _launch(x, *self._operands[:3], out, *self._operands[3:], form, None, self.mask_layout, static=static)
+
+    @staticmethod
+    def _same_as_jit(direct, x: torch.Tensor, out: torch.Tensor) -> bool:
+        """Whether ``direct`` (through PyTorch's launcher) gives bit for bit what the JIT just wrote to ``out``: the
+        same compiled kernel, so anything else means it was handed other arguments than the JIT would pass. Once
+        per plan key; a mismatch or an error warns and the plan keeps Triton's launcher for that key."""
+        check = torch.empty_strided(out.shape, out.stride(), device=out.device, dtype=out.dtype)
+        try:
+            direct(x, check)
+            same = torch.equal(check, out)
+        except Exception as error:  # noqa: BLE001 - the launcher refused these arguments: Triton's launches
+            same, why = False, f"it failed ({error})"
+        else:
+            why = "its result differs from the JIT's"
+        if not same:
+            warnings.warn(f"sparse_gemv: PyTorch's static launcher does not fit this Triton kernel: {why}; this "
+                          "shape launches through Triton's own launcher (correct, more host time per call)",
+                          stacklevel=4)
+        return same
+
 
 @contextlib.contextmanager
-def direct_launch(enabled: bool):
+def direct_launch(enabled: bool, *, static: bool | None = None):
     """Within the block, `GemvPlan` launches directly (True) or every launch goes through Triton's JIT (False);
-    the setting before it comes back after. For benchmarks that time both paths in one process."""
-    global DIRECT_LAUNCH
-    previous, DIRECT_LAUNCH = DIRECT_LAUNCH, enabled
+    ``static`` (None: as it is) turns PyTorch's launcher for the direct launches on or off. The settings before it
+    come back after. For benchmarks that time the paths in one process."""
+    global DIRECT_LAUNCH, STATIC_LAUNCH
+    previous = DIRECT_LAUNCH, STATIC_LAUNCH
+    DIRECT_LAUNCH, STATIC_LAUNCH = enabled, STATIC_LAUNCH if static is None else static
     try:
         yield
     finally:
-        DIRECT_LAUNCH = previous
+        DIRECT_LAUNCH, STATIC_LAUNCH = previous
 
 
 def _turn_off_direct_launch(error: Exception) -> None:
