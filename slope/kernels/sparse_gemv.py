@@ -32,9 +32,11 @@ still on OPT-13B fc1; bench_decode_metadata_h200.csv and ``_v1``, the byte reads
 
 ``values`` may also be a (tiles, rows per tile, K/2) strided view (a tiled layer's W_R inside its packed buffer);
 ``out`` may be a column block of a wider buffer (unit column stride). A caller that runs one weight many times
-holds a `GemvPlan`, which launches the compiled kernels past Triton's per-call dispatch (host time per 1-token
-layer call on the H100 machine: 39-69 µs instead of 88-150 µs, results/bench_inference_h100.csv ``decode_host``
-rows, ae4c28e). Triton is imported lazily; on CPU it runs only under ``TRITON_INTERPRET=1`` (the tests).
+holds a `GemvPlan`, which launches the compiled kernels past Triton's per-call dispatch, through PyTorch's C++
+launcher where it fits (host time per 1-token rank-0 layer call on the H200 machine: 22-26 µs, against 25-36 µs
+with Triton's own launcher, 58-74 µs through the JIT and 19-28 µs for dense nn.Linear, same process, 4598767,
+results/logs/bench_decode_host_launchers_h200.csv; on the H100 machine Triton's launcher took 39-69 µs against the
+JIT's 88-150 µs, results/bench_inference_h100.csv ``decode_host`` rows, ae4c28e). Triton is imported lazily; on CPU it runs only under ``TRITON_INTERPRET=1`` (the tests).
 """
 from __future__ import annotations
 
