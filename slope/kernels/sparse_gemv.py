@@ -36,7 +36,8 @@ holds a `GemvPlan`, which launches the compiled kernels past Triton's per-call d
 launcher where it fits (host time per 1-token rank-0 layer call on the H200 machine: 22-26 µs, against 25-36 µs
 with Triton's own launcher, 58-74 µs through the JIT and 19-28 µs for dense nn.Linear, same process, 4598767,
 results/logs/bench_decode_host_launchers_h200.csv; on the H100 machine Triton's launcher took 39-69 µs against the
-JIT's 88-150 µs, results/bench_inference_h100.csv ``decode_host`` rows, ae4c28e). Triton is imported lazily; on CPU it runs only under ``TRITON_INTERPRET=1`` (the tests).
+JIT's 88-150 µs, results/bench_inference_h100.csv ``decode_host`` rows, ae4c28e). Triton is imported lazily; on
+CPU it runs only under ``TRITON_INTERPRET=1`` (the tests).
 """
 from __future__ import annotations
 
@@ -339,6 +340,7 @@ def _static_launch(compiled, grid: tuple, arg_names: list[str], values: list, fi
     try:
         static = _static_kernel_class()(_KernelView(compiled))
         function, signature = compiled.function, compiled.src.signature
+
         def index(key):  # Triton keys parameters by name, by index, or (3.3+) by a path tuple (index,)
             key = key[0] if isinstance(key, tuple) else key
             return arg_names.index(key) if isinstance(key, str) else key
