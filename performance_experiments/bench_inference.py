@@ -270,19 +270,26 @@ def _metadata_read(layer, label: str, metadata_labels: dict) -> str:
     return "; metadata read in " + ("8-byte words" if mode == 2 else "bytes")
 
 
-def bench_decode_host(rows: list[dict], shape: str, dtype: torch.dtype, cfg: InferenceBenchConfig) -> None:
+def decode_host_layers(d_out: int, d_in: int, dtype: torch.dtype, ranks) -> dict:
+    """The layers whose one-token host cost is compared (``decode_host`` rows, `profile_host`): dense nn.Linear, and
+    SLoPe at each rank label through cuSPARSELt and through the few-token kernel."""
     from slope.inference import SLoPeInferenceLinear
+
+    calls = {"dense nn.Linear": torch.nn.Linear(d_in, d_out, device="cuda", dtype=dtype)}
+    for label in ranks:
+        rank = max(1, round(RANK_FRACTIONS[label] * d_in)) if RANK_FRACTIONS[label] else 0
+        for kernel, threshold in (("cusparselt", 0), ("sparse_gemv", 1)):
+            calls[f"slope {label} {kernel}"] = SLoPeInferenceLinear.from_layer(
+                _simulated_layer(d_in, d_out, rank, dtype), few_token_kernel_tokens=threshold)
+    return calls
+
+
+def bench_decode_host(rows: list[dict], shape: str, dtype: torch.dtype, cfg: InferenceBenchConfig) -> None:
     from slope.kernels import sparse_gemv
 
     d = int(shape.split("x")[0])  # square
     x = torch.randn(1, d, device="cuda", dtype=dtype)
-    dense = torch.nn.Linear(d, d, device="cuda", dtype=dtype)
-    calls = {"dense nn.Linear": dense}
-    for label in cfg.decode_ranks:
-        rank = max(1, round(RANK_FRACTIONS[label] * d)) if RANK_FRACTIONS[label] else 0
-        for kernel, threshold in (("cusparselt", 0), ("sparse_gemv", 1)):
-            calls[f"slope {label} {kernel}"] = SLoPeInferenceLinear.from_layer(
-                _simulated_layer(d, d, rank, dtype), few_token_kernel_tokens=threshold)
+    calls = decode_host_layers(d, d, dtype, cfg.decode_ranks)
     # the few-token kernel three times: launched directly (the default: PyTorch's static launcher where it fits),
     # directly through the compiled kernel's own launcher, and every launch through Triton's JIT dispatch (what it
     # cost before `sparse_gemv.GemvPlan`); same layers, same process

@@ -189,10 +189,10 @@ def to_inference(variant: Variant, dtype: torch.dtype, *, prepare: bool = True, 
 
 def launchers_note(layers) -> str:
     """Which launchers the few-token kernel's direct launches went through in these layers, once they have run
-    (`slope.kernels.sparse_gemv.GemvPlan.launchers`): "static" (PyTorch's C++ launcher), "triton" (the compiled
+    (`slope.inference.SLoPeInferenceLinear.few_token_launchers`): "static" (PyTorch's C++ launcher), "triton" (the compiled
     kernel's own); empty where no plan launched directly."""
-    used = sorted({name for layer in layers for plan in (getattr(layer, "_gemv_plans", None) or ())
-                   for name in plan.launchers()})
+    used = sorted(set().union(*(layer.few_token_launchers() for layer in layers
+                                if hasattr(layer, "few_token_launchers"))))
     return f"; few-token direct launches: {'+'.join(used)} launcher" if used else ""
 
 

@@ -13,28 +13,18 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import csv
 import io
 import pstats
 from pathlib import Path
 
 import torch
 
+from experiments.atomic import atomic_open
 from experiments.bench import host_time_us
-from experiments.provenance import provenance
-from performance_experiments.bench_inference import RANK_FRACTIONS, _simulated_layer
+from experiments.results_io import write_rows
+from performance_experiments.bench_inference import decode_host_layers
 
-
-def variants(d_out: int, d_in: int, dtype: torch.dtype, ranks: list[str]) -> dict:
-    from slope.inference import SLoPeInferenceLinear
-
-    calls = {"dense nn.Linear": torch.nn.Linear(d_in, d_out, device="cuda", dtype=dtype)}
-    for label in ranks:
-        rank = max(1, round(RANK_FRACTIONS[label] * d_in)) if RANK_FRACTIONS[label] else 0
-        for kernel, threshold in (("cusparselt", 0), ("sparse_gemv", 1)):
-            calls[f"slope {label} {kernel}"] = SLoPeInferenceLinear.from_layer(
-                _simulated_layer(d_in, d_out, rank, dtype), few_token_kernel_tokens=threshold)
-    return calls
+COLUMNS = ("shape", "dtype", "variant", "host_us_median", "host_us_min", "host_us_max")
 
 
 def profile_calls(fn, x: torch.Tensor, calls: int, top: int = 25) -> str:
@@ -67,28 +57,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    meta = provenance()
     rows = []
     with torch.no_grad():
         for shape in args.shapes.split(","):
             d_out, d_in = (int(v) for v in shape.split("x"))
             x = torch.randn(1, d_in, device="cuda", dtype=dtype)
-            for name, fn in variants(d_out, d_in, dtype, args.ranks.split(",")).items():
+            for name, fn in decode_host_layers(d_out, d_in, dtype, args.ranks.split(",")).items():
                 for _ in range(50):
                     fn(x)  # tunes, compiles and caches the launch before anything is timed
                 torch.cuda.synchronize()
                 us = sorted(host_time_us(lambda: fn(x)) for _ in range(5))
                 label = f"{shape} {name}".replace(" ", "_").replace("%", "pct")
-                (args.output_dir / f"host_profile_{label}.txt").write_text(
-                    f"{shape} {name}, {args.dtype}, 1 token: {us[2]:.1f} us per call (median of 5)\n"
-                    + profile_calls(fn, x, args.calls))
+                with atomic_open(args.output_dir / f"host_profile_{label}.txt") as handle:
+                    handle.write(f"{shape} {name}, {args.dtype}, 1 token: {us[2]:.1f} us per call (median of 5)\n"
+                                 + profile_calls(fn, x, args.calls))
                 rows.append({"shape": shape, "dtype": args.dtype, "variant": name, "host_us_median": round(us[2], 2),
-                             "host_us_min": round(us[0], 2), "host_us_max": round(us[-1], 2), **meta})
+                             "host_us_min": round(us[0], 2), "host_us_max": round(us[-1], 2)})
                 print(f"{shape:>12} {name:28} {us[2]:8.1f} us", flush=True)
-    with open(args.output_dir / "host_profile.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(args.output_dir / "host_profile.csv", rows, columns=COLUMNS, append=False)  # atomic, with provenance
 
 
 if __name__ == "__main__":

@@ -389,6 +389,11 @@ class SLoPeInferenceLinear(SparseLinearBase):
         self._gemv_plans = plans
         return plans
 
+    def few_token_launchers(self) -> set[str]:
+        """Which launchers the few-token kernel's direct launches used in this layer so far
+        (`slope.kernels.sparse_gemv.GemvPlan.launchers`); empty before any ran."""
+        return set().union(*(plan.launchers() for plan in self._gemv_plans or ()))
+
     def _few_token_forward(self, x2d: torch.Tensor) -> torch.Tensor:
         plans = self._gemv_plans or self._make_gemv_plans()
         if len(plans) == 1:  # no adapters: one launch into the result
