@@ -262,7 +262,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
         self._gemv_plans = None  # the adapter rows' mask is a new tensor
         # R in the layer's dtype for the merge, cast once here instead of per call (a view where R already has
         # that dtype; a rebuild follows any change to R: `_fingerprint`)
-        self._merge_right = None if self.lora_right is None else self.lora_right.detach().to(self.dtype)
+        self._merge_right = None if self.lora_right is None else self.lora_right.detach().to(self.dtype).contiguous()
         self._merge_rank = self.lora_rank
         self._built_from = self._fingerprint()
 
@@ -376,12 +376,14 @@ class SLoPeInferenceLinear(SparseLinearBase):
     def _make_gemv_plans(self) -> tuple:
         # the operands were checked once (`_refresh_tiles`), so the plans launch without per-call checks
         n, tile_rows, tile_stride = self._values_geometry
-        if self.mask_in_metadata:  # the masks are read from the metadata inside `packed`
-            plans = (gemv.GemvPlan(self.values, self.packed, self._dense_bias, n, self.in_features, tile_rows,
-                                   tile_stride, mask_layout="cusparselt"),)
-        else:
-            plans = (gemv.GemvPlan(self.values, self.mask_nibbles, self._dense_bias, n, self.in_features, tile_rows,
-                                   tile_stride),)
+        masks, layout = (self.packed, "cusparselt") if self.mask_in_metadata else (self.mask_nibbles, "nibbles")
+        # With adapters, Z = X·L_p comes first, as the adapter rows' fp32 split-K partials (`GemvPlan.partials`),
+        # and the W_R launch adds Z·R/r in its epilogue (`sparse_gemv_triton`'s MERGE): no torch.addmm and no
+        # (tokens, d_out + r) buffer, whose host time at one token exceeded the SpMVs' own
+        merge = {} if self._merge_right is None else dict(adapter_right=self._merge_right,
+                                                          adapter_scale=1.0 / self._merge_rank)
+        plans = (gemv.GemvPlan(self.values, masks, self._dense_bias, n, self.in_features, tile_rows, tile_stride,
+                               mask_layout=layout, **merge),)
         if self.lora_left is not None:
             n, tile_rows, tile_stride = self._adapter_geometry
             plans += (gemv.GemvPlan(self._adapter_values, self.adapter_nibbles, None, n, self.in_features, tile_rows,
@@ -399,10 +401,10 @@ class SLoPeInferenceLinear(SparseLinearBase):
         if len(plans) == 1:  # no adapters: one launch into the result
             return plans[0](x2d, torch.empty(x2d.shape[0], self.out_features, device=x2d.device, dtype=self.dtype),
                             self.few_token_form)
-        out = torch.empty(x2d.shape[0], self.out_features + self.adapter_rows, device=x2d.device, dtype=self.dtype)
-        plans[0](x2d, out[:, : self.out_features], self.few_token_form)
-        plans[1](x2d, out[:, self.out_features:], self.few_token_form)
-        return self._merge_adapters(out)
+        main, adapter = plans  # Y = X·W_Rᵀ + b + Z·R/r, Z from the adapter rows (`_make_gemv_plans`)
+        z = adapter.partials(x2d, self.few_token_form)
+        return main(x2d, torch.empty(x2d.shape[0], self.out_features, device=x2d.device, dtype=self.dtype),
+                    self.few_token_form, z)
 
     def _merge_adapters(self, out: torch.Tensor) -> torch.Tensor:
         if self._merge_right is None:

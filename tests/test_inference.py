@@ -80,13 +80,16 @@ def test_merged_tiled_output_matches_fp64_reference(dtype, tiling, rank, bias, t
     assert fast.rows == tile_rows(256, 64, fast.adapter_rows, tiling)
     x = torch.randn(tokens, 64, device="cuda", dtype=dtype)
     reference = _reference(layer, x)
-    plan_call = sparse_gemv.GemvPlan.__call__
+    plan_call, plan_partials = sparse_gemv.GemvPlan.__call__, sparse_gemv.GemvPlan.partials
     with torch.no_grad(), mock.patch.object(sparse_gemv.GemvPlan, "__call__", autospec=True,
-                                            side_effect=plan_call) as kernel:
+                                            side_effect=plan_call) as kernel, \
+            mock.patch.object(sparse_gemv.GemvPlan, "partials", autospec=True, side_effect=plan_partials) as rows:
         y = fast(x)
         # by the third call the few-token plans launch their compiled kernels directly: the same numbers
         assert torch.equal(fast(x), y) and torch.equal(fast(x), y)
-    assert kernel.call_count == 3 * (0 if tokens > few_token_kernel else 2 if rank else 1)  # W_R (+ adapter rows)
+    few = tokens <= few_token_kernel
+    assert kernel.call_count == 3 * few  # W_R, with the adapter term in its epilogue
+    assert rows.call_count == 3 * (few and rank > 0)  # the adapter rows' Z, first
     with torch.no_grad():
         layer.merge_adapter() if rank else None
         simulated = layer(x)

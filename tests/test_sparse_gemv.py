@@ -128,6 +128,76 @@ def test_split_k_for_few_rows_and_long_k(device, dtype, tokens, monkeypatch):
         assert not wide[:, :8].any()
 
 
+def _adapter_case(n, k, tokens, rank, device, dtype, bias):
+    """A weight, an adapter of ``rank`` columns inside 32 adapter rows (all nonzero: reading a column past the rank
+    shows), R, the inputs and the fp64 reference with the merged-adapter term."""
+    dense, values, nibbles = _sparse(n, k, device, dtype)
+    left, left_values, left_nibbles = _sparse(32, k, device, dtype)
+    right = torch.randn(rank, n, device=device).to(dtype)
+    x = torch.randn(tokens, k, device=device).to(dtype)
+    b = torch.randn(n, device=device).to(dtype) if bias else None
+    scale = 1 / rank
+    z = x.double() @ left.double().t()
+    reference = x.double() @ dense.double().t() + scale * z[:, :rank] @ right.double() + (0 if b is None else b.double())
+    # torch's rounding (Z stored at this dtype, as the unfused merge does; fp32 sums) bounds ours, with 2x slack
+    z_rounded = (x.float() @ left.float().t()).to(dtype)[:, :rank]
+    torch_result = (x.float() @ dense.float().t() + scale * z_rounded.float() @ right.float()
+                    + (0 if b is None else b.float())).to(dtype)
+    bound = 2 * (torch_result.double() - reference).abs().max().item() + 1e-5 * reference.abs().max().item()
+    return (values, nibbles, b), (left_values, left_nibbles), right, scale, x, reference, bound
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("tokens", [1, 3, 20])  # fma, fma over 3 token blocks, dot (the tensor-core merge)
+@pytest.mark.parametrize("k", [256, 2304])  # 2304: both the 40 rows and the adapter rows split K (finish kernel)
+@pytest.mark.parametrize("bias", [False, True])
+def test_adapter_term_in_the_epilogue_matches_fp64_reference(device, dtype, tokens, k, bias):
+    """Y = x·Wᵀ + b + Z·R/r, Z = x·L_pᵀ from the adapter rows' fp32 partials (`GemvPlan.partials`), added by the W
+    launch: in its store, or under split K in the finish kernel; through a plan and through `sparse_gemv`."""
+    from slope.kernels.sparse_gemv import GemvPlan, geometry, split_k
+
+    n, rank = 40, 5
+    (values, nibbles, b), (left_values, left_nibbles), right, scale, x, reference, bound = _adapter_case(
+        n, k, tokens, rank, device, dtype, bias)
+    assert (split_k(n, k) > 1) == (k == 2304) and (split_k(32, k) > 1) == (k == 2304)
+    rows = GemvPlan(left_values, left_nibbles, None, 32, k, *geometry(left_values, k)[1:])
+    z = rows.partials(x)
+    assert z.dtype == torch.float32 and z.shape == (1 + (k == 2304), tokens, 32)
+    plan = GemvPlan(values, nibbles, b, n, k, *geometry(values, k)[1:], adapter_right=right, adapter_scale=scale)
+    for result in (plan(x, torch.empty(tokens, n, device=device, dtype=dtype), "auto", z),
+                   sparse_gemv(x, values, nibbles, b, adapter=(z, right, scale)),
+                   sparse_gemv(x, values, nibbles, b, adapter=(z.sum(0), right, scale))):  # Z whole, 2-D
+        assert result.dtype == dtype
+        assert (result.double() - reference).abs().max().item() <= bound
+
+
+def test_adapter_operands_are_checked():
+    from slope.kernels.sparse_gemv import GemvPlan, geometry
+
+    (values, nibbles, _), (left_values, left_nibbles), right, scale, x, _, _ = _adapter_case(
+        16, 64, 2, 4, "cpu", torch.float16, False)
+    plain = GemvPlan(values, nibbles, None, 16, 64, *geometry(values, 64)[1:])
+    rows = GemvPlan(left_values, left_nibbles, None, 32, 64, *geometry(left_values, 64)[1:])
+    z = rows.partials(x)
+    with pytest.raises(ValueError, match="z .* goes with a plan built with adapter_right"):
+        plain(x, torch.empty(2, 16).half(), "auto", z)
+    merged = GemvPlan(values, nibbles, None, 16, 64, *geometry(values, 64)[1:], adapter_right=right)
+    with pytest.raises(ValueError, match="this plan has an adapter"):
+        merged(x, torch.empty(2, 16).half())
+    with pytest.raises(ValueError, match="partial sums"):
+        merged.partials(x)
+    with pytest.raises(ValueError, match="adapter_right must be .rank, N = 16."):
+        GemvPlan(values, nibbles, None, 16, 64, *geometry(values, 64)[1:], adapter_right=right.t())
+    with pytest.raises(ValueError, match="adapter right must be"):
+        sparse_gemv(x, values, nibbles, adapter=(z, right[:, :8], scale))
+    with pytest.raises(ValueError, match="adapter z must be .tokens = 2, >= rank = 4."):
+        sparse_gemv(x, values, nibbles, adapter=(z[:, :1], right, scale))
+    with pytest.raises(ValueError, match="adapter z must be floating point"):
+        sparse_gemv(x, values, nibbles, adapter=(z.int(), right, scale))
+    with pytest.raises(ValueError, match="tuple"):
+        sparse_gemv(x, values, nibbles, adapter=[z, right, scale])
+
+
 def test_launch_skips_the_autotuner_once_it_chose_a_config(monkeypatch):
     """The first launch of a key goes through the autotuner; later ones straight to the JIT function with the
     config it chose (same constexprs), and a new key goes through the autotuner again."""
@@ -199,6 +269,36 @@ def test_plan_launches_the_compiled_kernels_directly_with_the_jits_numbers(dtype
         monkeypatch.setattr(module, "DIRECT_LAUNCH", False)
         plan(x, torch.empty(tokens, n, device="cuda", dtype=dtype), form)
         assert jit.call_count == calls + 1  # off: through the JIT every time
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("n,k,tokens", [(48, 256, 1), (24, 2304, 1), (24, 2304, 20), (5120, 5120, 1),
+                                        (5120, 5120, 8), (512, 512, 32)])  # rows 24 and 5120²: split K
+@pytest.mark.parametrize("static", [True, False], ids=["static-launcher", "triton-launcher"])
+def test_merged_plan_launches_directly_with_the_jits_numbers(dtype, n, k, tokens, static, monkeypatch):
+    """The adapter rows' partials and the merged W launch (three changing arguments: x, out, z) launched directly
+    give the JIT's numbers bit for bit, and the fp64 reference's within rounding."""
+    from slope.kernels import sparse_gemv as module
+    from slope.kernels.sparse_gemv import GemvPlan, geometry
+
+    monkeypatch.setattr(module, "STATIC_LAUNCH", static)
+    (values, nibbles, b), (left_values, left_nibbles), right, scale, x, reference, bound = _adapter_case(
+        n, k, tokens, 20, "cuda", dtype, True)
+    rows = GemvPlan(left_values, left_nibbles, None, 32, k, *geometry(left_values, k)[1:])
+    plan = GemvPlan(values, nibbles, b, n, k, *geometry(values, k)[1:], adapter_right=right, adapter_scale=scale)
+    z = module.sparse_gemv(x, left_values, left_nibbles)  # Z through the JIT, whole
+    for _ in range(4):  # JIT (autotune), JIT (kept), then direct launches
+        partial = rows.partials(x)
+        result = plan(x, torch.empty(tokens, n, device="cuda", dtype=dtype), "auto", partial)
+        assert torch.allclose(partial.sum(0).to(dtype), z, rtol=1e-2, atol=1e-2)
+        assert (result.double() - reference).abs().max().item() <= bound
+    assert plan.launchers() == rows.launchers() == {"static" if static else "triton"}
+    again = plan(x, torch.empty(tokens, n, device="cuda", dtype=dtype), "auto", partial)
+    assert torch.equal(again, result)
+    if partial.shape[0] == 1:  # one piece: the sum is Z as the JIT computed it, so the merged result is too
+        assert torch.equal(result, module.sparse_gemv(x, values, nibbles, b, adapter=(partial, right, scale)))
 
 
 def test_plan_falls_back_to_the_jit_when_a_direct_launch_fails(monkeypatch):
@@ -357,9 +457,9 @@ def test_metadata_reads_are_right_for_every_row_block_width(meta, block_n, block
     out = torch.empty(tokens, tiles * rows, device=device, dtype=dtype)
     kernel, block_t = (kernels.sparse_gemv_fma_kernel, 1) if fma else (kernels.sparse_gemv_kernel, 16)
     grid = (tiles * rows // block_n, -(-tokens // block_t), 1)
-    kernel.fn[grid](x, view, packed, view, out, tokens, tiles * rows, k, x.stride(0), view.stride(0), rows,
-                    out.stride(0), k, tokens * tiles * rows, HAS_BIAS=False, SPLIT=False, BLOCK_T=block_t, WORDS=32,
-                    META=meta, ESIZE=2, BLOCK_N=block_n, BLOCK_K=block_k)
+    kernel.fn[grid](x, view, packed, view, out, view, view, tokens, tiles * rows, k, x.stride(0), view.stride(0),
+                    rows, out.stride(0), k, tokens * tiles * rows, 0, 0, 0, 0, 0, 0.0, HAS_BIAS=False, SPLIT=False,
+                    MERGE=False, BLOCK_T=block_t, WORDS=32, META=meta, ESIZE=2, BLOCK_N=block_n, BLOCK_K=block_k)
     _check(out, x, sparse[0], None, dtype)
 
 
@@ -390,13 +490,20 @@ def test_static_launch_passes_only_the_cubins_arguments_as_addresses(monkeypatch
     monkeypatch.setattr(module, "_static_kernel_class", lambda: Static)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 1234, raising=False)
-    launch = module._static_launch(Compiled(), (5, 2), names, [None, values_tensor, 1, 512, None, 64], 0, 4)
+    launch = module._static_launch(Compiled(), (5, 2), names, [None, values_tensor, 1, 512, None, 64], [0, 4])
     assert launch.launcher == "static"
     launch(x, out)
     assert launched == [(77, 5, 2, 1, 4, 1024, "OOiOO",
                          (x.data_ptr(), values_tensor.data_ptr(), 512, out.data_ptr(), None), 1234)]
+    launched.clear()  # three changing (a merged launch: x, out and the adapter's partial sums)
+    three = module._static_launch(Compiled(), (5, 2), names, [None, values_tensor, 1, 512, None, 64], [0, 1, 4])
+    z = torch.zeros(5)
+    three(x, z, out)
+    assert launched[0][7] == (x.data_ptr(), z.data_ptr(), 512, out.data_ptr(), None)
+    with pytest.raises(ValueError, match="2 or 3 in signature order"):
+        module._static_launch(Compiled(), (5, 2), names, [None, values_tensor, 1, 512, None, 64], [4, 0])
     Static.__init__ = lambda self, view: (_ for _ in ()).throw(NotImplementedError("launch hooks"))
-    assert module._static_launch(Compiled(), (5, 2), names, [None, values_tensor, 1, 512, None, 64], 0, 4) is None
+    assert module._static_launch(Compiled(), (5, 2), names, [None, values_tensor, 1, 512, None, 64], [0, 4]) is None
 
 
 def test_plan_keeps_tritons_launcher_where_the_static_one_disagrees_with_the_jit(monkeypatch):

@@ -56,7 +56,7 @@ MAX_BLOCK_T = 64  # tokens per program; more tokens take more programs along the
 # (results/sparse_gemv_variants_h100.md) two FMA token blocks ran 0.74-1.00x, the dot form 1.03-1.20x.
 FMA_MAX_TOKENS = 1
 # Part of the cache key of measured kernel-vs-cuSPARSELt choices: bump it when the kernel's speed changes.
-KERNEL_VERSION = 5
+KERNEL_VERSION = 6
 FORMS = ("auto", "fma", "dot")
 # Where the masks come from: "nibbles", one byte per group (N, K/4); "cusparselt", the metadata inside the
 # compressed buffer the values live in (`sparse_gemv_triton`'s META: no mask copy beside cuSPARSELt's buffer).
@@ -119,14 +119,18 @@ def geometry(values: torch.Tensor, k: int) -> tuple[int, int, int]:
 
 def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bias: torch.Tensor | None = None, *,
                 out: torch.Tensor | None = None, form: str = "auto", words: bool | None = None,
-                mask_layout: str = "nibbles") -> torch.Tensor:
-    """out (T, N) = x (T, K) · Wᵀ (+ bias), W given as kept ``values`` and mask ``nibbles`` (see the module doc).
+                mask_layout: str = "nibbles", adapter: tuple | None = None) -> torch.Tensor:
+    """out (T, N) = x (T, K) · Wᵀ (+ bias) (+ scale · Z·R), W given as kept ``values`` and mask ``nibbles`` (see the
+    module doc).
 
     ``form``: ``"fma"`` or ``"dot"`` (tensor cores) kernel; ``"auto"`` takes fma up to `FMA_MAX_TOKENS` tokens.
     ``words``: read the kept values in pairs, as integer words (needs ``values`` aligned to two elements);
     None: the forms in `WORD_LOAD_FORMS` do where the values allow.
     ``mask_layout="cusparselt"``: ``nibbles`` is the compressed uint8 buffer that ``values`` is a view of (one
     cuSPARSELt tile, or equal tiles back to back), and the masks are read from its metadata (`check_metadata_operand`).
+    ``adapter``: (z, right, scale), a merged adapter's term added in the kernel's epilogue: Z = z (T, ≥ rank), or
+    the sum over the first axis of z (pieces, T, ≥ rank) (a `GemvPlan.partials` result), rounded to R's dtype;
+    right R (rank, N). Unit column strides; the first rank columns of Z are read.
     """
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"sparse_gemv: x must be a (tokens, K) matrix with unit column stride, got shape "
@@ -156,9 +160,28 @@ def sparse_gemv(x: torch.Tensor, values: torch.Tensor, nibbles: torch.Tensor, bi
                          f"{2 * values.element_size()}-byte boundary with an even tile stride; got data_ptr % "
                          f"{2 * values.element_size()} = {values.data_ptr() % (2 * values.element_size())}, tile "
                          f"stride {tile_stride} (pass words=False)")
+    if adapter is not None:
+        check_adapter(adapter, tokens, n)
     if tokens and n:
-        launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words, mask_layout)
+        launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words, mask_layout, adapter)
     return out
+
+
+def check_adapter(adapter: tuple, tokens: int, n: int) -> None:
+    """Raise unless ``adapter`` is (z, right, scale) as `sparse_gemv` takes it."""
+    if not isinstance(adapter, tuple) or len(adapter) != 3:
+        raise ValueError("sparse_gemv: adapter must be a tuple (z, right, scale)")
+    z, right, scale = adapter
+    if right.dim() != 2 or right.shape[1] != n or right.stride(1) != 1:
+        raise ValueError(f"sparse_gemv: adapter right must be (rank, N = {n}) with unit column stride, got shape "
+                         f"{tuple(right.shape)} strides {right.stride()}")
+    if z.dim() not in (2, 3) or z.shape[-2] != tokens or z.shape[-1] < right.shape[0] or z.stride(-1) != 1:
+        raise ValueError(f"sparse_gemv: adapter z must be (tokens = {tokens}, >= rank = {right.shape[0]}) or "
+                         f"(pieces, tokens, >= rank) with unit column stride, got shape {tuple(z.shape)} strides "
+                         f"{z.stride()}")
+    if not z.is_floating_point() or z.device != right.device or not isinstance(scale, (int, float)):
+        raise ValueError(f"sparse_gemv: adapter z must be floating point on R's device and scale a number, got "
+                         f"z {z.dtype} on {z.device}, R on {right.device}, scale {scale!r}")
 
 
 def check_metadata_operand(values: torch.Tensor, packed: torch.Tensor, n: int, k: int, tile_rows: int,
@@ -195,71 +218,104 @@ def word_aligned(values: torch.Tensor, tile_stride: int) -> bool:
 
 
 def launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_stride: int, form: str = "auto",
-           words: bool | None = None, mask_layout: str = "nibbles"):
+           words: bool | None = None, mask_layout: str = "nibbles", adapter: tuple | None = None):
     """The kernel launch behind `sparse_gemv`, without its checks: for callers that checked their operands once.
     A caller that launches one weight many times (a layer) should hold a `GemvPlan`, which also skips Triton's
     per-call dispatch."""
-    _launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words, mask_layout, keep=False)
+    _launch(x, values, nibbles, bias, out, n, k, tile_rows, tile_stride, form, words, mask_layout, keep=False,
+            adapter=adapter)
     return out
 
 
 def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_stride: int, form: str,
-            words: bool | None, mask_layout: str = "nibbles", keep: bool = True, static: bool = True):
-    """Launch through Triton's JIT. With ``keep`` (a `GemvPlan`), returns a ``direct(x, out)`` that repeats this
-    launch for another x and out of the same geometry past the JIT (its ``launcher`` attribute says which one:
-    `_direct_runner`; ``static=False`` leaves PyTorch's launcher out), or None where the compiled kernels are not
-    at hand; a one-off call (``keep=False``) builds no such runner and returns None."""
+            words: bool | None, mask_layout: str = "nibbles", keep: bool = True, static: bool = True,
+            adapter: tuple | None = None, partials: bool = False):
+    """Launch through Triton's JIT. With ``keep`` (a `GemvPlan`), returns a ``direct(x, out)`` (``direct(x, out, z)``
+    with an ``adapter``) that repeats this launch for other tensors of the same geometry past the JIT (its
+    ``launcher`` attribute says which one: `_direct_runner`; ``static=False`` leaves PyTorch's launcher out), or
+    None where the compiled kernels are not at hand; a one-off call (``keep=False``) builds no such runner.
+
+    ``adapter``: (z, right, scale), the merged-adapter term added to out (`_adapter_arguments`). ``partials``: out
+    is an fp32 `partial_shape` buffer that gets the split-K partial sums as they are, for a later launch to add
+    (the adapter rows' Z); no bias, no finish kernel."""
     from . import sparse_gemv_triton
 
     tokens = x.shape[0]
-    fma = form == "fma" or (form == "auto" and tokens <= FMA_MAX_TOKENS)
-    if fma:
-        kernel, block_t = sparse_gemv_triton.sparse_gemv_fma_kernel, min(FMA_MAX_TOKENS, 1 << (tokens - 1).bit_length())
-    else:  # ≥ 16: tl.dot's minimum; the padded token rows are masked out of the loads and the store
-        kernel, block_t = sparse_gemv_triton.sparse_gemv_kernel, min(MAX_BLOCK_T, max(16, 1 << (tokens - 1).bit_length()))
-    resolved = "fma" if fma else "dot"
+    resolved, block_t, token_blocks, splits, k_chunk = _geometry(tokens, n, k, form, mask_layout)
+    kernel = sparse_gemv_triton.sparse_gemv_fma_kernel if resolved == "fma" else sparse_gemv_triton.sparse_gemv_kernel
     if words is None:
         words = resolved in WORD_LOAD_FORMS and word_aligned(values, tile_stride)
+    grid = lambda meta: (-(-n // meta["BLOCK_N"]), token_blocks, splits)  # noqa: E731
+    bias_arg = bias if bias is not None else values  # never read without HAS_BIAS
+    if partials:
+        target = out
+    else:
+        target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
+    merge = _adapter_arguments(adapter, values)
+    main_merges = adapter is not None and splits == 1 and not partials  # else the finish kernel adds the term
+    meta = dict(HAS_BIAS=bias is not None, SPLIT=splits > 1 or partials, MERGE=main_merges,
+                BLOCK_T=block_t, WORDS=16 * values.element_size() if words else 0,
+                META=metadata_mode(mask_layout, nibbles, values, tile_stride), ESIZE=values.element_size())
+    args = (x, values, nibbles, bias_arg, target, *merge[:2], tokens, n, k, x.stride(0), tile_stride, tile_rows,
+            out.stride(-2), k_chunk, tokens * n, *merge[2:])
+    compiled, config = _launch_tuned(kernel, grid, (kernel, n, k, x.dtype, values.dtype, target.dtype,
+                                                    *meta.values()), args, meta)
+    main_changing = ("x_ptr", "out_ptr", "z_ptr") if main_merges else ("x_ptr", "out_ptr")
+    main = None if compiled is None or not keep else _direct_runner(
+        kernel.fn, compiled, grid(config.kwargs), args, {**meta, **config.kwargs}, main_changing, static)
+    if splits == 1 or partials:
+        return main  # direct(x, out[, z]), or None
+    block = 256
+    finish_kernel, finish_grid = sparse_gemv_triton.sparse_gemv_finish_kernel, (-(-n // block), tokens)
+    finish_args = (target, bias_arg, out, *merge[:2], tokens, n, splits, out.stride(0), *merge[2:])
+    finish_meta = dict(HAS_BIAS=bias is not None, MERGE=adapter is not None, BLOCK=block)
+    finished = finish_kernel[finish_grid](*finish_args, **finish_meta)
+    if main is None:
+        return None
+    finish_changing = ("partial_ptr", "out_ptr", "z_ptr") if adapter is not None else ("partial_ptr", "out_ptr")
+    finish = _direct_runner(finish_kernel, finished, finish_grid, finish_args, finish_meta, finish_changing, static)
+    if finish is None:
+        return None
+    shape = (splits, tokens, n)
+
+    def direct_split(x, out, *z):
+        target = torch.empty(shape, device=out.device, dtype=torch.float32)
+        main(x, target)
+        finish(target, out, *z)
+    direct_split.launcher = main.launcher if main.launcher == finish.launcher else "mixed"
+    return direct_split
+
+
+def _geometry(tokens: int, n: int, k: int, form: str, mask_layout: str) -> tuple[str, int, int, int, int]:
+    """(form resolved, tokens per program, token blocks, split-K pieces, k per piece) of a launch."""
+    fma = form == "fma" or (form == "auto" and tokens <= FMA_MAX_TOKENS)
+    if fma:
+        block_t = min(FMA_MAX_TOKENS, 1 << (tokens - 1).bit_length())
+    else:  # ≥ 16: tl.dot's minimum; the padded token rows are masked out of the loads and the store
+        block_t = min(MAX_BLOCK_T, max(16, 1 << (tokens - 1).bit_length()))
+    resolved = "fma" if fma else "dot"
     token_blocks = -(-tokens // block_t)
     splits = split_k(n, k, token_blocks, resolved)
     # the metadata layout's mask addresses assume every k block starts at a multiple of 32 columns
     align = math.lcm(K_CHUNK_ALIGN, 32) if mask_layout == "cusparselt" else K_CHUNK_ALIGN
     k_chunk = -(-(-(-k // splits)) // align) * align  # ⌈k / splits⌉ rounded up
-    splits = -(-k // k_chunk)
-    grid = lambda meta: (-(-n // meta["BLOCK_N"]), token_blocks, splits)  # noqa: E731
-    bias_arg = bias if bias is not None else values  # never read without HAS_BIAS
-    target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
-    meta = dict(HAS_BIAS=bias is not None, SPLIT=splits > 1, BLOCK_T=block_t,
-                WORDS=16 * values.element_size() if words else 0, META=metadata_mode(mask_layout, nibbles, values,
-                                                                                    tile_stride),
-                ESIZE=values.element_size())
-    args = (x, values, nibbles, bias_arg, target, tokens, n, k, x.stride(0), tile_stride, tile_rows, out.stride(0),
-            k_chunk, tokens * n)
-    compiled, config = _launch_tuned(kernel, grid, (kernel, n, k, x.dtype, values.dtype, target.dtype,
-                                                    *meta.values()), args, meta)
-    main = None if compiled is None or not keep else _direct_runner(
-        kernel.fn, compiled, grid(config.kwargs), args, {**meta, **config.kwargs}, ("x_ptr", "out_ptr"), static)
-    if splits == 1:
-        return main  # direct(x, out), or None
-    block = 256
-    finish_kernel, finish_grid = sparse_gemv_triton.sparse_gemv_finish_kernel, (-(-n // block), tokens)
-    finish_args = (target, bias_arg, out, tokens, n, splits, out.stride(0))
-    finish_meta = dict(HAS_BIAS=bias is not None, BLOCK=block)
-    finished = finish_kernel[finish_grid](*finish_args, **finish_meta)
-    if main is None:
-        return None
-    finish = _direct_runner(finish_kernel, finished, finish_grid, finish_args, finish_meta, ("partial_ptr", "out_ptr"),
-                            static)
-    if finish is None:
-        return None
-    partials = (splits, tokens, n)
+    return resolved, block_t, token_blocks, -(-k // k_chunk), k_chunk
 
-    def direct_split(x, out):
-        target = torch.empty(partials, device=out.device, dtype=torch.float32)
-        main(x, target)
-        finish(target, out)
-    direct_split.launcher = main.launcher if main.launcher == finish.launcher else "mixed"
-    return direct_split
+
+def partial_shape(tokens: int, n: int, k: int, form: str = "auto", mask_layout: str = "nibbles") -> tuple:
+    """Shape of the fp32 buffer a ``partials`` launch writes: (split-K pieces, tokens, n)."""
+    return (_geometry(tokens, n, k, form, mask_layout)[3], tokens, n)
+
+
+def _adapter_arguments(adapter: tuple | None, values: torch.Tensor) -> tuple:
+    """The kernels' merge arguments (z_ptr, right_ptr, z_splits, stride_z_split, stride_z, stride_right, rank,
+    merge_scale) for ``adapter`` = (z, right, scale): z (T, ≥ rank) or (splits, T, ≥ rank) partial sums of Z,
+    right (rank, N); placeholders (never read) without one."""
+    if adapter is None:
+        return values, values, 0, 0, 0, 0, 0, 0.0
+    z, right, scale = adapter
+    splits, stride_split = (z.shape[0], z.stride(0)) if z.dim() == 3 else (1, 0)
+    return z, right, splits, stride_split, z.stride(-2), right.stride(0), right.shape[0], float(scale)
 
 
 def metadata_mode(mask_layout: str, packed: torch.Tensor, values: torch.Tensor, tile_stride: int) -> int:
@@ -285,27 +341,48 @@ def _runner(jit_fn, compiled, grid: tuple, args: tuple, kwargs: dict):
     return compiled[grid], [named[name] for name in jit_fn.arg_names]
 
 
-def _direct_runner(jit_fn, compiled, grid: tuple, args: tuple, kwargs: dict, changing: tuple[str, str],
+def _direct_runner(jit_fn, compiled, grid: tuple, args: tuple, kwargs: dict, changing: tuple[str, ...],
                    static: bool = True):
-    """``launch(a, b)``: this launch again with the two ``changing`` parameters (by name, in signature order) set to
-    a and b and every other argument as now, past the JIT; None where `_runner` gives none. ``launch.launcher``:
-    "static" (PyTorch's launcher, `_static_launch`, where ``static``, `STATIC_LAUNCH` and this torch allow) or
-    "triton" (the compiled kernel's own, ``compiled[grid]``)."""
+    """``launch(*tensors)``: this launch again with the ``changing`` parameters (by name, in signature order) set
+    to those tensors and every other argument as now, past the JIT; None where `_runner` gives none.
+    ``launch.launcher``: "static" (PyTorch's launcher, `_static_launch`, where ``static``, `STATIC_LAUNCH` and this
+    torch allow) or "triton" (the compiled kernel's own, ``compiled[grid]``)."""
     bound = _runner(jit_fn, compiled, grid, args, kwargs)
     if bound is None:
         return None
     run, values = bound
-    first, second = (jit_fn.arg_names.index(name) for name in changing)
-    launch = _static_launch(compiled, grid, jit_fn.arg_names, values, first, second) if static and STATIC_LAUNCH \
-        else None
+    at = [jit_fn.arg_names.index(name) for name in changing]
+    launch = _static_launch(compiled, grid, jit_fn.arg_names, values, at) if static and STATIC_LAUNCH else None
     if launch is not None:
         return launch
-    head, middle, tail = values[:first], values[first + 1:second], values[second + 1:]
+    launch = _inserting(run, values, at)
+    launch.launcher = "triton"
+    return launch
 
-    def triton_launch(a, b):
-        run(*head, a, *middle, b, *tail)
-    triton_launch.launcher = "triton"
-    return triton_launch
+
+def _segments(fixed: list, at: list[int]) -> list[tuple]:
+    """``fixed`` cut around the positions ``at`` (2 or 3, increasing): the runs of arguments between the changing
+    ones, for launch closures that are spelled out rather than looped (they run per launch: host time at decode)."""
+    if sorted(at) != at or len(at) not in (2, 3):
+        raise ValueError(f"sparse_gemv: changing arguments must be 2 or 3 in signature order, got positions {at}")
+    bounds = [-1, *at, len(fixed)]
+    return [tuple(fixed[bounds[i] + 1:bounds[i + 1]]) for i in range(len(bounds) - 1)]
+
+
+def _inserting(run, fixed: list, at: list[int]):
+    """``launch(*changing)`` = run(*fixed with the changing tensors at the positions ``at``)."""
+    segments = _segments(fixed, at)
+    if len(at) == 2:
+        head, middle, tail = segments
+
+        def launch(a, b):
+            run(*head, a, *middle, b, *tail)
+    else:
+        head, first, second, tail = segments
+
+        def launch(a, b, c):
+            run(*head, a, *first, b, *second, c, *tail)
+    return launch
 
 
 class _KernelView:
@@ -327,9 +404,9 @@ def _static_kernel_class():
     return StaticallyLaunchedCudaKernel
 
 
-def _static_launch(compiled, grid: tuple, arg_names: list[str], values: list, first: int, second: int):
-    """``launch(a, b)`` through PyTorch's C++ launcher for Triton cubins (``torch._C._StaticCudaLauncher``, what
-    torch.compile launches its Triton kernels with), or None where it cannot take this kernel (no such launcher in
+def _static_launch(compiled, grid: tuple, arg_names: list[str], values: list, changing: list[int]):
+    """``launch(*tensors)``, the tensors at the ``changing`` positions (2 or 3), through PyTorch's C++ launcher for
+    Triton cubins (``torch._C._StaticCudaLauncher``, what torch.compile launches its Triton kernels with), or None where it cannot take this kernel (no such launcher in
     this torch, launch hooks set, a scratch buffer needed, an argument type it has no code for).
 
     Why: Triton's own launch path runs ~6 Python frames per launch (the runner, launch metadata, hooks, scratch
@@ -354,19 +431,25 @@ def _static_launch(compiled, grid: tuple, arg_names: list[str], values: list, fi
         device, raw_stream = torch.cuda.current_device(), torch._C._cuda_getCurrentRawStream
     except Exception:  # noqa: BLE001 - any torch/Triton this launcher does not fit: Triton's launcher stays
         return None
-    if function is None or first not in kept or second not in kept or len(kept) + len(scratch) != len(arg_tys):
+    if function is None or not set(changing) <= set(kept) or len(kept) + len(scratch) != len(arg_tys):
         return None
     # tensors as their addresses: the launcher takes an int as is, but asks the driver about every other pointer
     # object (a driver call per argument per launch); the plan holds the operands, so the addresses stay valid
-    fixed = [values[i].data_ptr() if isinstance(values[i], torch.Tensor) else values[i] for i in kept]
-    at_first, at_second = kept.index(first), kept.index(second)
-    head, middle = tuple(fixed[:at_first]), tuple(fixed[at_first + 1:at_second])
-    tail = tuple(fixed[at_second + 1:]) + scratch
+    fixed = [values[i].data_ptr() if isinstance(values[i], torch.Tensor) else values[i] for i in kept] + list(scratch)
     grid_x, grid_y, grid_z = tuple(grid) + (1,) * (3 - len(grid))
+    segments = _segments(fixed, [kept.index(i) for i in changing])
+    if len(changing) == 2:
+        head, middle, tail = segments
 
-    def static_launch(a, b):
-        c_launch(function, grid_x, grid_y, grid_z, warps, shared, arg_tys,
-                 (*head, a.data_ptr(), *middle, b.data_ptr(), *tail), raw_stream(device))
+        def static_launch(a, b):
+            c_launch(function, grid_x, grid_y, grid_z, warps, shared, arg_tys,
+                     (*head, a.data_ptr(), *middle, b.data_ptr(), *tail), raw_stream(device))
+    else:
+        head, first, second, tail = segments
+
+        def static_launch(a, b, c):
+            c_launch(function, grid_x, grid_y, grid_z, warps, shared, arg_tys,
+                     (*head, a.data_ptr(), *first, b.data_ptr(), *second, c.data_ptr(), *tail), raw_stream(device))
     static_launch.launcher = "static"
     return static_launch
 
@@ -409,50 +492,83 @@ class GemvPlan:
     """
 
     def __init__(self, values: torch.Tensor, nibbles: torch.Tensor, bias: torch.Tensor | None, n: int, k: int,
-                 tile_rows: int, tile_stride: int, mask_layout: str = "nibbles"):
+                 tile_rows: int, tile_stride: int, mask_layout: str = "nibbles", *,
+                 adapter_right: torch.Tensor | None = None, adapter_scale: float = 1.0):
+        if adapter_right is not None and (adapter_right.dim() != 2 or adapter_right.shape[1] != n
+                                          or adapter_right.stride(1) != 1):
+            raise ValueError(f"GemvPlan: adapter_right must be (rank, N = {n}) with unit column stride, got shape "
+                             f"{tuple(adapter_right.shape)} strides {adapter_right.stride()}")
         self._operands = (values, nibbles, bias, n, k, tile_rows, tile_stride)
         self.mask_layout = mask_layout
+        self._right, self._scale = adapter_right, adapter_scale
         self._direct: dict[tuple, object] = {}
+        self._partial_shapes: dict[tuple, tuple] = {}
 
     def launchers(self) -> set[str]:
         """Which launchers this plan's direct launches use ("static", "triton"; "mixed": a split-K launch whose
         two kernels use different ones); empty while every launch went through the JIT."""
         return {direct.launcher for direct in self._direct.values()}
 
-    def __call__(self, x: torch.Tensor, out: torch.Tensor, form: str = "auto") -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, out: torch.Tensor, form: str = "auto",
+                 z: torch.Tensor | None = None) -> torch.Tensor:
+        """out = x·Wᵀ (+ bias) (+ scale · Z·R with Z = Σ z over its split axis: a plan built with
+        ``adapter_right`` R needs ``z``, the adapter rows' `partials`, and no other plan takes one)."""
+        if (z is None) != (self._right is None):
+            raise ValueError("GemvPlan: z (the adapter rows' partial sums) goes with a plan built with adapter_right, "
+                             f"and only with one; this plan has {'an' if self._right is not None else 'no'} adapter")
         tokens = x.shape[0]
         if not tokens:
             return out
         key = (tokens, x.stride(0), out.stride(0), x.data_ptr() % 16 == 0, out.data_ptr() % 16 == 0, x.dtype,
-               out.dtype, form, STATIC_LAUNCH)
+               out.dtype, form, STATIC_LAUNCH) + (() if z is None else (z.shape, z.stride(), z.data_ptr() % 16 == 0,
+                                                                         z.dtype))
+        return self._run(key, x, out, form, () if z is None else (z,), partials=False)
+
+    def partials(self, x: torch.Tensor, form: str = "auto") -> torch.Tensor:
+        """The fp32 split-K partial sums of x·Wᵀ, (pieces, tokens, N), not yet added up (no bias): the adapter
+        rows' Z for a plan with ``adapter_right``, which adds them in its epilogue."""
+        if self._operands[2] is not None or self._right is not None:
+            raise ValueError("GemvPlan.partials: a plan with a bias or an adapter of its own gives whole results, "
+                             "not partial sums")
+        key = ("partials", x.shape[0], x.stride(0), x.data_ptr() % 16 == 0, x.dtype, form, STATIC_LAUNCH)
+        shape = self._partial_shapes.get(key)
+        if shape is None:
+            n, k = self._operands[3:5]
+            shape = self._partial_shapes[key] = partial_shape(x.shape[0], n, k, form, self.mask_layout)
+        out = torch.empty(shape, device=x.device, dtype=torch.float32)
+        return self._run(key, x, out, form, (), partials=True) if x.shape[0] else out
+
+    def _run(self, key: tuple, x: torch.Tensor, out: torch.Tensor, form: str, extra: tuple, partials: bool):
         direct = self._direct.get(key)
         if direct is not None and DIRECT_LAUNCH:
             try:
-                direct(x, out)
+                direct(x, out, *extra)
                 return out
             except TypeError as error:  # a Triton whose launcher takes other arguments: the JIT path stays correct
                 _turn_off_direct_launch(error)
         # under CUDA graph capture the static launch cannot be checked (that reads the result back): Triton's
         # launcher then, as the JIT would launch
         static = not torch.cuda.is_available() or not torch.cuda.is_current_stream_capturing()
-        direct = self._launch(x, out, form, static)
-        if direct is not None and direct.launcher != "triton" and not self._same_as_jit(direct, x, out):
-            direct = self._launch(x, out, form, static=False)
+        direct = self._launch(x, out, form, static, extra, partials)
+        if direct is not None and direct.launcher != "triton" and not self._same_as_jit(direct, x, out, extra):
+            direct = self._launch(x, out, form, False, extra, partials)
         if direct is not None:
             self._direct[key] = direct
         return out
 
-    def _launch(self, x, out, form, static: bool):
-        return _launch(x, *self._operands[:3], out, *self._operands[3:], form, None, self.mask_layout, static=static)
+    def _launch(self, x, out, form, static: bool, extra: tuple, partials: bool):
+        adapter = (extra[0], self._right, self._scale) if extra else None
+        return _launch(x, *self._operands[:3], out, *self._operands[3:], form, None, self.mask_layout, static=static,
+                       adapter=adapter, partials=partials)
 
     @staticmethod
-    def _same_as_jit(direct, x: torch.Tensor, out: torch.Tensor) -> bool:
+    def _same_as_jit(direct, x: torch.Tensor, out: torch.Tensor, extra: tuple = ()) -> bool:
         """Whether ``direct`` (through PyTorch's launcher) gives bit for bit what the JIT just wrote to ``out``: the
         same compiled kernel, so anything else means it was handed other arguments than the JIT would pass. Once
         per plan key; a mismatch or an error warns and the plan keeps Triton's launcher for that key."""
         check = torch.empty_strided(out.shape, out.stride(), device=out.device, dtype=out.dtype)
         try:
-            direct(x, check)
+            direct(x, check, *extra)
             same = torch.equal(check, out)
         except Exception as error:  # noqa: BLE001 - the launcher refused these arguments: Triton's launches
             same, why = False, f"it failed ({error})"

@@ -12,6 +12,13 @@ gives too few programs to keep enough loads in flight, so the k range is cut int
 grid's third axis; each writes an fp32 partial sum and `sparse_gemv_finish_kernel` adds them, the bias, and
 casts (one more launch, paid only where the split is used).
 
+Merged adapters (``MERGE``): out[t, n] += scale · Σ_j Z[t, j] · R[j, n] for j < rank, the merged-adapter term of
+`slope.inference.SLoPeInferenceLinear` (Z = X·L_p, computed beforehand by this kernel on the adapter rows as fp32
+split-K partials, summed here; R (rank, N)), added in the epilogue: in `_store` without split K, else in the
+finish kernel. Z is rounded to R's dtype first, as the unfused path stores it (a column block of the layer's
+output), and the products are summed in fp32 — the numbers of torch.addmm on those operands. One launch less and
+no (tokens, N + r) buffer or torch.addmm at decode: at one token that merge cost more host time than the SpMV.
+
 Word loads (``WORDS``, the dot form's default): a group's two kept values are read as one 32-bit word and split
 into halves, which hands the (rows, groups) layout straight to the rebuild instead of reshaping and splitting a
 (rows, 2·groups) block of values (about +1-11% at 2-32 tokens, H100 bf16).
@@ -209,9 +216,35 @@ def _program_block(T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T: tl.constex
 
 
 @triton.jit
-def _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS: tl.constexpr,
-           SPLIT: tl.constexpr):
-    """acc (BLOCK_N, BLOCK_T) fp32 -> out[t, n]; under SPLIT an fp32 partial in (splits, T, N) for the finish kernel."""
+def _adapter_term(z_ptr, right_ptr, rn, rt, row_ok, token_ok, z_splits, stride_z_split, stride_z, stride_right, rank,
+                  BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    """(BLOCK_N, BLOCK_T) fp32: Σ_j R[j, n] · Z[t, j] over j < rank, Z = Σ_s z[s] rounded to R's dtype (see MERGE in
+    the module docstring); 16 adapter columns at a time, through the tensor cores where the token block allows."""
+    RB: tl.constexpr = 16
+    term = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+    for r0 in range(0, rank, RB):
+        rr = r0 + tl.arange(0, RB)
+        r_ok = rr < rank
+        z = tl.zeros((RB, BLOCK_T), dtype=tl.float32)
+        for s in range(0, z_splits):
+            z += tl.load(z_ptr + s * stride_z_split + rt[None, :].to(tl.int64) * stride_z + rr[:, None],
+                         mask=r_ok[:, None] & token_ok[None, :], other=0.0).to(tl.float32)
+        right = tl.load(right_ptr + rr[:, None].to(tl.int64) * stride_right + rn[None, :],
+                        mask=r_ok[:, None] & row_ok[None, :], other=0.0)  # (RB, BLOCK_N)
+        z = z.to(right.dtype)
+        if BLOCK_T >= 16:
+            term += tl.dot(tl.trans(right), z)
+        else:
+            term += tl.sum(right.to(tl.float32)[:, :, None] * z.to(tl.float32)[:, None, :], axis=0)
+    return term
+
+
+@triton.jit
+def _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, z_splits,
+           stride_z_split, stride_z, stride_right, rank, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+           MERGE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    """acc (BLOCK_N, BLOCK_T) fp32 -> out[t, n] (+ bias, + the adapter term); under SPLIT an fp32 partial in
+    (splits, T, N) for the finish kernel, which adds those."""
     inside = row_ok[:, None] & token_ok[None, :]
     if SPLIT:
         tl.store(out_ptr + tl.program_id(2) * stride_split + rt[None, :].to(tl.int64) * N + rn[:, None], acc,
@@ -219,16 +252,20 @@ def _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stri
     else:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + rn, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+        if MERGE:
+            acc += merge_scale * _adapter_term(z_ptr, right_ptr, rn, rt, row_ok, token_ok, z_splits, stride_z_split,
+                                               stride_z, stride_right, rank, BLOCK_N, BLOCK_T)
         tl.store(out_ptr + rt[None, :].to(tl.int64) * stride_out + rn[:, None], acc.to(out_ptr.dtype.element_ty),
                  mask=inside)
 
 
-@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "META"])
+@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "META", "MERGE"])
 @triton.jit
-def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride, tile_rows,
-                       stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                       BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr, right_ptr, T, N, K, stride_x,
+                       tile_stride, tile_rows, stride_out, k_chunk, stride_split, z_splits, stride_z_split, stride_z,
+                       stride_right, rank, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                       MERGE: tl.constexpr, BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr,
+                       ESIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
     rn, rt, row_ok, token_ok, value_rows, rows, k_start, k_end = _program_block(
         T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
@@ -246,15 +283,17 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, 
         x = tl.load(x_ptr + rt[:, None].to(tl.int64) * stride_x + (k0 + rk)[None, :],
                     mask=token_ok[:, None] & k_ok[None, :], other=0.0)
         acc += tl.dot(dense, tl.trans(x.to(dense.dtype)))
-    _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS, SPLIT)
+    _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, z_splits,
+           stride_z_split, stride_z, stride_right, rank, merge_scale, HAS_BIAS, SPLIT, MERGE, BLOCK_N, BLOCK_T)
 
 
-@triton.autotune(configs=_FMA_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "META"])
+@triton.autotune(configs=_FMA_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "META", "MERGE"])
 @triton.jit
-def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T, N, K, stride_x, tile_stride,
-                           tile_rows, stride_out, k_chunk, stride_split, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                           BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr, right_ptr, T, N, K, stride_x,
+                           tile_stride, tile_rows, stride_out, k_chunk, stride_split, z_splits, stride_z_split, stride_z,
+                           stride_right, rank, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                           MERGE: tl.constexpr, BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr,
+                           ESIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores. Each position i of a group multiplies
     the token's x at 4g+i (a stride-4 load of the small, cached x), summed over the groups of the block."""
     GROUPS: tl.constexpr = BLOCK_K // 4
@@ -280,13 +319,16 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, T,
             x3 = tl.load(x_at + 3, mask=ok, other=0.0).to(tl.float32)
             part = tl.sum(w0 * x0[None, :] + w1 * x1[None, :] + w2 * x2[None, :] + w3 * x3[None, :], axis=1)
             acc += tl.where(cols[None, :] == t, part[:, None], 0.0)
-    _store(acc, bias_ptr, out_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, HAS_BIAS, SPLIT)
+    _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, z_splits,
+           stride_z_split, stride_z, stride_right, rank, merge_scale, HAS_BIAS, SPLIT, MERGE, BLOCK_N, BLOCK_T)
 
 
 @triton.jit
-def sparse_gemv_finish_kernel(partial_ptr, bias_ptr, out_ptr, T, N, splits, stride_out, HAS_BIAS: tl.constexpr,
-                              BLOCK: tl.constexpr):
-    # one program per BLOCK outputs of one token: out[t, n] = Σ_s partial[s, t, n] (+ bias[n]), cast to out's dtype
+def sparse_gemv_finish_kernel(partial_ptr, bias_ptr, out_ptr, z_ptr, right_ptr, T, N, splits, stride_out, z_splits,
+                              stride_z_split, stride_z, stride_right, rank, merge_scale, HAS_BIAS: tl.constexpr,
+                              MERGE: tl.constexpr, BLOCK: tl.constexpr):
+    # one program per BLOCK outputs of one token: out[t, n] = Σ_s partial[s, t, n] (+ bias[n]) (+ the adapter term),
+    # cast to out's dtype
     t = tl.program_id(1)
     rn = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = rn < N
@@ -295,4 +337,9 @@ def sparse_gemv_finish_kernel(partial_ptr, bias_ptr, out_ptr, T, N, splits, stri
         acc += tl.load(partial_ptr + (s * T + t).to(tl.int64) * N + rn, mask=ok, other=0.0)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=ok, other=0.0).to(tl.float32)
+    if MERGE:
+        rt = t + tl.arange(0, 1)
+        term = _adapter_term(z_ptr, right_ptr, rn, rt, ok, rt < T, z_splits, stride_z_split, stride_z, stride_right,
+                             rank, BLOCK, 1)
+        acc += merge_scale * tl.sum(term, axis=1)
     tl.store(out_ptr + t.to(tl.int64) * stride_out + rn, acc.to(out_ptr.dtype.element_ty), mask=ok)
