@@ -23,6 +23,10 @@ Benchmarks (rows of one long-form CSV, same columns as `bench_linear`, provenanc
                  kernel's own launcher instead of PyTorch's static one) and a ``(JIT dispatch)`` row (every launch
                  through Triton's JIT instead of `slope.kernels.sparse_gemv.GemvPlan`'s direct launch), in the same
                  process.
+* ``decode_merge`` where the few-token path adds merged adapters (`SLoPeInferenceLinear.set_few_token_merge`), same
+                 layer, same process: in the W_R launch's epilogue (the default) vs both row blocks into one buffer
+                 then torch addmm (the path before it), at ranks 1.56% and 6.25%, beside rank 0 and dense; eager,
+                 CUDA-graph replay and (1 token) host µs per call. The adapter's cost is the gap to rank 0.
 * ``crossover``  per shape: the largest token count at which dense beat the sparse layer (the value
                  ``dense_fallback_tokens="auto"`` picks), measured by the layer itself
 
@@ -60,6 +64,7 @@ class InferenceBenchConfig:
     decode_shapes: tuple[str, ...] = tuple(MLP_SHAPES)
     decode_tokens: tuple[str, ...] = ("1", "8", "16", "32", "64")
     decode_ranks: tuple[str, ...] = ("r0", "r1.56%")
+    merge_ranks: tuple[str, ...] = ("r1.56%", "r6.25%")
     repeats: int = 30
     output: str = "runs/bench_inference.csv"
 
@@ -68,8 +73,9 @@ PRESETS = {"h100": InferenceBenchConfig(),
            "quick": InferenceBenchConfig(shapes=("opt-13b.fc1",), tokens=("16", "8192"), ranks=("r0", "r1.56%"),
                                          fused_tokens=("16", "8192"), crossover=False, repeats=10,
                                          decode_shapes=("opt-13b.fc1",), decode_tokens=("1", "16")),
-           "decode": InferenceBenchConfig(sections=("decode_host", "decode"), dtypes=("bfloat16", "float16"))}
-SECTIONS = ("fused", "layers", "decode_host", "decode")
+           "decode": InferenceBenchConfig(sections=("decode_host", "decode", "decode_merge"),
+                                          dtypes=("bfloat16", "float16"))}
+SECTIONS = ("fused", "layers", "decode_host", "decode", "decode_merge")
 
 
 def _rank(shape: str, label: str) -> int:
@@ -258,6 +264,52 @@ def bench_decode(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
                                                                                               metadata_labels)))
 
 
+def bench_decode_merge(rows: list[dict], shape: str, dtype: torch.dtype, cfg: InferenceBenchConfig) -> None:
+    from slope.inference import SLoPeInferenceLinear
+
+    d_in, d_out = MLP_SHAPES[shape]
+    dense = torch.nn.Linear(d_in, d_out, device="cuda", dtype=dtype)
+    w, bias = dense.weight.detach(), dense.bias.detach()
+    labels = ("r0",) + tuple(label for label in cfg.merge_ranks if label != "r0")
+    layers = {label: SLoPeInferenceLinear.from_layer(_simulated_layer(d_in, d_out, _rank(shape, label), dtype))
+              for label in labels}
+    variants = [("r0", "epilogue")] + [(label, merge) for label in labels[1:] for merge in ("epilogue", "addmm")]
+    for tokens in map(int, cfg.decode_tokens):
+        xs = Rotating(lambda: torch.randn(tokens, d_in, device="cuda", dtype=dtype))
+        x = xs()
+        with torch.no_grad():
+            reference = {"eager": cuda_time_ms(lambda: dense(xs()), repeats=cfg.repeats),
+                         "graph": _graph_time(lambda x: F.linear(x, w, bias), x, cfg.repeats)}
+            if tokens == 1:
+                reference["host"] = _host_stats(lambda: dense(x))
+        for mode, td in reference.items():
+            rows.append(_row("decode_merge", shape, d_in, d_out, tokens, dtype, f"dense {mode}", td,
+                             unit="us_per_call" if mode == "host" else "ms"))
+        for label, merge in variants:
+            layer = layers[label]
+            layer.set_few_token_kernel(tokens)
+            layer.set_few_token_merge(merge)
+            with torch.no_grad():
+                layer(x)  # autotuning and compiling outside the timing
+                times = {"eager": cuda_time_ms(lambda: layer(xs()), repeats=cfg.repeats),
+                         "graph": _graph_time(layer, x, cfg.repeats)}
+                if tokens == 1:
+                    times["host"] = _host_stats(lambda: layer(x))
+            for mode, ts in times.items():
+                rows.append(_row("decode_merge", shape, d_in, d_out, tokens, dtype,
+                                 f"slope {label}" + (f" merge {merge}" if label != "r0" else "") + f" {mode}", ts,
+                                 unit="us_per_call" if mode == "host" else "ms",
+                                 speedup=reference[mode]["median_ms"] / ts["median_ms"],
+                                 note=f"rank {layer.lora_rank}; few-token kernel; launchers "
+                                      f"{sorted(layer.few_token_launchers()) or ['JIT']}"))
+
+
+def _host_stats(fn) -> dict:
+    """`host_time_us` five times, as the ``decode_host`` rows take it (µs per call, under the "_ms" keys)."""
+    us = sorted(host_time_us(fn) for _ in range(5))
+    return {"median_ms": us[2], "iqr_ms": us[3] - us[1], "min_ms": us[0], "max_ms": us[4], "repeats": 5}
+
+
 def _metadata_read(layer, label: str, metadata_labels: dict) -> str:
     """For a layer that reads cuSPARSELt's metadata: how the kernel read it (words need a 16-byte aligned buffer
     and tile stride, else it reads bytes), so that a row never claims the words path it did not run."""
@@ -302,9 +354,7 @@ def bench_decode_host(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inf
         for name, layer, direct, static in dispatch:
             fn = calls[layer]
             with sparse_gemv.direct_launch(direct, static=static):
-                us = [host_time_us(lambda: fn(x)) for _ in range(5)]
-            stats = {"median_ms": sorted(us)[2], "iqr_ms": sorted(us)[3] - sorted(us)[1], "min_ms": min(us),
-                     "max_ms": max(us), "repeats": 5}
+                stats = _host_stats(lambda: fn(x))
             rows.append(_row("decode_host", f"{d}x{d}", d, d, 1, dtype, name, stats, unit="us_per_call",
                              note="host wall time per call: 100 calls queued behind a GPU sleep, no sync, 5 runs"))
 
@@ -317,10 +367,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not torch.cuda.is_available():
         raise SystemExit("bench_inference needs a CUDA GPU")
     rows: list[dict] = []
-    shapes = {"decode": cfg.decode_shapes, "decode_host": ("1024x1024", "5120x5120")}
+    shapes = {"decode": cfg.decode_shapes, "decode_merge": cfg.decode_shapes, "decode_host": ("1024x1024", "5120x5120")}
     blocks = [(section, shape, dtype) for section in cfg.sections for dtype in cfg.dtypes
               for shape in shapes.get(section, cfg.shapes)]
-    benches = {"fused": bench_fused, "layers": bench_layers, "decode_host": bench_decode_host, "decode": bench_decode}
+    benches = {"fused": bench_fused, "layers": bench_layers, "decode_host": bench_decode_host, "decode": bench_decode,
+               "decode_merge": bench_decode_merge}
     for section, shape, dtype in tqdm(blocks, desc="bench_inference", file=sys.stderr, disable=None):
         block: list[dict] = []
         benches[section](block, shape, getattr(torch, dtype), cfg)

@@ -8,6 +8,15 @@ export PYTHONUNBUFFERED=1 SLOPE_CACHE_DIR=${SLOPE_CACHE_DIR:-/tmp/slc}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import slope.kernels.cusparselt as c; import time; t=time.time(); c.load_extension(); print(f'extension built in {time.time()-t:.0f}s')" 2>&1 | tail -3
 case "${1:-tests}" in
+merge-tests)  # the adapter-merge tests alone
+  timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider -n 4 tests/test_sparse_gemv.py tests/test_inference.py \
+      -k "adapter or merged_plan or few_token_merge" 2>&1 | tee "$out/gpu_tests_merge.log" | tail -15
+  ;;
+merge-bench)
+  timeout 300 python3 -m performance_experiments.bench_inference --preset decode --sections decode_merge --dtypes bfloat16 \
+      --decode-shapes opt-13b.fc1,opt-13b.fc2 --decode-tokens 1,8,32 --repeats 20 \
+      --output "$out/bench_decode_merge.csv" 2>&1 | tail -50
+  ;;
 tests)
   timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider -n 4 tests/test_sparse_gemv.py tests/test_fused.py 2>&1 | tee "$out/gpu_tests_gemv.log" | tail -15
   timeout 200 python3 -m pytest -m gpu -q -p no:cacheprovider -n 4 tests/test_inference.py -k "merged or few_token or prune_model or rebuild" 2>&1 | tee "$out/gpu_tests_inference.log" | tail -15

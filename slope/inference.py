@@ -40,7 +40,9 @@ with one compressed matrix and one fused multiply-add (the paper's merged path):
   cuSPARSELt and runs `slope.kernels.sparse_gemv` (form ``few_token_form``) on its own buffers (``values`` and
   the metadata in ``packed``, or ``mask_nibbles``; the adapter rows' values in the last tile and their nibbles),
   which reads 1.125 (1.25 with ``mask_nibbles``) bytes per weight instead of dense's 2 — no extra memory, unlike
-  the dense fallback. The adapters then merge as above.
+  the dense fallback. Adapters merge inside it (``few_token_merge="epilogue"``, `set_few_token_merge`): one launch
+  over the adapter rows writes Z = X·L_p as fp32 split-K partials, and the W_R launch adds Z·R/r in its epilogue
+  — no torch.addmm and no (tokens, d_out + r) buffer, whose host time at one token was more than the SpMVs'.
 * **state_dict** holds the training layer's canonical entries (``values`` (d_out, d_in/2), ``mask_nibbles``,
   bias, adapters) whether or not the layer keeps a mask of its own (without one, ``mask_nibbles`` is read back
   from the metadata, `nm_pack.nibbles_from_metadata`): it loads from a trained `CompressedSLoPeLinear`
@@ -70,6 +72,7 @@ from .masks import nm_mask
 FEW_TOKEN_KERNEL_TOKENS = 1
 _DERIVED_KEYS = ("w_metadata", "wt_packed", "wt_nibbles")  # a training layer's entries that the values determine
 SEPARATE_MASK = (True, False, "auto")  # see the module docstring's **Storage**
+FEW_TOKEN_MERGES = ("epilogue", "addmm")  # `SLoPeInferenceLinear.set_few_token_merge`
 
 
 def tile_rows(d_out: int, d_in: int, adapter_rows: int, tiling: bool) -> list[int]:
@@ -118,6 +121,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
         self.dense_fallback_tokens = 0
         self.few_token_kernel_tokens = FEW_TOKEN_KERNEL_TOKENS
         self.few_token_form = "auto"  # slope.kernels.sparse_gemv's kernel form: "auto", "fma" or "dot"
+        self.few_token_merge = "epilogue"  # where the few-token path adds Z·R/r: `set_few_token_merge`
         self.register_buffer("adapter_nibbles", None, persistent=False)  # the adapter rows' mask (few-token kernel)
         self.addmm_impl = "auto"  # slope.kernels.fused: "auto" (by measured size), "triton" or "torch"
         self.register_buffer("dense_weight", None, persistent=False)
@@ -289,6 +293,15 @@ class SLoPeInferenceLinear(SparseLinearBase):
         else:
             self.dense_weight = None
 
+    def set_few_token_merge(self, where: str) -> None:
+        """Where the few-token path adds the merged adapters' Z·R/r: ``"epilogue"`` (the default) in the W_R
+        launch, from the adapter rows' fp32 partials; ``"addmm"``, as the cuSPARSELt path does, both row blocks
+        into one (tokens, d_out + r) buffer and then `slope.kernels.fused.addmm` (the path before the epilogue, kept
+        for the benchmark that compares them: performance_experiments/bench_adapter_merge.py)."""
+        if where not in FEW_TOKEN_MERGES:
+            raise ValueError(f"{self.layer_name}: few_token_merge must be one of {FEW_TOKEN_MERGES}, got {where!r}")
+        self.few_token_merge, self._gemv_plans = where, None
+
     def set_few_token_kernel(self, tokens: int | str) -> None:
         """Run `slope.kernels.sparse_gemv` instead of cuSPARSELt at ≤ ``tokens`` tokens (0: never); ``"auto"``
         times both for this shape on this GPU at 1…64 tokens (GPU time, CUDA-graph replay) and keeps the kernel
@@ -380,8 +393,8 @@ class SLoPeInferenceLinear(SparseLinearBase):
         # With adapters, Z = X·L_p comes first, as the adapter rows' fp32 split-K partials (`GemvPlan.partials`),
         # and the W_R launch adds Z·R/r in its epilogue (`sparse_gemv_triton`'s MERGE): no torch.addmm and no
         # (tokens, d_out + r) buffer, whose host time at one token exceeded the SpMVs' own
-        merge = {} if self._merge_right is None else dict(adapter_right=self._merge_right,
-                                                          adapter_scale=1.0 / self._merge_rank)
+        merge = {} if self._merge_right is None or self.few_token_merge != "epilogue" else dict(
+            adapter_right=self._merge_right, adapter_scale=1.0 / self._merge_rank)
         plans = (gemv.GemvPlan(self.values, masks, self._dense_bias, n, self.in_features, tile_rows, tile_stride,
                                mask_layout=layout, **merge),)
         if self.lora_left is not None:
@@ -402,9 +415,14 @@ class SLoPeInferenceLinear(SparseLinearBase):
             return plans[0](x2d, torch.empty(x2d.shape[0], self.out_features, device=x2d.device, dtype=self.dtype),
                             self.few_token_form)
         main, adapter = plans  # Y = X·W_Rᵀ + b + Z·R/r, Z from the adapter rows (`_make_gemv_plans`)
-        z = adapter.partials(x2d, self.few_token_form)
-        return main(x2d, torch.empty(x2d.shape[0], self.out_features, device=x2d.device, dtype=self.dtype),
-                    self.few_token_form, z)
+        if self.few_token_merge == "epilogue":
+            z = adapter.partials(x2d, self.few_token_form)
+            return main(x2d, torch.empty(x2d.shape[0], self.out_features, device=x2d.device, dtype=self.dtype),
+                        self.few_token_form, z)
+        out = torch.empty(x2d.shape[0], self.out_features + self.adapter_rows, device=x2d.device, dtype=self.dtype)
+        main(x2d, out[:, : self.out_features], self.few_token_form)
+        adapter(x2d, out[:, self.out_features:], self.few_token_form)
+        return self._merge_adapters(out)
 
     def _merge_adapters(self, out: torch.Tensor) -> torch.Tensor:
         if self._merge_right is None:

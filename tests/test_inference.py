@@ -98,6 +98,31 @@ def test_merged_tiled_output_matches_fp64_reference(dtype, tiling, rank, bias, t
     assert _rel(y, reference) <= 2 * _rel(simulated, reference) + 1e-3
 
 
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tiling", [True, False])
+@pytest.mark.parametrize("rank,tokens", [(5, 1), (40, 13), (48, 1)])  # 40: 16-column chunks, the last partial
+def test_few_token_merge_in_the_epilogue_and_through_addmm_agree(dtype, tiling, rank, tokens):
+    """Both places the few-token path adds Z·R/r give the fp64 reference within the simulator's budget, on a plan
+    made afresh for each (the setter drops the plans); a wrong setting names the layer and the choices."""
+    layer = _simulated(64, 256, rank, True, dtype)
+    fast = slope.SLoPeInferenceLinear.from_layer(layer, tiling=tiling, few_token_kernel_tokens=32)
+    x = torch.randn(tokens, 64, device="cuda", dtype=dtype)
+    reference = _reference(layer, x)
+    with torch.no_grad():
+        layer.merge_adapter()
+        budget = 2 * _rel(layer(x), reference) + 1e-3
+        for merge in ("epilogue", "addmm", "epilogue"):
+            fast.set_few_token_merge(merge)
+            for _ in range(3):  # JIT, then direct launches
+                y = fast(x)
+                assert _rel(y, reference) <= budget, merge
+    assert fast.few_token_launchers() == {"static"}
+    with pytest.raises(ValueError, match="fc: few_token_merge must be one of"):
+        fast.set_few_token_merge("fused")
+
+
 def _model(dtype):
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64)).to("cuda", dtype)

@@ -458,8 +458,9 @@ def test_metadata_reads_are_right_for_every_row_block_width(meta, block_n, block
     kernel, block_t = (kernels.sparse_gemv_fma_kernel, 1) if fma else (kernels.sparse_gemv_kernel, 16)
     grid = (tiles * rows // block_n, -(-tokens // block_t), 1)
     kernel.fn[grid](x, view, packed, view, out, view, view, tokens, tiles * rows, k, x.stride(0), view.stride(0),
-                    rows, out.stride(0), k, tokens * tiles * rows, 0, 0, 0, 0, 0, 0.0, HAS_BIAS=False, SPLIT=False,
-                    MERGE=False, BLOCK_T=block_t, WORDS=32, META=meta, ESIZE=2, BLOCK_N=block_n, BLOCK_K=block_k)
+                    rows, out.stride(0), k, tokens * tiles * rows, 0, 0, 0, 0.0, HAS_BIAS=False, SPLIT=False,
+                    MERGE=False, RANK=0, Z_SPLITS=0, BLOCK_T=block_t, WORDS=32, META=meta, ESIZE=2, BLOCK_N=block_n,
+                    BLOCK_K=block_k)
     _check(out, x, sparse[0], None, dtype)
 
 

@@ -251,13 +251,14 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
         target = out
     else:
         target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
-    merge = _adapter_arguments(adapter, values)
+    merge_pointers, merge_numbers, merge_meta = _adapter_arguments(adapter, values)
     main_merges = adapter is not None and splits == 1 and not partials  # else the finish kernel adds the term
     meta = dict(HAS_BIAS=bias is not None, SPLIT=splits > 1 or partials, MERGE=main_merges,
+                **(merge_meta if main_merges else _adapter_arguments(None, values)[2]),
                 BLOCK_T=block_t, WORDS=16 * values.element_size() if words else 0,
                 META=metadata_mode(mask_layout, nibbles, values, tile_stride), ESIZE=values.element_size())
-    args = (x, values, nibbles, bias_arg, target, *merge[:2], tokens, n, k, x.stride(0), tile_stride, tile_rows,
-            out.stride(-2), k_chunk, tokens * n, *merge[2:])
+    args = (x, values, nibbles, bias_arg, target, *merge_pointers, tokens, n, k, x.stride(0), tile_stride, tile_rows,
+            out.stride(-2), k_chunk, tokens * n, *merge_numbers)
     compiled, config = _launch_tuned(kernel, grid, (kernel, n, k, x.dtype, values.dtype, target.dtype,
                                                     *meta.values()), args, meta)
     main_changing = ("x_ptr", "out_ptr", "z_ptr") if main_merges else ("x_ptr", "out_ptr")
@@ -267,8 +268,8 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
         return main  # direct(x, out[, z]), or None
     block = 256
     finish_kernel, finish_grid = sparse_gemv_triton.sparse_gemv_finish_kernel, (-(-n // block), tokens)
-    finish_args = (target, bias_arg, out, *merge[:2], tokens, n, splits, out.stride(0), *merge[2:])
-    finish_meta = dict(HAS_BIAS=bias is not None, MERGE=adapter is not None, BLOCK=block)
+    finish_args = (target, bias_arg, out, *merge_pointers, tokens, n, splits, out.stride(0), *merge_numbers)
+    finish_meta = dict(HAS_BIAS=bias is not None, MERGE=adapter is not None, **merge_meta, BLOCK=block)
     finished = finish_kernel[finish_grid](*finish_args, **finish_meta)
     if main is None:
         return None
@@ -307,15 +308,16 @@ def partial_shape(tokens: int, n: int, k: int, form: str = "auto", mask_layout: 
     return (_geometry(tokens, n, k, form, mask_layout)[3], tokens, n)
 
 
-def _adapter_arguments(adapter: tuple | None, values: torch.Tensor) -> tuple:
-    """The kernels' merge arguments (z_ptr, right_ptr, z_splits, stride_z_split, stride_z, stride_right, rank,
-    merge_scale) for ``adapter`` = (z, right, scale): z (T, ≥ rank) or (splits, T, ≥ rank) partial sums of Z,
-    right (rank, N); placeholders (never read) without one."""
+def _adapter_arguments(adapter: tuple | None, values: torch.Tensor) -> tuple[tuple, tuple, dict]:
+    """The kernels' merge arguments for ``adapter`` = (z, right, scale), z (T, ≥ rank) or (pieces, T, ≥ rank) partial
+    sums of Z, right (rank, N): ((z_ptr, right_ptr), (stride_z_split, stride_z, stride_right, merge_scale),
+    constexprs RANK and Z_SPLITS); placeholders (never read) without one."""
     if adapter is None:
-        return values, values, 0, 0, 0, 0, 0, 0.0
+        return (values, values), (0, 0, 0, 0.0), dict(RANK=0, Z_SPLITS=0)
     z, right, scale = adapter
     splits, stride_split = (z.shape[0], z.stride(0)) if z.dim() == 3 else (1, 0)
-    return z, right, splits, stride_split, z.stride(-2), right.stride(0), right.shape[0], float(scale)
+    return ((z, right), (stride_split, z.stride(-2), right.stride(0), float(scale)),
+            dict(RANK=right.shape[0], Z_SPLITS=splits))
 
 
 def metadata_mode(mask_layout: str, packed: torch.Tensor, values: torch.Tensor, tile_stride: int) -> int:

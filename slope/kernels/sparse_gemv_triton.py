@@ -216,17 +216,19 @@ def _program_block(T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T: tl.constex
 
 
 @triton.jit
-def _adapter_term(z_ptr, right_ptr, rn, rt, row_ok, token_ok, z_splits, stride_z_split, stride_z, stride_right, rank,
-                  BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
-    """(BLOCK_N, BLOCK_T) fp32: Σ_j R[j, n] · Z[t, j] over j < rank, Z = Σ_s z[s] rounded to R's dtype (see MERGE in
-    the module docstring); 16 adapter columns at a time, through the tensor cores where the token block allows."""
+def _adapter_term(z_ptr, right_ptr, rn, rt, row_ok, token_ok, stride_z_split, stride_z, stride_right,
+                  RANK: tl.constexpr, Z_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    """(BLOCK_N, BLOCK_T) fp32: Σ_j R[j, n] · Z[t, j] over j < RANK, Z = Σ_s z[s] rounded to R's dtype (see MERGE in
+    the module docstring); 16 adapter columns at a time, through the tensor cores where the token block allows.
+    Both loops are unrolled (RANK, Z_SPLITS constexpr): the loads are all independent, so they can all be in flight
+    at once instead of one global-memory round trip per step at the end of every program."""
     RB: tl.constexpr = 16
     term = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
-    for r0 in range(0, rank, RB):
+    for r0 in tl.static_range(0, RANK, RB):
         rr = r0 + tl.arange(0, RB)
-        r_ok = rr < rank
+        r_ok = rr < RANK
         z = tl.zeros((RB, BLOCK_T), dtype=tl.float32)
-        for s in range(0, z_splits):
+        for s in tl.static_range(Z_SPLITS):
             z += tl.load(z_ptr + s * stride_z_split + rt[None, :].to(tl.int64) * stride_z + rr[:, None],
                          mask=r_ok[:, None] & token_ok[None, :], other=0.0).to(tl.float32)
         right = tl.load(right_ptr + rr[:, None].to(tl.int64) * stride_right + rn[None, :],
@@ -240,9 +242,10 @@ def _adapter_term(z_ptr, right_ptr, rn, rt, row_ok, token_ok, z_splits, stride_z
 
 
 @triton.jit
-def _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, z_splits,
-           stride_z_split, stride_z, stride_right, rank, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-           MERGE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+def _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split,
+           stride_z_split, stride_z, stride_right, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+           MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr,
+           BLOCK_T: tl.constexpr):
     """acc (BLOCK_N, BLOCK_T) fp32 -> out[t, n] (+ bias, + the adapter term); under SPLIT an fp32 partial in
     (splits, T, N) for the finish kernel, which adds those."""
     inside = row_ok[:, None] & token_ok[None, :]
@@ -253,8 +256,8 @@ def _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N
         if HAS_BIAS:
             acc += tl.load(bias_ptr + rn, mask=row_ok, other=0.0).to(tl.float32)[:, None]
         if MERGE:
-            acc += merge_scale * _adapter_term(z_ptr, right_ptr, rn, rt, row_ok, token_ok, z_splits, stride_z_split,
-                                               stride_z, stride_right, rank, BLOCK_N, BLOCK_T)
+            acc += merge_scale * _adapter_term(z_ptr, right_ptr, rn, rt, row_ok, token_ok, stride_z_split, stride_z,
+                                               stride_right, RANK, Z_SPLITS, BLOCK_N, BLOCK_T)
         tl.store(out_ptr + rt[None, :].to(tl.int64) * stride_out + rn[:, None], acc.to(out_ptr.dtype.element_ty),
                  mask=inside)
 
@@ -262,9 +265,9 @@ def _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N
 @triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "META", "MERGE"])
 @triton.jit
 def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr, right_ptr, T, N, K, stride_x,
-                       tile_stride, tile_rows, stride_out, k_chunk, stride_split, z_splits, stride_z_split, stride_z,
-                       stride_right, rank, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                       MERGE: tl.constexpr, BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr,
+                       tile_stride, tile_rows, stride_out, k_chunk, stride_split, stride_z_split, stride_z, stride_right,
+                       merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, MERGE: tl.constexpr,
+                       RANK: tl.constexpr, Z_SPLITS: tl.constexpr, BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr,
                        ESIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
     rn, rt, row_ok, token_ok, value_rows, rows, k_start, k_end = _program_block(
@@ -283,16 +286,17 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr,
         x = tl.load(x_ptr + rt[:, None].to(tl.int64) * stride_x + (k0 + rk)[None, :],
                     mask=token_ok[:, None] & k_ok[None, :], other=0.0)
         acc += tl.dot(dense, tl.trans(x.to(dense.dtype)))
-    _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, z_splits,
-           stride_z_split, stride_z, stride_right, rank, merge_scale, HAS_BIAS, SPLIT, MERGE, BLOCK_N, BLOCK_T)
+    _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split,
+           stride_z_split, stride_z, stride_right, merge_scale, HAS_BIAS, SPLIT, MERGE, RANK, Z_SPLITS, BLOCK_N,
+           BLOCK_T)
 
 
 @triton.autotune(configs=_FMA_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "META", "MERGE"])
 @triton.jit
 def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr, right_ptr, T, N, K, stride_x,
-                           tile_stride, tile_rows, stride_out, k_chunk, stride_split, z_splits, stride_z_split, stride_z,
-                           stride_right, rank, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                           MERGE: tl.constexpr, BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr,
+                           tile_stride, tile_rows, stride_out, k_chunk, stride_split, stride_z_split, stride_z, stride_right,
+                           merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, MERGE: tl.constexpr,
+                           RANK: tl.constexpr, Z_SPLITS: tl.constexpr, BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr,
                            ESIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores. Each position i of a group multiplies
     the token's x at 4g+i (a stride-4 load of the small, cached x), summed over the groups of the block."""
@@ -319,14 +323,15 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_
             x3 = tl.load(x_at + 3, mask=ok, other=0.0).to(tl.float32)
             part = tl.sum(w0 * x0[None, :] + w1 * x1[None, :] + w2 * x2[None, :] + w3 * x3[None, :], axis=1)
             acc += tl.where(cols[None, :] == t, part[:, None], 0.0)
-    _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split, z_splits,
-           stride_z_split, stride_z, stride_right, rank, merge_scale, HAS_BIAS, SPLIT, MERGE, BLOCK_N, BLOCK_T)
+    _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split,
+           stride_z_split, stride_z, stride_right, merge_scale, HAS_BIAS, SPLIT, MERGE, RANK, Z_SPLITS, BLOCK_N,
+           BLOCK_T)
 
 
 @triton.jit
-def sparse_gemv_finish_kernel(partial_ptr, bias_ptr, out_ptr, z_ptr, right_ptr, T, N, splits, stride_out, z_splits,
-                              stride_z_split, stride_z, stride_right, rank, merge_scale, HAS_BIAS: tl.constexpr,
-                              MERGE: tl.constexpr, BLOCK: tl.constexpr):
+def sparse_gemv_finish_kernel(partial_ptr, bias_ptr, out_ptr, z_ptr, right_ptr, T, N, splits, stride_out,
+                              stride_z_split, stride_z, stride_right, merge_scale, HAS_BIAS: tl.constexpr,
+                              MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, BLOCK: tl.constexpr):
     # one program per BLOCK outputs of one token: out[t, n] = Σ_s partial[s, t, n] (+ bias[n]) (+ the adapter term),
     # cast to out's dtype
     t = tl.program_id(1)
@@ -339,7 +344,7 @@ def sparse_gemv_finish_kernel(partial_ptr, bias_ptr, out_ptr, z_ptr, right_ptr, 
         acc += tl.load(bias_ptr + rn, mask=ok, other=0.0).to(tl.float32)
     if MERGE:
         rt = t + tl.arange(0, 1)
-        term = _adapter_term(z_ptr, right_ptr, rn, rt, ok, rt < T, z_splits, stride_z_split, stride_z, stride_right,
-                             rank, BLOCK, 1)
+        term = _adapter_term(z_ptr, right_ptr, rn, rt, ok, rt < T, stride_z_split, stride_z, stride_right, RANK,
+                             Z_SPLITS, BLOCK, 1)
         acc += merge_scale * tl.sum(term, axis=1)
     tl.store(out_ptr + t.to(tl.int64) * stride_out + rn, acc.to(out_ptr.dtype.element_ty), mask=ok)
