@@ -129,10 +129,10 @@ def test_split_k_for_few_rows_and_long_k(device, dtype, tokens, monkeypatch):
 
 
 def _adapter_case(n, k, tokens, rank, device, dtype, bias):
-    """A weight, an adapter of ``rank`` columns inside 32 adapter rows (all nonzero: reading a column past the rank
-    shows), R, the inputs and the fp64 reference with the merged-adapter term."""
+    """A weight, an adapter of ``rank`` columns inside its rows rounded up to 32 (all nonzero: reading a column past
+    the rank shows), R, the inputs and the fp64 reference with the merged-adapter term."""
     dense, values, nibbles = _sparse(n, k, device, dtype)
-    left, left_values, left_nibbles = _sparse(32, k, device, dtype)
+    left, left_values, left_nibbles = _sparse(-rank % 32 + rank, k, device, dtype)
     right = torch.randn(rank, n, device=device).to(dtype)
     x = torch.randn(tokens, k, device=device).to(dtype)
     b = torch.randn(n, device=device).to(dtype) if bias else None
@@ -150,19 +150,21 @@ def _adapter_case(n, k, tokens, rank, device, dtype, bias):
 @pytest.mark.parametrize("device,dtype", CASES)
 @pytest.mark.parametrize("tokens", [1, 3, 20])  # fma, fma over 3 token blocks, dot (the tensor-core merge)
 @pytest.mark.parametrize("k", [256, 2304])  # 2304: both the 40 rows and the adapter rows split K (finish kernel)
-@pytest.mark.parametrize("bias", [False, True])
-def test_adapter_term_in_the_epilogue_matches_fp64_reference(device, dtype, tokens, k, bias):
+@pytest.mark.parametrize("bias,rank", [(False, 5), (True, 5), (True, 136)])  # 136 > UNROLL_RANK: the column loop
+def test_adapter_term_in_the_epilogue_matches_fp64_reference(device, dtype, tokens, k, bias, rank):
     """Y = x·Wᵀ + b + Z·R/r, Z = x·L_pᵀ from the adapter rows' fp32 partials (`GemvPlan.partials`), added by the W
-    launch: in its store, or under split K in the finish kernel; through a plan and through `sparse_gemv`."""
+    launch's store (under split K into its first piece); through a plan and through `sparse_gemv`."""
+    from slope.kernels import sparse_gemv_triton
     from slope.kernels.sparse_gemv import GemvPlan, geometry, split_k
 
-    n, rank = 40, 5
+    n, adapter_rows = 40, -rank % 32 + rank
+    assert (rank > sparse_gemv_triton.UNROLL_RANK) == (rank == 136)
     (values, nibbles, b), (left_values, left_nibbles), right, scale, x, reference, bound = _adapter_case(
         n, k, tokens, rank, device, dtype, bias)
-    assert (split_k(n, k) > 1) == (k == 2304) and (split_k(32, k) > 1) == (k == 2304)
-    rows = GemvPlan(left_values, left_nibbles, None, 32, k, *geometry(left_values, k)[1:])
+    assert (split_k(n, k) > 1) == (k == 2304) and (split_k(adapter_rows, k) > 1) == (k == 2304)
+    rows = GemvPlan(left_values, left_nibbles, None, adapter_rows, k, *geometry(left_values, k)[1:])
     z = rows.partials(x)
-    assert z.dtype == torch.float32 and z.shape == (1 + (k == 2304), tokens, 32)
+    assert z.dtype == torch.float32 and z.shape == (1 + (k == 2304), tokens, adapter_rows)
     plan = GemvPlan(values, nibbles, b, n, k, *geometry(values, k)[1:], adapter_right=right, adapter_scale=scale)
     for result in (plan(x, torch.empty(tokens, n, device=device, dtype=dtype), "auto", z),
                    sparse_gemv(x, values, nibbles, b, adapter=(z, right, scale)),
@@ -274,10 +276,11 @@ def test_plan_launches_the_compiled_kernels_directly_with_the_jits_numbers(dtype
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("n,k,tokens", [(48, 256, 1), (24, 2304, 1), (24, 2304, 20), (5120, 5120, 1),
-                                        (5120, 5120, 8), (512, 512, 32)])  # rows 24 and 5120²: split K
+@pytest.mark.parametrize("n,k,tokens,rank", [(48, 256, 1, 20), (24, 2304, 1, 20), (24, 2304, 20, 20),
+                                             (5120, 5120, 1, 20), (5120, 5120, 8, 20), (512, 512, 32, 20),
+                                             (5120, 5120, 1, 320)])  # rows 24 and 5120²: split K; 320: the loop
 @pytest.mark.parametrize("static", [True, False], ids=["static-launcher", "triton-launcher"])
-def test_merged_plan_launches_directly_with_the_jits_numbers(dtype, n, k, tokens, static, monkeypatch):
+def test_merged_plan_launches_directly_with_the_jits_numbers(dtype, n, k, tokens, rank, static, monkeypatch):
     """The adapter rows' partials and the merged W launch (three changing arguments: x, out, z) launched directly
     give the JIT's numbers bit for bit, and the fp64 reference's within rounding."""
     from slope.kernels import sparse_gemv as module
@@ -285,8 +288,8 @@ def test_merged_plan_launches_directly_with_the_jits_numbers(dtype, n, k, tokens
 
     monkeypatch.setattr(module, "STATIC_LAUNCH", static)
     (values, nibbles, b), (left_values, left_nibbles), right, scale, x, reference, bound = _adapter_case(
-        n, k, tokens, 20, "cuda", dtype, True)
-    rows = GemvPlan(left_values, left_nibbles, None, 32, k, *geometry(left_values, k)[1:])
+        n, k, tokens, rank, "cuda", dtype, True)
+    rows = GemvPlan(left_values, left_nibbles, None, left_values.shape[0], k, *geometry(left_values, k)[1:])
     plan = GemvPlan(values, nibbles, b, n, k, *geometry(values, k)[1:], adapter_right=right, adapter_scale=scale)
     z = module.sparse_gemv(x, left_values, left_nibbles)  # Z through the JIT, whole
     for _ in range(4):  # JIT (autotune), JIT (kept), then direct launches

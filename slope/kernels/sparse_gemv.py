@@ -252,37 +252,35 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
     else:
         target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
     merge_pointers, merge_numbers, merge_meta = _adapter_arguments(adapter, values)
-    main_merges = adapter is not None and splits == 1 and not partials  # else the finish kernel adds the term
-    meta = dict(HAS_BIAS=bias is not None, SPLIT=splits > 1 or partials, MERGE=main_merges,
-                **(merge_meta if main_merges else _adapter_arguments(None, values)[2]),
+    meta = dict(HAS_BIAS=bias is not None, SPLIT=splits > 1 or partials, MERGE=adapter is not None, **merge_meta,
                 BLOCK_T=block_t, WORDS=16 * values.element_size() if words else 0,
                 META=metadata_mode(mask_layout, nibbles, values, tile_stride), ESIZE=values.element_size())
     args = (x, values, nibbles, bias_arg, target, *merge_pointers, tokens, n, k, x.stride(0), tile_stride, tile_rows,
             out.stride(-2), k_chunk, tokens * n, *merge_numbers)
     compiled, config = _launch_tuned(kernel, grid, (kernel, n, k, x.dtype, values.dtype, target.dtype,
                                                     *meta.values()), args, meta)
-    main_changing = ("x_ptr", "out_ptr", "z_ptr") if main_merges else ("x_ptr", "out_ptr")
+    main_changing = ("x_ptr", "out_ptr", "z_ptr") if adapter is not None else ("x_ptr", "out_ptr")
     main = None if compiled is None or not keep else _direct_runner(
         kernel.fn, compiled, grid(config.kwargs), args, {**meta, **config.kwargs}, main_changing, static)
     if splits == 1 or partials:
         return main  # direct(x, out[, z]), or None
     block = 256
     finish_kernel, finish_grid = sparse_gemv_triton.sparse_gemv_finish_kernel, (-(-n // block), tokens)
-    finish_args = (target, bias_arg, out, *merge_pointers, tokens, n, splits, out.stride(0), *merge_numbers)
-    finish_meta = dict(HAS_BIAS=bias is not None, MERGE=adapter is not None, **merge_meta, BLOCK=block)
+    finish_args = (target, bias_arg, out, tokens, n, splits, out.stride(0))
+    finish_meta = dict(HAS_BIAS=bias is not None, BLOCK=block)
     finished = finish_kernel[finish_grid](*finish_args, **finish_meta)
     if main is None:
         return None
-    finish_changing = ("partial_ptr", "out_ptr", "z_ptr") if adapter is not None else ("partial_ptr", "out_ptr")
-    finish = _direct_runner(finish_kernel, finished, finish_grid, finish_args, finish_meta, finish_changing, static)
+    finish = _direct_runner(finish_kernel, finished, finish_grid, finish_args, finish_meta, ("partial_ptr", "out_ptr"),
+                            static)
     if finish is None:
         return None
     shape = (splits, tokens, n)
 
     def direct_split(x, out, *z):
         target = torch.empty(shape, device=out.device, dtype=torch.float32)
-        main(x, target)
-        finish(target, out, *z)
+        main(x, target, *z)
+        finish(target, out)
     direct_split.launcher = main.launcher if main.launcher == finish.launcher else "mixed"
     return direct_split
 
