@@ -9,12 +9,13 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import slope.kernels.cusparselt as c; import time; t=time.time(); c.load_extension(); print(f'extension built in {time.time()-t:.0f}s')" 2>&1 | tail -3
 case "${1:-tests}" in
 merge-tests)  # the adapter-merge tests alone
-  timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider -n 4 tests/test_sparse_gemv.py tests/test_inference.py \
-      -k "adapter or merged_plan or few_token_merge" 2>&1 | tee "$out/gpu_tests_merge.log" | tail -15
+  timeout ${TESTS_S:-240} python3 -m pytest -m gpu -q -p no:cacheprovider -n ${WORKERS:-4} tests/test_sparse_gemv.py \
+      tests/test_inference.py -k "adapter or merged_plan or few_token_merge or (merged_tiled and 1-32)" 2>&1 \
+      | tee "$out/gpu_tests_merge.log" | tail -15
   ;;
 merge-bench)
-  timeout 300 python3 -m performance_experiments.bench_inference --preset decode --sections decode_merge --dtypes bfloat16 \
-      --decode-shapes opt-13b.fc1,opt-13b.fc2 --decode-tokens 1,8,32 --repeats 20 \
+  timeout ${BENCH_S:-300} python3 -m performance_experiments.bench_inference --preset decode --sections decode_merge \
+      --dtypes bfloat16 --decode-shapes opt-13b.fc1,opt-13b.fc2 --decode-tokens ${TOKENS:-1,8,32} --repeats 20 \
       --output "$out/bench_decode_merge.csv" 2>&1 | tail -50
   ;;
 tests)
@@ -28,9 +29,10 @@ bench)
       --output "$out/bench_decode_merge.csv" 2>&1 | tail -40
   ;;
 e2e)
-  timeout 560 python3 -m performance_experiments.speedup --models opt-13b --dtypes bfloat16 --sections decode --max-blocks 8 \
-      --decode-fallback 0 --decode-cusparselt-too false --decode-kernel-time false --cslt-search-budget-s 8 \
-      --time-budget-s 300 --variants dense,slope --adapter-ranks 0,1.56%,6.25% --adapter-modes merged \
-      --separate-mask true --output-dir "$out/e2e" 2>&1 | tail -40
+  timeout ${E2E_S:-560} python3 -m performance_experiments.speedup --models opt-13b --dtypes bfloat16 --sections decode \
+      --max-blocks 8 --decode-fallback 0 --decode-cusparselt-too false --decode-kernel-time false \
+      --cslt-search-budget-s 8 --time-budget-s ${E2E_BUDGET_S:-300} --variants dense,slope \
+      --adapter-ranks ${RANKS:-0,1.56%,6.25%} --adapter-modes merged --separate-mask true --output-dir "$out/e2e" 2>&1 \
+      | tail -40
   ;;
 esac
