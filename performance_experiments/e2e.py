@@ -176,6 +176,15 @@ def to_inference(variant: Variant, dtype: torch.dtype, *, prepare: bool = True, 
                                 implementation=implementation, few_token_kernel_tokens=few,
                                 separate_mask=separate_mask)
         layers = slope.sparse_layers(model)
+    else:
+        # Layers that are inference layers already (``prune_model(merge_lora=True)`` builds them with the library's
+        # defaults) still get the settings asked for here: the merged-adapter decode rows up to 7219cbf ran at the
+        # default few-token threshold (1 token) although the config said "auto", with no note saying so.
+        for layer in layers.values():
+            if few_token_kernel_tokens is not None and hasattr(layer, "set_few_token_kernel"):
+                layer.set_few_token_kernel(few_token_kernel_tokens)
+            if dense_fallback_tokens and hasattr(layer, "set_dense_fallback"):
+                layer.set_dense_fallback(dense_fallback_tokens)
     kinds = sorted({type(layer).__name__ for layer in layers.values()})
     tiles = sorted({len(layer.rows) for layer in layers.values() if hasattr(layer, "rows")})
     few = sorted({layer.few_token_kernel_tokens for layer in layers.values() if hasattr(layer, "few_token_kernel_tokens")})

@@ -42,7 +42,10 @@ with one compressed matrix and one fused multiply-add (the paper's merged path):
   which reads 1.125 (1.25 with ``mask_nibbles``) bytes per weight instead of dense's 2 — no extra memory, unlike
   the dense fallback. Adapters merge inside it (``few_token_merge="epilogue"``, `set_few_token_merge`): one launch
   over the adapter rows writes Z = X·L_p as fp32 split-K partials, and the W_R launch adds Z·R/r in its epilogue
-  — no torch.addmm and no (tokens, d_out + r) buffer, whose host time at one token was more than the SpMVs'.
+  — no torch.addmm and no (tokens, d_out + r) buffer, whose host time at one token was more than the SpMVs'
+  (OPT-13B fc1/fc2, ranks 80 and 320, H200 bf16, 7219cbf: 25–46 µs of host time per 1-token call against 69–95 µs;
+  GPU time under CUDA-graph replay better at 8 tokens, worse at 1 token on fc2 and at rank 320; numbers in
+  `slope.kernels.sparse_gemv`'s docstring). ``"addmm"`` keeps the path before it, for comparison.
 * **state_dict** holds the training layer's canonical entries (``values`` (d_out, d_in/2), ``mask_nibbles``,
   bias, adapters) whether or not the layer keeps a mask of its own (without one, ``mask_nibbles`` is read back
   from the metadata, `nm_pack.nibbles_from_metadata`): it loads from a trained `CompressedSLoPeLinear`

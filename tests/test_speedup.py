@@ -222,6 +222,31 @@ def test_static_decode_step_equals_the_full_forward_and_repeats(name):
     assert torch.equal(step(), first)
 
 
+def test_to_inference_applies_its_settings_to_layers_built_as_inference_layers():
+    """A merged-adapter variant's layers are inference layers from the start (prune_model(merge_lora=True)): the
+    few-token and dense-fallback settings must still reach them (they once kept the library's defaults)."""
+    from slope.linear import SparseLinearBase
+
+    class Built(SparseLinearBase):  # stands in for SLoPeInferenceLinear, which needs a GPU to build
+        def __init__(self):
+            super().__init__(8, 8, False, sparsity="2:4", layer_name="fc", device="cpu", dtype=torch.float32)
+            self.few_token_kernel_tokens, self.dense_fallback_tokens = 1, 0
+
+        def set_few_token_kernel(self, tokens):
+            self.few_token_kernel_tokens = tokens
+
+        def set_dense_fallback(self, tokens):
+            self.dense_fallback_tokens = tokens
+
+    variant = e2e.Variant("slope merged adapters", torch.nn.Sequential(Built()))
+    note = e2e.to_inference(variant, torch.float32, few_token_kernel_tokens="auto", dense_fallback_tokens=8)
+    layer = variant.model[0]
+    assert (layer.few_token_kernel_tokens, layer.dense_fallback_tokens) == ("auto", 8)
+    assert "few-token kernel at <= ['auto'] tokens" in note
+    e2e.to_inference(variant, torch.float32)  # nothing asked: the layer keeps what it has
+    assert (layer.few_token_kernel_tokens, layer.dense_fallback_tokens) == ("auto", 8)
+
+
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
                                reason="needs an sm_80+ CUDA GPU")
 

@@ -30,6 +30,18 @@ process, H200, bd12323; results/logs/bench_decode_metadata_words_h200.csv; earli
 a 64-bit shift per group, 0.60-0.97x; ``_3d_rejected``, the group axis kept split as the words split it, slower
 still on OPT-13B fc1; bench_decode_metadata_h200.csv and ``_v1``, the byte reads).
 
+**Merged adapters** (``adapter=(z, R, scale)``; a `GemvPlan` built with ``adapter_right`` R, fed the adapter rows'
+`GemvPlan.partials`): out = x·Wᵀ + b + scale · Z·R, Z the sum of z's split-K pieces, added in the store of the
+kernel (under split K into the first piece's partial). It replaces, for `SLoPeInferenceLinear`'s few-token path, a
+launch into a (tokens, N + r) buffer and a torch addmm. Same process, H200, bf16, 7219cbf, OPT-13B fc1 / fc2 at
+ranks 80 / 320 against that addmm path (results/logs/bench_decode_merge_h200.csv): host time per 1-token call
+25–46 µs against 69–95 µs (dense nn.Linear 17–22 µs); CUDA-graph replay at 8 tokens 0.77–0.87x dense against
+0.73–0.77x; at 1 token 1.14x against 1.11x on fc1 rank 80, but 0.62–0.90x against 1.05–1.09x on fc2 and at rank
+320. There each program ends with the z reduction (Z_SPLITS pieces) and its R block (RANK x BLOCK_N), latency no
+other work hides at one token, and beyond rank 128 (`sparse_gemv_triton.UNROLL_RANK`) a loop of them. The first
+version, with the term in the finish kernel under split K (N/256 programs for all of R), ran fc2 at rank 320
+2.7x slower than the addmm path (4d9c7d4, the ``4d9c7d4`` rows of the same file).
+
 ``values`` may also be a (tiles, rows per tile, K/2) strided view (a tiled layer's W_R inside its packed buffer);
 ``out`` may be a column block of a wider buffer (unit column stride). A caller that runs one weight many times
 holds a `GemvPlan`, which launches the compiled kernels past Triton's per-call dispatch, through PyTorch's C++
