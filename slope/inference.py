@@ -300,7 +300,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
         """Where the few-token path adds the merged adapters' Z·R/r: ``"epilogue"`` (the default) in the W_R
         launch, from the adapter rows' fp32 partials; ``"addmm"``, as the cuSPARSELt path does, both row blocks
         into one (tokens, d_out + r) buffer and then `slope.kernels.fused.addmm` (the path before the epilogue, kept
-        for the benchmark that compares them: performance_experiments/bench_adapter_merge.py)."""
+        for the benchmark that compares them: `performance_experiments.bench_inference --sections decode_merge`)."""
         if where not in FEW_TOKEN_MERGES:
             raise ValueError(f"{self.layer_name}: few_token_merge must be one of {FEW_TOKEN_MERGES}, got {where!r}")
         self.few_token_merge, self._gemv_plans = where, None

@@ -138,7 +138,8 @@ def _adapter_case(n, k, tokens, rank, device, dtype, bias):
     b = torch.randn(n, device=device).to(dtype) if bias else None
     scale = 1 / rank
     z = x.double() @ left.double().t()
-    reference = x.double() @ dense.double().t() + scale * z[:, :rank] @ right.double() + (0 if b is None else b.double())
+    reference = (x.double() @ dense.double().t() + scale * z[:, :rank] @ right.double()
+                 + (0 if b is None else b.double()))
     # torch's rounding (Z stored at this dtype, as the unfused merge does; fp32 sums) bounds ours, with 2x slack
     z_rounded = (x.float() @ left.float().t()).to(dtype)[:, :rank]
     torch_result = (x.float() @ dense.float().t() + scale * z_rounded.float() @ right.float()

@@ -418,8 +418,9 @@ def _static_kernel_class():
 
 def _static_launch(compiled, grid: tuple, arg_names: list[str], values: list, changing: list[int]):
     """``launch(*tensors)``, the tensors at the ``changing`` positions (2 or 3), through PyTorch's C++ launcher for
-    Triton cubins (``torch._C._StaticCudaLauncher``, what torch.compile launches its Triton kernels with), or None where it cannot take this kernel (no such launcher in
-    this torch, launch hooks set, a scratch buffer needed, an argument type it has no code for).
+    Triton cubins (``torch._C._StaticCudaLauncher``, what torch.compile launches its Triton kernels with), or None
+    where it cannot take this kernel (no such launcher in this torch, launch hooks set, a scratch buffer needed, an
+    argument type it has no code for).
 
     Why: Triton's own launch path runs ~6 Python frames per launch (the runner, launch metadata, hooks, scratch
     allocation, the current device and stream) before its C launcher; at one decode token that was about half of

@@ -14,10 +14,11 @@ casts (one more launch, paid only where the split is used).
 
 Merged adapters (``MERGE``): out[t, n] += scale · Σ_j Z[t, j] · R[j, n] for j < rank, the merged-adapter term of
 `slope.inference.SLoPeInferenceLinear` (Z = X·L_p, computed beforehand by this kernel on the adapter rows as fp32
-split-K partials, summed here; R (rank, N)), added in the epilogue: in `_store` without split K, else in the
-finish kernel. Z is rounded to R's dtype first, as the unfused path stores it (a column block of the layer's
-output), and the products are summed in fp32 — the numbers of torch.addmm on those operands. One launch less and
-no (tokens, N + r) buffer or torch.addmm at decode: at one token that merge cost more host time than the SpMV.
+split-K partials, summed here; R (rank, N)), added in the epilogue, `_store` (under split K into the first piece's
+partial, which the finish kernel adds up with the others). Z is rounded to R's dtype first, as the unfused path
+stores it (a column block of the layer's output), and the products are summed in fp32 — the numbers of
+torch.addmm on those operands. One launch less and no (tokens, N + r) buffer or torch.addmm at decode: at one token
+that merge cost more host time than the SpMV.
 
 Word loads (``WORDS``, the dot form's default): a group's two kept values are read as one 32-bit word and split
 into halves, which hands the (rows, groups) layout straight to the rebuild instead of reshaping and splitting a
@@ -265,7 +266,8 @@ def _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N
     """acc (BLOCK_N, BLOCK_T) fp32 -> out[t, n] (+ bias, + the adapter term); under SPLIT an fp32 partial in
     (splits, T, N) for the finish kernel, which adds those and the bias. The adapter term goes into the first k
     piece's partial: the main grid has the programs to spread its R reads over (the finish kernel has N/256 per
-    token: on OPT-13B fc2 at one token, 20 programs read all of R, 2.6x slower than torch.addmm, H200)."""
+    token: on OPT-13B fc2 at one token its 20 programs read all of R, 2.7x slower than the addmm path at rank 320,
+    H200, 4d9c7d4)."""
     inside = row_ok[:, None] & token_ok[None, :]
     if MERGE:
         if tl.program_id(2) == 0:
@@ -284,10 +286,11 @@ def _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N
 @triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "META", "MERGE"])
 @triton.jit
 def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr, right_ptr, T, N, K, stride_x,
-                       tile_stride, tile_rows, stride_out, k_chunk, stride_split, stride_z_split, stride_z, stride_right,
-                       merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, MERGE: tl.constexpr,
-                       RANK: tl.constexpr, Z_SPLITS: tl.constexpr, BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr,
-                       ESIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       tile_stride, tile_rows, stride_out, k_chunk, stride_split, stride_z_split, stride_z,
+                       stride_right, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                       MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, BLOCK_T: tl.constexpr,
+                       WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
     """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
     rn, rt, row_ok, token_ok, value_rows, rows, k_start, k_end = _program_block(
         T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
@@ -313,10 +316,11 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr,
 @triton.autotune(configs=_FMA_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "META", "MERGE"])
 @triton.jit
 def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr, right_ptr, T, N, K, stride_x,
-                           tile_stride, tile_rows, stride_out, k_chunk, stride_split, stride_z_split, stride_z, stride_right,
-                           merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, MERGE: tl.constexpr,
-                           RANK: tl.constexpr, Z_SPLITS: tl.constexpr, BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr,
-                           ESIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                           tile_stride, tile_rows, stride_out, k_chunk, stride_split, stride_z_split, stride_z,
+                           stride_right, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                           MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, BLOCK_T: tl.constexpr,
+                           WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_K: tl.constexpr):
     """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores. Each position i of a group multiplies
     the token's x at 4g+i (a stride-4 load of the small, cached x), summed over the groups of the block."""
     GROUPS: tl.constexpr = BLOCK_K // 4
