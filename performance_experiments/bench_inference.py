@@ -219,7 +219,6 @@ def bench_decode(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
 
     d_in, d_out = MLP_SHAPES[shape]
     dense = torch.nn.Linear(d_in, d_out, device="cuda", dtype=dtype)
-    w, bias = dense.weight.detach(), dense.bias.detach()
     layers = {label: SLoPeInferenceLinear.from_layer(_simulated_layer(d_in, d_out, _rank(shape, label), dtype))
               for label in cfg.decode_ranks}
     metadata_labels = {}  # label -> whether the kernel reads the metadata in words (`sparse_gemv.METADATA_WORDS`)
@@ -235,9 +234,7 @@ def bench_decode(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
     for tokens in map(int, cfg.decode_tokens):
         xs = Rotating(lambda: torch.randn(tokens, d_in, device="cuda", dtype=dtype))
         x = xs()
-        with torch.no_grad():
-            reference = {"eager": cuda_time_ms(lambda: dense(xs()), repeats=cfg.repeats),
-                         "graph": _graph_time(lambda x: F.linear(x, w, bias), x, cfg.repeats)}
+        reference = _dense_decode_times(dense, xs, x, cfg.repeats)
         for mode, td in reference.items():
             rows.append(_row("decode", shape, d_in, d_out, tokens, dtype, f"dense {mode}", td,
                              note=f"{dense_bytes / td['median_ms'] / 1e6:.0f} GB/s"))
@@ -269,7 +266,6 @@ def bench_decode_merge(rows: list[dict], shape: str, dtype: torch.dtype, cfg: In
 
     d_in, d_out = MLP_SHAPES[shape]
     dense = torch.nn.Linear(d_in, d_out, device="cuda", dtype=dtype)
-    w, bias = dense.weight.detach(), dense.bias.detach()
     labels = ("r0",) + tuple(label for label in cfg.merge_ranks if label != "r0")
     layers = {label: SLoPeInferenceLinear.from_layer(_simulated_layer(d_in, d_out, _rank(shape, label), dtype))
               for label in labels}
@@ -277,11 +273,7 @@ def bench_decode_merge(rows: list[dict], shape: str, dtype: torch.dtype, cfg: In
     for tokens in map(int, cfg.decode_tokens):
         xs = Rotating(lambda: torch.randn(tokens, d_in, device="cuda", dtype=dtype))
         x = xs()
-        with torch.no_grad():
-            reference = {"eager": cuda_time_ms(lambda: dense(xs()), repeats=cfg.repeats),
-                         "graph": _graph_time(lambda x: F.linear(x, w, bias), x, cfg.repeats)}
-            if tokens == 1:
-                reference["host"] = _host_stats(lambda: dense(x))
+        reference = _dense_decode_times(dense, xs, x, cfg.repeats, host=tokens == 1)
         for mode, td in reference.items():
             rows.append(_row("decode_merge", shape, d_in, d_out, tokens, dtype, f"dense {mode}", td,
                              unit="us_per_call" if mode == "host" else "ms"))
@@ -302,6 +294,18 @@ def bench_decode_merge(rows: list[dict], shape: str, dtype: torch.dtype, cfg: In
                                  speedup=reference[mode]["median_ms"] / ts["median_ms"],
                                  note=f"rank {layer.lora_rank}; few-token kernel; launchers "
                                       f"{sorted(layer.few_token_launchers()) or ['JIT']}"))
+
+
+@torch.no_grad()
+def _dense_decode_times(dense: torch.nn.Linear, xs, x: torch.Tensor, repeats: int, host: bool = False) -> dict:
+    """The dense reference of the decode rows: eager calls on rotating inputs, one call replayed in a CUDA graph,
+    and (``host``) the host µs per call."""
+    w, bias = dense.weight.detach(), dense.bias.detach()
+    times = {"eager": cuda_time_ms(lambda: dense(xs()), repeats=repeats),
+             "graph": _graph_time(lambda x: F.linear(x, w, bias), x, repeats)}
+    if host:
+        times["host"] = _host_stats(lambda: dense(x))
+    return times
 
 
 def _host_stats(fn) -> dict:
