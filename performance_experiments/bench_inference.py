@@ -65,6 +65,7 @@ class InferenceBenchConfig:
     decode_tokens: tuple[str, ...] = ("1", "8", "16", "32", "64")
     decode_ranks: tuple[str, ...] = ("r0", "r1.56%")
     merge_ranks: tuple[str, ...] = ("r1.56%", "r6.25%")
+    merge_layouts: tuple[str, ...] = ("default",)  # `MERGE_LAYOUTS`: epilogue layouts decode_merge compares
     repeats: int = 30
     output: str = "runs/bench_inference.csv"
 
@@ -76,6 +77,13 @@ PRESETS = {"h100": InferenceBenchConfig(),
            "decode": InferenceBenchConfig(sections=("decode_host", "decode", "decode_merge"),
                                           dtypes=("bfloat16", "float16"))}
 SECTIONS = ("fused", "layers", "decode_host", "decode", "decode_merge")
+# The merged-adapter epilogue layouts decode_merge can time (`slope.kernels.sparse_gemv.adapter_epilogue` settings;
+# "default": the library's `ADAPTER_EPILOGUE` as it is). "first-piece" is 7219cbf's layout: the first k piece adds
+# every adapter column, 16 at a time, a loop beyond 128.
+MERGE_LAYOUTS = {"default": {}, "first-piece": dict(spread=False, rank_block=16, rank_unroll=128),
+                 "spread": dict(spread=True, rank_block=16, rank_unroll=128),
+                 "spread-unrolled": dict(spread=True, rank_block=16, rank_unroll=512),
+                 "spread-wide": dict(spread=True, rank_block=64, rank_unroll=512)}
 
 
 def _rank(shape: str, label: str) -> int:
@@ -263,13 +271,20 @@ def bench_decode(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
 
 def bench_decode_merge(rows: list[dict], shape: str, dtype: torch.dtype, cfg: InferenceBenchConfig) -> None:
     from slope.inference import SLoPeInferenceLinear
+    from slope.kernels.sparse_gemv import adapter_epilogue
 
     d_in, d_out = MLP_SHAPES[shape]
     dense = torch.nn.Linear(d_in, d_out, device="cuda", dtype=dtype)
     labels = ("r0",) + tuple(label for label in cfg.merge_ranks if label != "r0")
     layers = {label: SLoPeInferenceLinear.from_layer(_simulated_layer(d_in, d_out, _rank(shape, label), dtype))
               for label in labels}
-    variants = [("r0", "epilogue")] + [(label, merge) for label in labels[1:] for merge in ("epilogue", "addmm")]
+    unknown = set(cfg.merge_layouts) - set(MERGE_LAYOUTS)
+    if unknown:
+        raise ValueError(f"bench_inference: merge_layouts {sorted(unknown)} unknown; known: {sorted(MERGE_LAYOUTS)}")
+    # (rank label, where the term is added, epilogue layout); a layout is compiled when a layer's plans are rebuilt
+    variants = [("r0", "epilogue", "default")] + [
+        (label, merge, layout) for label in labels[1:]
+        for merge, layout in [("epilogue", layout) for layout in cfg.merge_layouts] + [("addmm", "default")]]
     for tokens in map(int, cfg.decode_tokens):
         xs = Rotating(lambda: torch.randn(tokens, d_in, device="cuda", dtype=dtype))
         x = xs()
@@ -277,19 +292,20 @@ def bench_decode_merge(rows: list[dict], shape: str, dtype: torch.dtype, cfg: In
         for mode, td in reference.items():
             rows.append(_row("decode_merge", shape, d_in, d_out, tokens, dtype, f"dense {mode}", td,
                              unit="us_per_call" if mode == "host" else "ms"))
-        for label, merge in variants:
+        for label, merge, layout in variants:
             layer = layers[label]
             layer.set_few_token_kernel(tokens)
-            layer.set_few_token_merge(merge)
-            with torch.no_grad():
+            layer.set_few_token_merge(merge)  # drops the layer's plans: the next call compiles this layout's
+            with torch.no_grad(), adapter_epilogue(**MERGE_LAYOUTS[layout]):
                 layer(x)  # autotuning and compiling outside the timing
                 times = {"eager": cuda_time_ms(lambda: layer(xs()), repeats=cfg.repeats),
                          "graph": _graph_time(layer, x, cfg.repeats)}
                 if tokens == 1:
                     times["host"] = _host_stats(lambda: layer(x))
+            name = f"slope {label}" + (f" merge {merge}" if label != "r0" else "")
+            name += f" {layout}" if merge == "epilogue" and label != "r0" and layout != "default" else ""
             for mode, ts in times.items():
-                rows.append(_row("decode_merge", shape, d_in, d_out, tokens, dtype,
-                                 f"slope {label}" + (f" merge {merge}" if label != "r0" else "") + f" {mode}", ts,
+                rows.append(_row("decode_merge", shape, d_in, d_out, tokens, dtype, f"{name} {mode}", ts,
                                  unit="us_per_call" if mode == "host" else "ms",
                                  speedup=reference[mode]["median_ms"] / ts["median_ms"],
                                  note=f"rank {layer.lora_rank}; few-token kernel; launchers "

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU session script for the few-token adapter merge (kept beside gpu_check.sh: one call, logs and CSVs in $OUT).
-# Usage: SLOPE_GIT_SHA=<commit> SLOPE_GIT_DIRTY=False bash performance_experiments/gpu_session_merge.sh [tests|bench|e2e]
+# Usage: SLOPE_GIT_SHA=<commit> SLOPE_GIT_DIRTY=False bash performance_experiments/gpu_session_merge.sh \
+#   [merge-tests|merge-bench|tests|bench|e2e]   (limits and selections: the ${...} variables below)
 set -uo pipefail
 out=${OUT:-runs/gpu}
 mkdir -p "$out"
@@ -21,7 +22,7 @@ merge-tests)  # the adapter-merge tests alone
   ;;
 merge-bench)
   timeout ${BENCH_S:-300} python3 -m performance_experiments.bench_inference --preset decode --sections decode_merge \
-      --dtypes bfloat16 --decode-shapes opt-13b.fc1,opt-13b.fc2 --decode-tokens ${TOKENS:-1,8,32} --repeats 20 \
+      --dtypes bfloat16 --decode-shapes opt-13b.fc1,opt-13b.fc2 --decode-tokens ${TOKENS:-1,8,32} --repeats 20 --merge-layouts ${LAYOUTS:-default} \
       --output "$out/bench_decode_merge.csv" 2>&1 | tail -50
   ;;
 tests)

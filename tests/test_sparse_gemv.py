@@ -151,15 +151,14 @@ def _adapter_case(n, k, tokens, rank, device, dtype, bias):
 @pytest.mark.parametrize("device,dtype", CASES)
 @pytest.mark.parametrize("tokens", [1, 3, 20])  # fma, fma over 3 token blocks, dot (the tensor-core merge)
 @pytest.mark.parametrize("k", [256, 2304])  # 2304: both the 40 rows and the adapter rows split K (finish kernel)
-@pytest.mark.parametrize("bias,rank", [(False, 5), (True, 5), (True, 136)])  # 136 > UNROLL_RANK: the column loop
+@pytest.mark.parametrize("bias,rank", [(False, 5), (True, 5), (True, 136)])  # 136 > rank_unroll: the column loop
 def test_adapter_term_in_the_epilogue_matches_fp64_reference(device, dtype, tokens, k, bias, rank):
     """Y = x·Wᵀ + b + Z·R/r, Z = x·L_pᵀ from the adapter rows' fp32 partials (`GemvPlan.partials`), added by the W
     launch's store (under split K into its first piece); through a plan and through `sparse_gemv`."""
-    from slope.kernels import sparse_gemv_triton
-    from slope.kernels.sparse_gemv import GemvPlan, geometry, split_k
+    from slope.kernels.sparse_gemv import ADAPTER_EPILOGUE, GemvPlan, geometry, split_k
 
     n, adapter_rows = 40, -rank % 32 + rank
-    assert (rank > sparse_gemv_triton.UNROLL_RANK) == (rank == 136)
+    assert (rank > ADAPTER_EPILOGUE["rank_unroll"]) == (rank == 136)
     (values, nibbles, b), (left_values, left_nibbles), right, scale, x, reference, bound = _adapter_case(
         n, k, tokens, rank, device, dtype, bias)
     assert (split_k(n, k) > 1) == (k == 2304) and (split_k(adapter_rows, k) > 1) == (k == 2304)
@@ -172,6 +171,39 @@ def test_adapter_term_in_the_epilogue_matches_fp64_reference(device, dtype, toke
                    sparse_gemv(x, values, nibbles, b, adapter=(z.sum(0), right, scale))):  # Z whole, 2-D
         assert result.dtype == dtype
         assert (result.double() - reference).abs().max().item() <= bound
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("tokens", [1, 20])
+@pytest.mark.parametrize("settings", [dict(spread=False), dict(spread=True, rank_block=64, rank_unroll=64),
+                                      dict(spread=True, rank_block=32, rank_unroll=512)],
+                         ids=["first-piece", "spread-loop", "spread-unrolled"])
+def test_adapter_epilogue_layouts_match_fp64_reference(device, dtype, tokens, settings):
+    """Each `adapter_epilogue` layout gives the fp64 reference's numbers (rank 136 under split K: the first piece
+    adding every column, the pieces sharing them in a loop, or unrolled), and the settings come back after."""
+    from slope.kernels.sparse_gemv import ADAPTER_EPILOGUE, GemvPlan, adapter_epilogue, geometry
+
+    n, k, rank = 40, 2304, 136
+    before = dict(ADAPTER_EPILOGUE)
+    (values, nibbles, b), (left_values, left_nibbles), right, scale, x, reference, bound = _adapter_case(
+        n, k, tokens, rank, device, dtype, True)
+    with adapter_epilogue(**settings):
+        rows = GemvPlan(left_values, left_nibbles, None, 160, k, *geometry(left_values, k)[1:])
+        plan = GemvPlan(values, nibbles, b, n, k, *geometry(values, k)[1:], adapter_right=right, adapter_scale=scale)
+        result = plan(x, torch.empty(tokens, n, device=device, dtype=dtype), "auto", rows.partials(x))
+    assert ADAPTER_EPILOGUE == before
+    assert (result.double() - reference).abs().max().item() <= bound
+
+
+def test_adapter_epilogue_settings_are_checked():
+    from slope.kernels.sparse_gemv import adapter_epilogue
+
+    with pytest.raises(ValueError, match="unknown settings .'spreed'."):
+        with adapter_epilogue(spreed=True):
+            pass
+    with pytest.raises(ValueError, match="rank_block must be 16, 32, 64 or 128"):
+        with adapter_epilogue(rank_block=24):
+            pass
 
 
 def test_adapter_operands_are_checked():
@@ -463,8 +495,8 @@ def test_metadata_reads_are_right_for_every_row_block_width(meta, block_n, block
     grid = (tiles * rows // block_n, -(-tokens // block_t), 1)
     kernel.fn[grid](x, view, packed, view, out, view, view, tokens, tiles * rows, k, x.stride(0), view.stride(0),
                     rows, out.stride(0), k, tokens * tiles * rows, 0, 0, 0, 0.0, HAS_BIAS=False, SPLIT=False,
-                    MERGE=False, RANK=0, Z_SPLITS=0, BLOCK_T=block_t, WORDS=32, META=meta, ESIZE=2, BLOCK_N=block_n,
-                    BLOCK_K=block_k)
+                    MERGE=False, RANK=0, Z_SPLITS=0, SPAN=0, RANK_BLOCK=16, RANK_UNROLL=128, BLOCK_T=block_t,
+                    WORDS=32, META=meta, ESIZE=2, BLOCK_N=block_n, BLOCK_K=block_k)
     _check(out, x, sparse[0], None, dtype)
 
 

@@ -96,6 +96,11 @@ K_CHUNK_ALIGN = 512
 # WORDS) wherever the values are aligned for it: about +1-11% over reading them as values at 2-32 tokens (same file);
 # the FMA form reads values (words measured no faster at 1 token).
 WORD_LOAD_FORMS = ("dot",)
+# How the merged-adapter epilogue is laid out (`sparse_gemv_triton._store`): adapter columns per chunk
+# ("rank_block"), the most columns a program's chunk loop is unrolled over ("rank_unroll"; a longer share stays a
+# loop), and whether under split K every k piece adds its share of the columns ("spread"; else the first piece adds
+# them all while the others wait on it). Read when a launch is compiled; `adapter_epilogue` sets them for a block.
+ADAPTER_EPILOGUE = {"rank_block": 16, "rank_unroll": 128, "spread": True}
 # `GemvPlan` launches the compiled kernels itself after a first launch through Triton's JIT (off: every launch
 # through the JIT). A module attribute, so that a benchmark can measure both in one process.
 DIRECT_LAUNCH = os.environ.get("SLOPE_GEMV_DIRECT_LAUNCH", "1") != "0"
@@ -263,7 +268,7 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
         target = out
     else:
         target = out if splits == 1 else torch.empty(splits, tokens, n, device=x.device, dtype=torch.float32)
-    merge_pointers, merge_numbers, merge_meta = _adapter_arguments(adapter, values)
+    merge_pointers, merge_numbers, merge_meta = _adapter_arguments(adapter, values, splits)
     meta = dict(HAS_BIAS=bias is not None, SPLIT=splits > 1 or partials, MERGE=adapter is not None, **merge_meta,
                 BLOCK_T=block_t, WORDS=16 * values.element_size() if words else 0,
                 META=metadata_mode(mask_layout, nibbles, values, tile_stride), ESIZE=values.element_size())
@@ -318,16 +323,41 @@ def partial_shape(tokens: int, n: int, k: int, form: str = "auto", mask_layout: 
     return (_geometry(tokens, n, k, form, mask_layout)[3], tokens, n)
 
 
-def _adapter_arguments(adapter: tuple | None, values: torch.Tensor) -> tuple[tuple, tuple, dict]:
+def _adapter_arguments(adapter: tuple | None, values: torch.Tensor, k_pieces: int) -> tuple[tuple, tuple, dict]:
     """The kernels' merge arguments for ``adapter`` = (z, right, scale), z (T, ≥ rank) or (pieces, T, ≥ rank) partial
-    sums of Z, right (rank, N): ((z_ptr, right_ptr), (stride_z_split, stride_z, stride_right, merge_scale),
-    constexprs RANK and Z_SPLITS); placeholders (never read) without one."""
+    sums of Z, right (rank, N), in a launch of ``k_pieces`` split-K pieces: ((z_ptr, right_ptr), (stride_z_split,
+    stride_z, stride_right, merge_scale), constexprs RANK, Z_SPLITS and `ADAPTER_EPILOGUE`'s SPAN, RANK_BLOCK,
+    RANK_UNROLL); placeholders (never read) without one."""
+    block, unroll = ADAPTER_EPILOGUE["rank_block"], ADAPTER_EPILOGUE["rank_unroll"]
     if adapter is None:
-        return (values, values), (0, 0, 0, 0.0), dict(RANK=0, Z_SPLITS=0)
+        return (values, values), (0, 0, 0, 0.0), dict(RANK=0, Z_SPLITS=0, SPAN=0, RANK_BLOCK=block, RANK_UNROLL=unroll)
     z, right, scale = adapter
     splits, stride_split = (z.shape[0], z.stride(0)) if z.dim() == 3 else (1, 0)
+    rank = right.shape[0]
+    sharing = k_pieces if ADAPTER_EPILOGUE["spread"] else 1
+    span = -(-rank // (sharing * block)) * block  # columns per k piece, whole chunks
     return ((z, right), (stride_split, z.stride(-2), right.stride(0), float(scale)),
-            dict(RANK=right.shape[0], Z_SPLITS=splits))
+            dict(RANK=rank, Z_SPLITS=splits, SPAN=span, RANK_BLOCK=block, RANK_UNROLL=unroll))
+
+
+@contextlib.contextmanager
+def adapter_epilogue(**settings):
+    """Within the block, launches compiled from now on lay the merged-adapter epilogue out with these
+    `ADAPTER_EPILOGUE` settings (a `GemvPlan` keeps what it compiled: build new plans inside); the settings before
+    it come back after. For benchmarks that compare layouts in one process."""
+    unknown = set(settings) - set(ADAPTER_EPILOGUE)
+    if unknown:
+        raise ValueError(f"adapter_epilogue: unknown settings {sorted(unknown)}; known: {sorted(ADAPTER_EPILOGUE)}")
+    if settings.get("rank_block", 16) not in (16, 32, 64, 128):
+        raise ValueError(f"adapter_epilogue: rank_block must be 16, 32, 64 or 128 (tl.dot's and tl.arange's "
+                         f"sizes), got {settings['rank_block']}")
+    previous = dict(ADAPTER_EPILOGUE)
+    ADAPTER_EPILOGUE.update(settings)
+    try:
+        yield
+    finally:
+        ADAPTER_EPILOGUE.clear()
+        ADAPTER_EPILOGUE.update(previous)
 
 
 def metadata_mode(mask_layout: str, packed: torch.Tensor, values: torch.Tensor, tile_stride: int) -> int:

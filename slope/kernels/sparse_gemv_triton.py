@@ -51,13 +51,15 @@ else:
     _CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
                 for bn, bk, w, s in ((16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 4), (32, 512, 8, 3),
                                      (64, 128, 4, 4), (64, 256, 8, 3), (16, 128, 2, 5), (32, 128, 4, 5))]
-# The adapter epilogue's column loop is unrolled up to this rank (`_adapter_term`).
-UNROLL_RANK = tl.constexpr(128)
 # The FMA form keeps four fp32 (rows, groups) blocks live: wider row blocks, shorter k blocks.
 _FMA_CONFIGS = _CONFIGS if os.environ.get("TRITON_INTERPRET") == "1" else [
     triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
     for bn, bk, w, s in ((32, 256, 4, 3), (64, 128, 4, 3), (64, 256, 8, 3), (128, 128, 8, 3), (32, 512, 8, 2),
                          (16, 512, 4, 3), (128, 64, 4, 4), (64, 512, 8, 2))]
+
+# What the autotuner chooses a config for. The adapter constexprs are in it since the epilogue's share of a
+# program depends on them (before, a rank-320 layer reused the config tuned for rank 80 on the same weight shape).
+_TUNING_KEY = ["N", "K", "BLOCK_T", "WORDS", "META", "MERGE", "RANK", "Z_SPLITS", "SPAN", "RANK_BLOCK", "RANK_UNROLL"]
 
 
 @triton.jit
@@ -239,40 +241,50 @@ def _adapter_chunk(z_ptr, right_ptr, r0, rn, rt, row_ok, token_ok, stride_z_spli
 
 
 @triton.jit
-def _adapter_term(z_ptr, right_ptr, rn, rt, row_ok, token_ok, stride_z_split, stride_z, stride_right,
-                  RANK: tl.constexpr, Z_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
-    """(BLOCK_N, BLOCK_T) fp32: Σ_j R[j, n] · Z[t, j] over j < RANK, Z = Σ_s z[s] rounded to R's dtype (see MERGE in
-    the module docstring); 16 adapter columns at a time, through the tensor cores where the token block allows.
-    Up to `UNROLL_RANK` the column loop is unrolled too (RANK is constexpr), so that all its loads can be in flight
-    together at the end of the program; a longer one stays a loop (unrolled, its loads' registers would spill)."""
-    RB: tl.constexpr = 16
+def _adapter_term(z_ptr, right_ptr, r_first, rn, rt, row_ok, token_ok, stride_z_split, stride_z, stride_right,
+                  RANK: tl.constexpr, Z_SPLITS: tl.constexpr, SPAN: tl.constexpr, RANK_BLOCK: tl.constexpr,
+                  RANK_UNROLL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    """(BLOCK_N, BLOCK_T) fp32: Σ_j R[j, n] · Z[t, j] over adapter columns r_first ≤ j < r_first + SPAN (and < RANK),
+    Z = Σ_s z[s] rounded to R's dtype (see MERGE in the module docstring); RANK_BLOCK columns at a time, through the
+    tensor cores where the token block allows. Up to RANK_UNROLL columns the loop is unrolled too (SPAN is
+    constexpr), so that all its loads can be in flight together at the end of the program; a longer one stays a
+    loop (unrolled, its loads' registers would spill)."""
     term = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
-    if RANK <= UNROLL_RANK:
-        for r0 in tl.static_range(0, RANK, RB):
-            term += _adapter_chunk(z_ptr, right_ptr, r0, rn, rt, row_ok, token_ok, stride_z_split, stride_z,
-                                   stride_right, RANK, Z_SPLITS, RB, BLOCK_T)
+    if SPAN <= RANK_UNROLL:
+        for r0 in tl.static_range(0, SPAN, RANK_BLOCK):
+            term += _adapter_chunk(z_ptr, right_ptr, r_first + r0, rn, rt, row_ok, token_ok, stride_z_split,
+                                   stride_z, stride_right, RANK, Z_SPLITS, RANK_BLOCK, BLOCK_T)
     else:
-        for r0 in range(0, RANK, RB):
-            term += _adapter_chunk(z_ptr, right_ptr, r0, rn, rt, row_ok, token_ok, stride_z_split, stride_z,
-                                   stride_right, RANK, Z_SPLITS, RB, BLOCK_T)
+        for r0 in range(0, SPAN, RANK_BLOCK):
+            term += _adapter_chunk(z_ptr, right_ptr, r_first + r0, rn, rt, row_ok, token_ok, stride_z_split,
+                                   stride_z, stride_right, RANK, Z_SPLITS, RANK_BLOCK, BLOCK_T)
     return term
 
 
 @triton.jit
 def _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split,
            stride_z_split, stride_z, stride_right, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-           MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr,
-           BLOCK_T: tl.constexpr):
+           MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, SPAN: tl.constexpr,
+           RANK_BLOCK: tl.constexpr, RANK_UNROLL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
     """acc (BLOCK_N, BLOCK_T) fp32 -> out[t, n] (+ bias, + the adapter term); under SPLIT an fp32 partial in
-    (splits, T, N) for the finish kernel, which adds those and the bias. The adapter term goes into the first k
-    piece's partial: the main grid has the programs to spread its R reads over (the finish kernel has N/256 per
-    token: on OPT-13B fc2 at one token its 20 programs read all of R, 2.7x slower than the addmm path at rank 320,
-    H200, 4d9c7d4)."""
+    (splits, T, N) for the finish kernel, which adds those and the bias.
+
+    The adapter term is added by the main grid, which has the programs to spread its R reads over (the finish
+    kernel has N/256 per token: on OPT-13B fc2 at one token its 20 programs read all of R, 2.7x slower than the
+    addmm path at rank 320, H200, 4d9c7d4). SPAN adapter columns per k piece: piece s adds columns s·SPAN …
+    (s+1)·SPAN, so that under split K every piece ends with the same share of it; SPAN >= RANK: the first piece
+    adds all of it."""
     inside = row_ok[:, None] & token_ok[None, :]
     if MERGE:
-        if tl.program_id(2) == 0:
-            acc += merge_scale * _adapter_term(z_ptr, right_ptr, rn, rt, row_ok, token_ok, stride_z_split, stride_z,
-                                               stride_right, RANK, Z_SPLITS, BLOCK_N, BLOCK_T)
+        if SPAN >= RANK:
+            if tl.program_id(2) == 0:
+                acc += merge_scale * _adapter_term(z_ptr, right_ptr, 0, rn, rt, row_ok, token_ok, stride_z_split,
+                                                   stride_z, stride_right, RANK, Z_SPLITS, SPAN, RANK_BLOCK,
+                                                   RANK_UNROLL, BLOCK_N, BLOCK_T)
+        else:
+            acc += merge_scale * _adapter_term(z_ptr, right_ptr, tl.program_id(2) * SPAN, rn, rt, row_ok, token_ok,
+                                               stride_z_split, stride_z, stride_right, RANK, Z_SPLITS, SPAN,
+                                               RANK_BLOCK, RANK_UNROLL, BLOCK_N, BLOCK_T)
     if SPLIT:
         tl.store(out_ptr + tl.program_id(2) * stride_split + rt[None, :].to(tl.int64) * N + rn[:, None], acc,
                  mask=inside)
@@ -283,12 +295,13 @@ def _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N
                  mask=inside)
 
 
-@triton.autotune(configs=_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "META", "MERGE"])
+@triton.autotune(configs=_CONFIGS, key=_TUNING_KEY)
 @triton.jit
 def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr, right_ptr, T, N, K, stride_x,
                        tile_stride, tile_rows, stride_out, k_chunk, stride_split, stride_z_split, stride_z,
                        stride_right, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                       MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, BLOCK_T: tl.constexpr,
+                       MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, SPAN: tl.constexpr,
+                       RANK_BLOCK: tl.constexpr, RANK_UNROLL: tl.constexpr, BLOCK_T: tl.constexpr,
                        WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_K: tl.constexpr):
     """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
@@ -309,16 +322,17 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr,
                     mask=token_ok[:, None] & k_ok[None, :], other=0.0)
         acc += tl.dot(dense, tl.trans(x.to(dense.dtype)))
     _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split,
-           stride_z_split, stride_z, stride_right, merge_scale, HAS_BIAS, SPLIT, MERGE, RANK, Z_SPLITS, BLOCK_N,
-           BLOCK_T)
+           stride_z_split, stride_z, stride_right, merge_scale, HAS_BIAS, SPLIT, MERGE, RANK, Z_SPLITS, SPAN,
+           RANK_BLOCK, RANK_UNROLL, BLOCK_N, BLOCK_T)
 
 
-@triton.autotune(configs=_FMA_CONFIGS, key=["N", "K", "BLOCK_T", "WORDS", "META", "MERGE"])
+@triton.autotune(configs=_FMA_CONFIGS, key=_TUNING_KEY)
 @triton.jit
 def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr, right_ptr, T, N, K, stride_x,
                            tile_stride, tile_rows, stride_out, k_chunk, stride_split, stride_z_split, stride_z,
                            stride_right, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                           MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, BLOCK_T: tl.constexpr,
+                           MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, SPAN: tl.constexpr,
+                           RANK_BLOCK: tl.constexpr, RANK_UNROLL: tl.constexpr, BLOCK_T: tl.constexpr,
                            WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr, BLOCK_N: tl.constexpr,
                            BLOCK_K: tl.constexpr):
     """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores. Each position i of a group multiplies
@@ -347,8 +361,8 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_
             part = tl.sum(w0 * x0[None, :] + w1 * x1[None, :] + w2 * x2[None, :] + w3 * x3[None, :], axis=1)
             acc += tl.where(cols[None, :] == t, part[:, None], 0.0)
     _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split,
-           stride_z_split, stride_z, stride_right, merge_scale, HAS_BIAS, SPLIT, MERGE, RANK, Z_SPLITS, BLOCK_N,
-           BLOCK_T)
+           stride_z_split, stride_z, stride_right, merge_scale, HAS_BIAS, SPLIT, MERGE, RANK, Z_SPLITS, SPAN,
+           RANK_BLOCK, RANK_UNROLL, BLOCK_N, BLOCK_T)
 
 
 @triton.jit
