@@ -79,11 +79,14 @@ PRESETS = {"h100": InferenceBenchConfig(),
 SECTIONS = ("fused", "layers", "decode_host", "decode", "decode_merge")
 # The merged-adapter epilogue layouts decode_merge can time (`slope.kernels.sparse_gemv.adapter_epilogue` settings;
 # "default": the library's `ADAPTER_EPILOGUE` as it is). "first-piece" is 7219cbf's layout: the first k piece adds
-# every adapter column, 16 at a time, a loop beyond 128.
-MERGE_LAYOUTS = {"default": {}, "first-piece": dict(spread=False, rank_block=16, rank_unroll=128),
-                 "spread": dict(spread=True, rank_block=16, rank_unroll=128),
-                 "spread-unrolled": dict(spread=True, rank_block=16, rank_unroll=512),
-                 "spread-wide": dict(spread=True, rank_block=64, rank_unroll=512)}
+# every adapter column, 16 at a time, a loop beyond 128, summed over the columns per chunk.
+MERGE_LAYOUTS = {"default": {},
+                 "first-piece": dict(spread=False, rank_block=16, rank_unroll=128, reduce_once=False),
+                 "spread": dict(spread=True, rank_block=16, rank_unroll=128, reduce_once=False),
+                 "spread-unrolled": dict(spread=True, rank_block=16, rank_unroll=512, reduce_once=False),
+                 "spread-wide": dict(spread=True, rank_block=64, rank_unroll=512, reduce_once=False),
+                 "spread-once": dict(spread=True, rank_block=16, rank_unroll=512, reduce_once=True),
+                 "spread-wide-once": dict(spread=True, rank_block=64, rank_unroll=512, reduce_once=True)}
 
 
 def _rank(shape: str, label: str) -> int:
@@ -271,7 +274,7 @@ def bench_decode(rows: list[dict], shape: str, dtype: torch.dtype, cfg: Inferenc
 
 def bench_decode_merge(rows: list[dict], shape: str, dtype: torch.dtype, cfg: InferenceBenchConfig) -> None:
     from slope.inference import SLoPeInferenceLinear
-    from slope.kernels.sparse_gemv import adapter_epilogue
+    from slope.kernels.sparse_gemv import ADAPTER_EPILOGUE, adapter_epilogue
 
     d_in, d_out = MLP_SHAPES[shape]
     dense = torch.nn.Linear(d_in, d_out, device="cuda", dtype=dtype)
@@ -297,6 +300,7 @@ def bench_decode_merge(rows: list[dict], shape: str, dtype: torch.dtype, cfg: In
             layer.set_few_token_kernel(tokens)
             layer.set_few_token_merge(merge)  # drops the layer's plans: the next call compiles this layout's
             with torch.no_grad(), adapter_epilogue(**MERGE_LAYOUTS[layout]):
+                settings = dict(ADAPTER_EPILOGUE)
                 layer(x)  # autotuning and compiling outside the timing
                 times = {"eager": cuda_time_ms(lambda: layer(xs()), repeats=cfg.repeats),
                          "graph": _graph_time(layer, x, cfg.repeats)}
@@ -309,7 +313,8 @@ def bench_decode_merge(rows: list[dict], shape: str, dtype: torch.dtype, cfg: In
                                  unit="us_per_call" if mode == "host" else "ms",
                                  speedup=reference[mode]["median_ms"] / ts["median_ms"],
                                  note=f"rank {layer.lora_rank}; few-token kernel; launchers "
-                                      f"{sorted(layer.few_token_launchers()) or ['JIT']}"))
+                                      f"{sorted(layer.few_token_launchers()) or ['JIT']}"
+                                      + (f"; epilogue {settings}" if merge == "epilogue" and label != "r0" else "")))
 
 
 @torch.no_grad()

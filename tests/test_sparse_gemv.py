@@ -151,14 +151,14 @@ def _adapter_case(n, k, tokens, rank, device, dtype, bias):
 @pytest.mark.parametrize("device,dtype", CASES)
 @pytest.mark.parametrize("tokens", [1, 3, 20])  # fma, fma over 3 token blocks, dot (the tensor-core merge)
 @pytest.mark.parametrize("k", [256, 2304])  # 2304: both the 40 rows and the adapter rows split K (finish kernel)
-@pytest.mark.parametrize("bias,rank", [(False, 5), (True, 5), (True, 136)])  # 136 > rank_unroll: the column loop
+# 136: three column chunks of the default layout, the last one partial (`test_adapter_epilogue_layouts_...`: loops)
+@pytest.mark.parametrize("bias,rank", [(False, 5), (True, 5), (True, 136)])
 def test_adapter_term_in_the_epilogue_matches_fp64_reference(device, dtype, tokens, k, bias, rank):
     """Y = x·Wᵀ + b + Z·R/r, Z = x·L_pᵀ from the adapter rows' fp32 partials (`GemvPlan.partials`), added by the W
     launch's store (under split K into its first piece); through a plan and through `sparse_gemv`."""
-    from slope.kernels.sparse_gemv import ADAPTER_EPILOGUE, GemvPlan, geometry, split_k
+    from slope.kernels.sparse_gemv import GemvPlan, geometry, split_k
 
     n, adapter_rows = 40, -rank % 32 + rank
-    assert (rank > ADAPTER_EPILOGUE["rank_unroll"]) == (rank == 136)
     (values, nibbles, b), (left_values, left_nibbles), right, scale, x, reference, bound = _adapter_case(
         n, k, tokens, rank, device, dtype, bias)
     assert (split_k(n, k) > 1) == (k == 2304) and (split_k(adapter_rows, k) > 1) == (k == 2304)
@@ -175,12 +175,14 @@ def test_adapter_term_in_the_epilogue_matches_fp64_reference(device, dtype, toke
 
 @pytest.mark.parametrize("device,dtype", CASES)
 @pytest.mark.parametrize("tokens", [1, 20])
-@pytest.mark.parametrize("settings", [dict(spread=False), dict(spread=True, rank_block=64, rank_unroll=64),
-                                      dict(spread=True, rank_block=32, rank_unroll=512)],
-                         ids=["first-piece", "spread-loop", "spread-unrolled"])
+@pytest.mark.parametrize("settings", [dict(spread=False, rank_block=16, rank_unroll=128, reduce_once=False),
+                                      dict(spread=True, rank_block=64, rank_unroll=64, reduce_once=True),
+                                      dict(spread=True, rank_block=32, rank_unroll=512, reduce_once=False)],
+                         ids=["first-piece-loop", "spread-loop-once", "spread-unrolled"])
 def test_adapter_epilogue_layouts_match_fp64_reference(device, dtype, tokens, settings):
     """Each `adapter_epilogue` layout gives the fp64 reference's numbers (rank 136 under split K: the first piece
-    adding every column, the pieces sharing them in a loop, or unrolled), and the settings come back after."""
+    adding every column in a loop, the pieces sharing them in a loop or unrolled; at one token summed per chunk or
+    once), and the settings come back after."""
     from slope.kernels.sparse_gemv import ADAPTER_EPILOGUE, GemvPlan, adapter_epilogue, geometry
 
     n, k, rank = 40, 2304, 136
@@ -495,7 +497,8 @@ def test_metadata_reads_are_right_for_every_row_block_width(meta, block_n, block
     grid = (tiles * rows // block_n, -(-tokens // block_t), 1)
     kernel.fn[grid](x, view, packed, view, out, view, view, tokens, tiles * rows, k, x.stride(0), view.stride(0),
                     rows, out.stride(0), k, tokens * tiles * rows, 0, 0, 0, 0.0, HAS_BIAS=False, SPLIT=False,
-                    MERGE=False, RANK=0, Z_SPLITS=0, SPAN=0, RANK_BLOCK=16, RANK_UNROLL=128, BLOCK_T=block_t,
+                    MERGE=False, RANK=0, Z_SPLITS=0, SPAN=0, RANK_BLOCK=16, RANK_UNROLL=128, REDUCE_ONCE=True,
+                    BLOCK_T=block_t,
                     WORDS=32, META=meta, ESIZE=2, BLOCK_N=block_n, BLOCK_K=block_k)
     _check(out, x, sparse[0], None, dtype)
 

@@ -98,9 +98,11 @@ K_CHUNK_ALIGN = 512
 WORD_LOAD_FORMS = ("dot",)
 # How the merged-adapter epilogue is laid out (`sparse_gemv_triton._store`): adapter columns per chunk
 # ("rank_block"), the most columns a program's chunk loop is unrolled over ("rank_unroll"; a longer share stays a
-# loop), and whether under split K every k piece adds its share of the columns ("spread"; else the first piece adds
-# them all while the others wait on it). Read when a launch is compiled; `adapter_epilogue` sets them for a block.
-ADAPTER_EPILOGUE = {"rank_block": 16, "rank_unroll": 128, "spread": True}
+# loop), whether under split K every k piece adds its share of the columns ("spread"; else the first piece adds
+# them all while the others wait on it), and whether the one-token (FMA) form sums the products over the columns
+# once at the end rather than per chunk ("reduce_once": one reduction across the program's threads instead of one
+# per chunk). Read when a launch is compiled; `adapter_epilogue` sets them for a block.
+ADAPTER_EPILOGUE = {"rank_block": 64, "rank_unroll": 512, "spread": True, "reduce_once": True}
 # `GemvPlan` launches the compiled kernels itself after a first launch through Triton's JIT (off: every launch
 # through the JIT). A module attribute, so that a benchmark can measure both in one process.
 DIRECT_LAUNCH = os.environ.get("SLOPE_GEMV_DIRECT_LAUNCH", "1") != "0"
@@ -327,17 +329,19 @@ def _adapter_arguments(adapter: tuple | None, values: torch.Tensor, k_pieces: in
     """The kernels' merge arguments for ``adapter`` = (z, right, scale), z (T, ≥ rank) or (pieces, T, ≥ rank) partial
     sums of Z, right (rank, N), in a launch of ``k_pieces`` split-K pieces: ((z_ptr, right_ptr), (stride_z_split,
     stride_z, stride_right, merge_scale), constexprs RANK, Z_SPLITS and `ADAPTER_EPILOGUE`'s SPAN, RANK_BLOCK,
-    RANK_UNROLL); placeholders (never read) without one."""
-    block, unroll = ADAPTER_EPILOGUE["rank_block"], ADAPTER_EPILOGUE["rank_unroll"]
+    RANK_UNROLL, REDUCE_ONCE); placeholders (never read) without one."""
+    layout = dict(RANK_BLOCK=ADAPTER_EPILOGUE["rank_block"], RANK_UNROLL=ADAPTER_EPILOGUE["rank_unroll"],
+                  REDUCE_ONCE=ADAPTER_EPILOGUE["reduce_once"])
+    block = layout["RANK_BLOCK"]
     if adapter is None:
-        return (values, values), (0, 0, 0, 0.0), dict(RANK=0, Z_SPLITS=0, SPAN=0, RANK_BLOCK=block, RANK_UNROLL=unroll)
+        return (values, values), (0, 0, 0, 0.0), dict(RANK=0, Z_SPLITS=0, SPAN=0, **layout)
     z, right, scale = adapter
     splits, stride_split = (z.shape[0], z.stride(0)) if z.dim() == 3 else (1, 0)
     rank = right.shape[0]
     sharing = k_pieces if ADAPTER_EPILOGUE["spread"] else 1
     span = -(-rank // (sharing * block)) * block  # columns per k piece, whole chunks
     return ((z, right), (stride_split, z.stride(-2), right.stride(0), float(scale)),
-            dict(RANK=rank, Z_SPLITS=splits, SPAN=span, RANK_BLOCK=block, RANK_UNROLL=unroll))
+            dict(RANK=rank, Z_SPLITS=splits, SPAN=span, **layout))
 
 
 @contextlib.contextmanager

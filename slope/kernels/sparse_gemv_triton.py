@@ -59,7 +59,8 @@ _FMA_CONFIGS = _CONFIGS if os.environ.get("TRITON_INTERPRET") == "1" else [
 
 # What the autotuner chooses a config for. The adapter constexprs are in it since the epilogue's share of a
 # program depends on them (before, a rank-320 layer reused the config tuned for rank 80 on the same weight shape).
-_TUNING_KEY = ["N", "K", "BLOCK_T", "WORDS", "META", "MERGE", "RANK", "Z_SPLITS", "SPAN", "RANK_BLOCK", "RANK_UNROLL"]
+_TUNING_KEY = ["N", "K", "BLOCK_T", "WORDS", "META", "MERGE", "RANK", "Z_SPLITS", "SPAN", "RANK_BLOCK", "RANK_UNROLL",
+               "REDUCE_ONCE"]
 
 
 @triton.jit
@@ -221,9 +222,10 @@ def _program_block(T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T: tl.constex
 
 
 @triton.jit
-def _adapter_chunk(z_ptr, right_ptr, r0, rn, rt, row_ok, token_ok, stride_z_split, stride_z, stride_right,
-                   RANK: tl.constexpr, Z_SPLITS: tl.constexpr, RB: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Adapter columns r0 … r0 + RB of `_adapter_term`: (BLOCK_N, BLOCK_T) fp32."""
+def _adapter_operands(z_ptr, right_ptr, r0, rn, rt, row_ok, token_ok, stride_z_split, stride_z, stride_right,
+                      RANK: tl.constexpr, Z_SPLITS: tl.constexpr, RB: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Adapter columns r0 … r0 + RB of `_adapter_term`: R's (RB, BLOCK_N) block and Z's (RB, BLOCK_T), both in R's
+    dtype (Z summed over its pieces in fp32 first)."""
     rr = r0 + tl.arange(0, RB)
     r_ok = rr < RANK
     z = tl.zeros((RB, BLOCK_T), dtype=tl.float32)
@@ -232,32 +234,54 @@ def _adapter_chunk(z_ptr, right_ptr, r0, rn, rt, row_ok, token_ok, stride_z_spli
                      mask=r_ok[:, None] & token_ok[None, :], other=0.0).to(tl.float32)
     right = tl.load(right_ptr + rr[:, None].to(tl.int64) * stride_right + rn[None, :],
                     mask=r_ok[:, None] & row_ok[None, :], other=0.0)  # (RB, BLOCK_N)
-    z = z.to(right.dtype)
+    return right, z.to(right.dtype)
+
+
+@triton.jit
+def _adapter_chunk(z_ptr, right_ptr, r0, rn, rt, row_ok, token_ok, stride_z_split, stride_z, stride_right,
+                   RANK: tl.constexpr, Z_SPLITS: tl.constexpr, RB: tl.constexpr, BLOCK_T: tl.constexpr,
+                   REDUCE_ONCE: tl.constexpr):
+    """Adapter columns r0 … r0 + RB of `_adapter_term`: through the tensor cores (BLOCK_T ≥ 16), (BLOCK_N, BLOCK_T)
+    fp32; else the products (RB, BLOCK_N, BLOCK_T) fp32, summed over the columns here or (REDUCE_ONCE) by the
+    caller, once for all chunks."""
+    right, z = _adapter_operands(z_ptr, right_ptr, r0, rn, rt, row_ok, token_ok, stride_z_split, stride_z,
+                                 stride_right, RANK, Z_SPLITS, RB, BLOCK_T)
     if BLOCK_T >= 16:
         chunk = tl.dot(tl.trans(right), z)
     else:
-        chunk = tl.sum(right.to(tl.float32)[:, :, None] * z.to(tl.float32)[:, None, :], axis=0)
+        chunk = right.to(tl.float32)[:, :, None] * z.to(tl.float32)[:, None, :]
+        if not REDUCE_ONCE:
+            chunk = tl.sum(chunk, axis=0)
     return chunk
 
 
 @triton.jit
 def _adapter_term(z_ptr, right_ptr, r_first, rn, rt, row_ok, token_ok, stride_z_split, stride_z, stride_right,
                   RANK: tl.constexpr, Z_SPLITS: tl.constexpr, SPAN: tl.constexpr, RANK_BLOCK: tl.constexpr,
-                  RANK_UNROLL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+                  RANK_UNROLL: tl.constexpr, REDUCE_ONCE: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_T: tl.constexpr):
     """(BLOCK_N, BLOCK_T) fp32: Σ_j R[j, n] · Z[t, j] over adapter columns r_first ≤ j < r_first + SPAN (and < RANK),
     Z = Σ_s z[s] rounded to R's dtype (see MERGE in the module docstring); RANK_BLOCK columns at a time, through the
     tensor cores where the token block allows. Up to RANK_UNROLL columns the loop is unrolled too (SPAN is
     constexpr), so that all its loads can be in flight together at the end of the program; a longer one stays a
-    loop (unrolled, its loads' registers would spill)."""
-    term = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+    loop (unrolled, its loads' registers would spill). Without tensor cores (the FMA form's one token) and with
+    REDUCE_ONCE the products are added up elementwise over the chunks and summed over the columns once at the end:
+    a sum over the columns is a reduction across the program's threads, one per chunk otherwise."""
+    once: tl.constexpr = REDUCE_ONCE and BLOCK_T < 16
+    if once:
+        term = tl.zeros((RANK_BLOCK, BLOCK_N, BLOCK_T), dtype=tl.float32)
+    else:
+        term = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     if SPAN <= RANK_UNROLL:
         for r0 in tl.static_range(0, SPAN, RANK_BLOCK):
             term += _adapter_chunk(z_ptr, right_ptr, r_first + r0, rn, rt, row_ok, token_ok, stride_z_split,
-                                   stride_z, stride_right, RANK, Z_SPLITS, RANK_BLOCK, BLOCK_T)
+                                   stride_z, stride_right, RANK, Z_SPLITS, RANK_BLOCK, BLOCK_T, once)
     else:
         for r0 in range(0, SPAN, RANK_BLOCK):
             term += _adapter_chunk(z_ptr, right_ptr, r_first + r0, rn, rt, row_ok, token_ok, stride_z_split,
-                                   stride_z, stride_right, RANK, Z_SPLITS, RANK_BLOCK, BLOCK_T)
+                                   stride_z, stride_right, RANK, Z_SPLITS, RANK_BLOCK, BLOCK_T, once)
+    if once:
+        return tl.sum(term, axis=0)
     return term
 
 
@@ -265,7 +289,8 @@ def _adapter_term(z_ptr, right_ptr, r_first, rn, rt, row_ok, token_ok, stride_z_
 def _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split,
            stride_z_split, stride_z, stride_right, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
            MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, SPAN: tl.constexpr,
-           RANK_BLOCK: tl.constexpr, RANK_UNROLL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+           RANK_BLOCK: tl.constexpr, RANK_UNROLL: tl.constexpr, REDUCE_ONCE: tl.constexpr,
+           BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
     """acc (BLOCK_N, BLOCK_T) fp32 -> out[t, n] (+ bias, + the adapter term); under SPLIT an fp32 partial in
     (splits, T, N) for the finish kernel, which adds those and the bias.
 
@@ -280,11 +305,11 @@ def _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N
             if tl.program_id(2) == 0:
                 acc += merge_scale * _adapter_term(z_ptr, right_ptr, 0, rn, rt, row_ok, token_ok, stride_z_split,
                                                    stride_z, stride_right, RANK, Z_SPLITS, SPAN, RANK_BLOCK,
-                                                   RANK_UNROLL, BLOCK_N, BLOCK_T)
+                                                   RANK_UNROLL, REDUCE_ONCE, BLOCK_N, BLOCK_T)
         else:
             acc += merge_scale * _adapter_term(z_ptr, right_ptr, tl.program_id(2) * SPAN, rn, rt, row_ok, token_ok,
                                                stride_z_split, stride_z, stride_right, RANK, Z_SPLITS, SPAN,
-                                               RANK_BLOCK, RANK_UNROLL, BLOCK_N, BLOCK_T)
+                                               RANK_BLOCK, RANK_UNROLL, REDUCE_ONCE, BLOCK_N, BLOCK_T)
     if SPLIT:
         tl.store(out_ptr + tl.program_id(2) * stride_split + rt[None, :].to(tl.int64) * N + rn[:, None], acc,
                  mask=inside)
@@ -301,7 +326,8 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr,
                        tile_stride, tile_rows, stride_out, k_chunk, stride_split, stride_z_split, stride_z,
                        stride_right, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
                        MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, SPAN: tl.constexpr,
-                       RANK_BLOCK: tl.constexpr, RANK_UNROLL: tl.constexpr, BLOCK_T: tl.constexpr,
+                       RANK_BLOCK: tl.constexpr, RANK_UNROLL: tl.constexpr, REDUCE_ONCE: tl.constexpr,
+                       BLOCK_T: tl.constexpr,
                        WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_K: tl.constexpr):
     """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
@@ -323,7 +349,7 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr,
         acc += tl.dot(dense, tl.trans(x.to(dense.dtype)))
     _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split,
            stride_z_split, stride_z, stride_right, merge_scale, HAS_BIAS, SPLIT, MERGE, RANK, Z_SPLITS, SPAN,
-           RANK_BLOCK, RANK_UNROLL, BLOCK_N, BLOCK_T)
+           RANK_BLOCK, RANK_UNROLL, REDUCE_ONCE, BLOCK_N, BLOCK_T)
 
 
 @triton.autotune(configs=_FMA_CONFIGS, key=_TUNING_KEY)
@@ -332,7 +358,8 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_
                            tile_stride, tile_rows, stride_out, k_chunk, stride_split, stride_z_split, stride_z,
                            stride_right, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
                            MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, SPAN: tl.constexpr,
-                           RANK_BLOCK: tl.constexpr, RANK_UNROLL: tl.constexpr, BLOCK_T: tl.constexpr,
+                           RANK_BLOCK: tl.constexpr, RANK_UNROLL: tl.constexpr, REDUCE_ONCE: tl.constexpr,
+                       BLOCK_T: tl.constexpr,
                            WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr, BLOCK_N: tl.constexpr,
                            BLOCK_K: tl.constexpr):
     """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores. Each position i of a group multiplies
@@ -362,7 +389,7 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_
             acc += tl.where(cols[None, :] == t, part[:, None], 0.0)
     _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split,
            stride_z_split, stride_z, stride_right, merge_scale, HAS_BIAS, SPLIT, MERGE, RANK, Z_SPLITS, SPAN,
-           RANK_BLOCK, RANK_UNROLL, BLOCK_N, BLOCK_T)
+           RANK_BLOCK, RANK_UNROLL, REDUCE_ONCE, BLOCK_N, BLOCK_T)
 
 
 @triton.jit
