@@ -280,8 +280,8 @@ def _adapter_term(z_ptr, right_ptr, r_first, rn, rt, row_ok, token_ok, stride_z_
         for r0 in range(0, SPAN, RANK_BLOCK):
             term += _adapter_chunk(z_ptr, right_ptr, r_first + r0, rn, rt, row_ok, token_ok, stride_z_split,
                                    stride_z, stride_right, RANK, Z_SPLITS, RANK_BLOCK, BLOCK_T, once)
-    if once:
-        return tl.sum(term, axis=0)
+    if once:  # one return: Triton types every return of a function, a constexpr-dead one too
+        term = tl.sum(term, axis=0)
     return term
 
 
