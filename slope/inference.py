@@ -75,7 +75,14 @@ from .masks import nm_mask
 FEW_TOKEN_KERNEL_TOKENS = 1
 _DERIVED_KEYS = ("w_metadata", "wt_packed", "wt_nibbles")  # a training layer's entries that the values determine
 SEPARATE_MASK = (True, False, "auto")  # see the module docstring's **Storage**
-FEW_TOKEN_MERGES = ("epilogue", "addmm")  # `SLoPeInferenceLinear.set_few_token_merge`
+FEW_TOKEN_MERGES = ("auto", "epilogue", "addmm")  # `SLoPeInferenceLinear.set_few_token_merge`
+# With few_token_merge="auto", a call captured into a CUDA graph at this many tokens or fewer adds Z·R/r through
+# addmm, any other call in the epilogue. Captured, host time is not replayed and only GPU time counts: at one token
+# the addmm path ran 1.05-1.11x dense F.linear on OPT-13B fc1/fc2 at ranks 80 and 320, the epilogue 0.94-1.22x
+# (below dense on fc2 and at rank 320). Eager, the epilogue's host time wins (25-46 µs per call against 69-95 µs),
+# and at 8 tokens it wins under graphs too (0.76-0.87x against 0.72-0.77x). H200 bf16, same process, 23cd4d6 and
+# 7219cbf (results/logs/bench_decode_merge_h200.csv).
+GRAPH_ADDMM_MAX_TOKENS = 1
 
 
 def tile_rows(d_out: int, d_in: int, adapter_rows: int, tiling: bool) -> list[int]:
@@ -88,6 +95,11 @@ def tile_rows(d_out: int, d_in: int, adapter_rows: int, tiling: bool) -> list[in
         rows = [d_out]
     rows[-1] += adapter_rows
     return rows
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    """Whether ``x``'s stream is being captured into a CUDA graph (`GRAPH_ADDMM_MAX_TOKENS`)."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 class SLoPeInferenceLinear(SparseLinearBase):
@@ -124,7 +136,7 @@ class SLoPeInferenceLinear(SparseLinearBase):
         self.dense_fallback_tokens = 0
         self.few_token_kernel_tokens = FEW_TOKEN_KERNEL_TOKENS
         self.few_token_form = "auto"  # slope.kernels.sparse_gemv's kernel form: "auto", "fma" or "dot"
-        self.few_token_merge = "epilogue"  # where the few-token path adds Z·R/r: `set_few_token_merge`
+        self.few_token_merge = "auto"  # where the few-token path adds Z·R/r: `set_few_token_merge`
         self.register_buffer("adapter_nibbles", None, persistent=False)  # the adapter rows' mask (few-token kernel)
         self.addmm_impl = "auto"  # slope.kernels.fused: "auto" (by measured size), "triton" or "torch"
         self.register_buffer("dense_weight", None, persistent=False)
@@ -297,10 +309,11 @@ class SLoPeInferenceLinear(SparseLinearBase):
             self.dense_weight = None
 
     def set_few_token_merge(self, where: str) -> None:
-        """Where the few-token path adds the merged adapters' Z·R/r: ``"epilogue"`` (the default) in the W_R
-        launch, from the adapter rows' fp32 partials; ``"addmm"``, as the cuSPARSELt path does, both row blocks
-        into one (tokens, d_out + r) buffer and then `slope.kernels.fused.addmm` (the path before the epilogue, kept
-        for the benchmark that compares them: `performance_experiments.bench_inference --sections decode_merge`)."""
+        """Where the few-token path adds the merged adapters' Z·R/r: ``"epilogue"`` in the W_R launch, from the
+        adapter rows' fp32 partials; ``"addmm"``, as the cuSPARSELt path does, both row blocks into one
+        (tokens, d_out + r) buffer and then `slope.kernels.fused.addmm`; ``"auto"`` (the default) the addmm path
+        for calls captured into a CUDA graph at ≤ `GRAPH_ADDMM_MAX_TOKENS` tokens, the epilogue for the others (why:
+        `GRAPH_ADDMM_MAX_TOKENS`; `performance_experiments.bench_inference --sections decode_merge` compares them)."""
         if where not in FEW_TOKEN_MERGES:
             raise ValueError(f"{self.layer_name}: few_token_merge must be one of {FEW_TOKEN_MERGES}, got {where!r}")
         self.few_token_merge, self._gemv_plans = where, None
@@ -389,42 +402,59 @@ class SLoPeInferenceLinear(SparseLinearBase):
                 op.into(packed, x2d, bias, out, start)
         return self._merge_adapters(out)
 
-    def _make_gemv_plans(self) -> tuple:
-        # the operands were checked once (`_refresh_tiles`), so the plans launch without per-call checks
+    def _make_gemv_plans(self) -> dict:
+        # the operands were checked once (`_refresh_tiles`), so the plans launch without per-call checks.
+        # "plain": X·W_Rᵀ + b; "merged": the same plus Z·R/r in its epilogue (`sparse_gemv_triton`'s MERGE), Z the
+        # adapter rows' fp32 split-K partials from "adapter" (`GemvPlan.partials`): no torch.addmm and no
+        # (tokens, d_out + r) buffer, whose host time at one token exceeded the SpMVs' own
         n, tile_rows, tile_stride = self._values_geometry
         masks, layout = (self.packed, "cusparselt") if self.mask_in_metadata else (self.mask_nibbles, "nibbles")
-        # With adapters, Z = X·L_p comes first, as the adapter rows' fp32 split-K partials (`GemvPlan.partials`),
-        # and the W_R launch adds Z·R/r in its epilogue (`sparse_gemv_triton`'s MERGE): no torch.addmm and no
-        # (tokens, d_out + r) buffer, whose host time at one token exceeded the SpMVs' own
-        merge = {} if self._merge_right is None or self.few_token_merge != "epilogue" else dict(
-            adapter_right=self._merge_right, adapter_scale=1.0 / self._merge_rank)
-        plans = (gemv.GemvPlan(self.values, masks, self._dense_bias, n, self.in_features, tile_rows, tile_stride,
-                               mask_layout=layout, **merge),)
+        weight = (self.values, masks, self._dense_bias, n, self.in_features, tile_rows, tile_stride)
+        plans = {}
+        if self.lora_left is None or self.few_token_merge != "epilogue":
+            plans["plain"] = gemv.GemvPlan(*weight, mask_layout=layout)
         if self.lora_left is not None:
+            if self.few_token_merge != "addmm":
+                plans["merged"] = gemv.GemvPlan(*weight, mask_layout=layout, adapter_right=self._merge_right,
+                                                adapter_scale=1.0 / self._merge_rank)
             n, tile_rows, tile_stride = self._adapter_geometry
-            plans += (gemv.GemvPlan(self._adapter_values, self.adapter_nibbles, None, n, self.in_features, tile_rows,
-                                    tile_stride),)
+            plans["adapter"] = gemv.GemvPlan(self._adapter_values, self.adapter_nibbles, None, n, self.in_features,
+                                             tile_rows, tile_stride)
         self._gemv_plans = plans
+        self._addmm_warmed = set()  # token counts whose addmm path ran eagerly (`_few_token_forward`)
         return plans
 
     def few_token_launchers(self) -> set[str]:
         """Which launchers the few-token kernel's direct launches used in this layer so far
         (`slope.kernels.sparse_gemv.GemvPlan.launchers`); empty before any ran."""
-        return set().union(*(plan.launchers() for plan in self._gemv_plans or ()))
+        return set().union(*(plan.launchers() for plan in (self._gemv_plans or {}).values()))
+
+    def _merges_in_epilogue(self, x2d: torch.Tensor) -> bool:
+        if self.few_token_merge != "auto":
+            return self.few_token_merge == "epilogue"
+        return not (x2d.shape[0] <= GRAPH_ADDMM_MAX_TOKENS and _capturing(x2d))
 
     def _few_token_forward(self, x2d: torch.Tensor) -> torch.Tensor:
-        plans = self._gemv_plans or self._make_gemv_plans()
-        if len(plans) == 1:  # no adapters: one launch into the result
-            return plans[0](x2d, torch.empty(x2d.shape[0], self.out_features, device=x2d.device, dtype=self.dtype),
-                            self.few_token_form)
-        main, adapter = plans  # Y = X·W_Rᵀ + b + Z·R/r, Z from the adapter rows (`_make_gemv_plans`)
-        if self.few_token_merge == "epilogue":
-            z = adapter.partials(x2d, self.few_token_form)
-            return main(x2d, torch.empty(x2d.shape[0], self.out_features, device=x2d.device, dtype=self.dtype),
-                        self.few_token_form, z)
+        plans, form = self._gemv_plans or self._make_gemv_plans(), self.few_token_form
+        tokens = x2d.shape[0]
+        if ("adapter" in plans and self.few_token_merge == "auto" and tokens <= GRAPH_ADDMM_MAX_TOKENS
+                and tokens not in self._addmm_warmed and not _capturing(x2d)):
+            # a captured call will take the addmm path: run it once now, so that its kernels are tuned and
+            # compiled before any capture (autotuning cannot run inside one)
+            self._addmm_forward(x2d, plans, form)
+            self._addmm_warmed.add(tokens)
+        if "adapter" not in plans or self._merges_in_epilogue(x2d):  # one launch into the result
+            result = torch.empty(x2d.shape[0], self.out_features, device=x2d.device, dtype=self.dtype)
+            if "adapter" not in plans:
+                return plans["plain"](x2d, result, form)
+            # Y = X·W_Rᵀ + b + Z·R/r, Z from the adapter rows (one launch before)
+            return plans["merged"](x2d, result, form, plans["adapter"].partials(x2d, form))
+        return self._addmm_forward(x2d, plans, form)
+
+    def _addmm_forward(self, x2d: torch.Tensor, plans: dict, form: str) -> torch.Tensor:
         out = torch.empty(x2d.shape[0], self.out_features + self.adapter_rows, device=x2d.device, dtype=self.dtype)
-        main(x2d, out[:, : self.out_features], self.few_token_form)
-        adapter(x2d, out[:, self.out_features:], self.few_token_form)
+        plans["plain"](x2d, out[:, : self.out_features], form)
+        plans["adapter"](x2d, out[:, self.out_features:], form)
         return self._merge_adapters(out)
 
     def _merge_adapters(self, out: torch.Tensor) -> torch.Tensor:

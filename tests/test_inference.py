@@ -7,7 +7,7 @@ from torch import nn
 
 import slope
 from slope.kernels import sparse_gemv
-from slope.inference import tile_rows
+from slope.inference import GRAPH_ADDMM_MAX_TOKENS, tile_rows
 
 DTYPES = [torch.float16, torch.bfloat16]
 
@@ -88,7 +88,10 @@ def test_merged_tiled_output_matches_fp64_reference(dtype, tiling, rank, bias, t
         # by the third call the few-token plans launch their compiled kernels directly: the same numbers
         assert torch.equal(fast(x), y) and torch.equal(fast(x), y)
     few = tokens <= few_token_kernel
-    assert kernel.call_count == 3 * few  # W_R, with the adapter term in its epilogue
+    # W_R, with the adapter term in its epilogue; at one token the first call also runs the addmm path once, for
+    # a CUDA-graph capture to take (few_token_merge="auto": W_R and the adapter rows into one buffer)
+    warmed = few and rank > 0 and tokens <= GRAPH_ADDMM_MAX_TOKENS
+    assert kernel.call_count == 3 * few + 2 * warmed
     assert rows.call_count == 3 * (few and rank > 0)  # the adapter rows' Z, first
     with torch.no_grad():
         layer.merge_adapter() if rank else None
@@ -113,7 +116,7 @@ def test_few_token_merge_in_the_epilogue_and_through_addmm_agree(dtype, tiling, 
     with torch.no_grad():
         layer.merge_adapter()
         budget = 2 * _rel(layer(x), reference) + 1e-3
-        for merge in ("epilogue", "addmm", "epilogue"):
+        for merge in ("epilogue", "addmm", "auto", "epilogue"):
             fast.set_few_token_merge(merge)
             for _ in range(3):  # JIT, then direct launches
                 y = fast(x)
@@ -121,6 +124,37 @@ def test_few_token_merge_in_the_epilogue_and_through_addmm_agree(dtype, tiling, 
     assert fast.few_token_launchers() == {"static"}
     with pytest.raises(ValueError, match="fc: few_token_merge must be one of"):
         fast.set_few_token_merge("fused")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [1, 8])
+def test_auto_merge_takes_addmm_only_in_a_captured_call_at_one_token(dtype, tokens):
+    """few_token_merge="auto" (the default): eager calls add Z·R/r in the epilogue; a call captured into a CUDA graph
+    at ≤ GRAPH_ADDMM_MAX_TOKENS tokens through addmm, tuned and compiled by the first eager call (autotuning cannot
+    run in a capture); the replay gives the fp64 reference's numbers."""
+    layer = _simulated(64, 256, 40, True, dtype)
+    fast = slope.SLoPeInferenceLinear.from_layer(layer, few_token_kernel_tokens=32)
+    assert fast.few_token_merge == "auto"
+    x = torch.randn(tokens, 64, device="cuda", dtype=dtype)
+    reference = _reference(layer, x)
+    with torch.no_grad():
+        layer.merge_adapter()
+        budget = 2 * _rel(layer(x), reference) + 1e-3
+    partials = sparse_gemv.GemvPlan.partials
+    with torch.no_grad(), mock.patch.object(sparse_gemv.GemvPlan, "partials", autospec=True,
+                                            side_effect=partials) as rows:
+        eager = fast(x)
+        eager_partials = rows.call_count
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = fast(x)
+        captured_partials = rows.call_count - eager_partials
+        graph.replay()
+    torch.cuda.synchronize()
+    assert eager_partials == 1 and captured_partials == (tokens > GRAPH_ADDMM_MAX_TOKENS)
+    assert _rel(eager, reference) <= budget and _rel(captured, reference) <= budget
 
 
 def _model(dtype):

@@ -151,14 +151,16 @@ def _adapter_case(n, k, tokens, rank, device, dtype, bias):
 @pytest.mark.parametrize("device,dtype", CASES)
 @pytest.mark.parametrize("tokens", [1, 3, 20])  # fma, fma over 3 token blocks, dot (the tensor-core merge)
 @pytest.mark.parametrize("k", [256, 2304])  # 2304: both the 40 rows and the adapter rows split K (finish kernel)
-# 136: three column chunks of the default layout, the last one partial (`test_adapter_epilogue_layouts_...`: loops)
+# 136: beyond the default layout's unroll limit (a loop of 16-column chunks, the last one partial); the other
+# layouts: `test_adapter_epilogue_layouts_match_fp64_reference`
 @pytest.mark.parametrize("bias,rank", [(False, 5), (True, 5), (True, 136)])
 def test_adapter_term_in_the_epilogue_matches_fp64_reference(device, dtype, tokens, k, bias, rank):
     """Y = x·Wᵀ + b + Z·R/r, Z = x·L_pᵀ from the adapter rows' fp32 partials (`GemvPlan.partials`), added by the W
     launch's store (under split K into its first piece); through a plan and through `sparse_gemv`."""
-    from slope.kernels.sparse_gemv import GemvPlan, geometry, split_k
+    from slope.kernels.sparse_gemv import ADAPTER_EPILOGUE, GemvPlan, geometry, split_k
 
     n, adapter_rows = 40, -rank % 32 + rank
+    assert (rank > ADAPTER_EPILOGUE["rank_unroll"]) == (rank == 136)
     (values, nibbles, b), (left_values, left_nibbles), right, scale, x, reference, bound = _adapter_case(
         n, k, tokens, rank, device, dtype, bias)
     assert (split_k(n, k) > 1) == (k == 2304) and (split_k(adapter_rows, k) > 1) == (k == 2304)
@@ -175,14 +177,15 @@ def test_adapter_term_in_the_epilogue_matches_fp64_reference(device, dtype, toke
 
 @pytest.mark.parametrize("device,dtype", CASES)
 @pytest.mark.parametrize("tokens", [1, 20])
-@pytest.mark.parametrize("settings", [dict(spread=False, rank_block=16, rank_unroll=128, reduce_once=False),
+@pytest.mark.parametrize("settings", [dict(spread=False, rank_block=64, rank_unroll=512, reduce_once=True),
                                       dict(spread=True, rank_block=64, rank_unroll=64, reduce_once=True),
                                       dict(spread=True, rank_block=32, rank_unroll=512, reduce_once=False)],
-                         ids=["first-piece-loop", "spread-loop-once", "spread-unrolled"])
+                         ids=["first-piece-unrolled-once", "spread-loop-once", "spread-unrolled"])
 def test_adapter_epilogue_layouts_match_fp64_reference(device, dtype, tokens, settings):
     """Each `adapter_epilogue` layout gives the fp64 reference's numbers (rank 136 under split K: the first piece
-    adding every column in a loop, the pieces sharing them in a loop or unrolled; at one token summed per chunk or
-    once), and the settings come back after."""
+    adding every column unrolled, the pieces sharing them in a loop or unrolled; at one token summed per chunk or
+    once; the default layout: `test_adapter_term_in_the_epilogue_matches_fp64_reference`), and the settings come
+    back after."""
     from slope.kernels.sparse_gemv import ADAPTER_EPILOGUE, GemvPlan, adapter_epilogue, geometry
 
     n, k, rank = 40, 2304, 136

@@ -102,7 +102,12 @@ WORD_LOAD_FORMS = ("dot",)
 # them all while the others wait on it), and whether the one-token (FMA) form sums the products over the columns
 # once at the end rather than per chunk ("reduce_once": one reduction across the program's threads instead of one
 # per chunk). Read when a launch is compiled; `adapter_epilogue` sets them for a block.
-ADAPTER_EPILOGUE = {"rank_block": 64, "rank_unroll": 512, "spread": True, "reduce_once": True}
+# The default is the first version's layout (7219cbf): on OPT-13B fc1/fc2 at ranks 80 and 320 it measured best or
+# within 5% of the best (H200 bf16, CUDA-graph replay, 8 tokens: 0.76-0.87x dense), and each other layout lost
+# somewhere. Unrolled 64-column chunks gained on fc1 (1 token, rank 320: 1.00x against 0.90x) but lost on fc2,
+# whose adapter Z comes in 20 pieces (rank 320: 0.66x against 0.94x); reduce_once lost at rank 320 (fc1 0.67x);
+# spread did not make up for the unrolling on fc2 (23cd4d6, e44904f; results/logs/bench_decode_merge_h200.csv).
+ADAPTER_EPILOGUE = {"rank_block": 16, "rank_unroll": 128, "spread": False, "reduce_once": False}
 # `GemvPlan` launches the compiled kernels itself after a first launch through Triton's JIT (off: every launch
 # through the JIT). A module attribute, so that a benchmark can measure both in one process.
 DIRECT_LAUNCH = os.environ.get("SLOPE_GEMV_DIRECT_LAUNCH", "1") != "0"
