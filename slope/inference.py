@@ -40,12 +40,13 @@ with one compressed matrix and one fused multiply-add (the paper's merged path):
   cuSPARSELt and runs `slope.kernels.sparse_gemv` (form ``few_token_form``) on its own buffers (``values`` and
   the metadata in ``packed``, or ``mask_nibbles``; the adapter rows' values in the last tile and their nibbles),
   which reads 1.125 (1.25 with ``mask_nibbles``) bytes per weight instead of dense's 2 — no extra memory, unlike
-  the dense fallback. Adapters merge inside it (``few_token_merge="epilogue"``, `set_few_token_merge`): one launch
-  over the adapter rows writes Z = X·L_p as fp32 split-K partials, and the W_R launch adds Z·R/r in its epilogue
-  — no torch.addmm and no (tokens, d_out + r) buffer, whose host time at one token was more than the SpMVs'
-  (OPT-13B fc1/fc2, ranks 80 and 320, H200 bf16, 7219cbf: 25–46 µs of host time per 1-token call against 69–95 µs;
-  GPU time under CUDA-graph replay better at 8 tokens, worse at 1 token on fc2 and at rank 320; numbers in
-  `slope.kernels.sparse_gemv`'s docstring). ``"addmm"`` keeps the path before it, for comparison.
+  the dense fallback. Adapters merge inside it (``few_token_merge``, `set_few_token_merge`): in the epilogue, one
+  launch over the adapter rows writes Z = X·L_p as fp32 split-K partials and the W_R launch adds Z·R/r — no
+  torch.addmm and no (tokens, d_out + r) buffer, whose host time at one token was more than the SpMVs' (OPT-13B
+  fc1/fc2, ranks 80 and 320, H200 bf16: 25–46 µs of host time per 1-token call against 69–95 µs); or, as before,
+  both row blocks into one buffer and addmm, which runs faster on the GPU at one token (1.04–1.11x dense under
+  CUDA-graph replay against 0.89–1.11x). The default ``"auto"`` takes that path for calls captured into a CUDA
+  graph at one token (`GRAPH_ADDMM_MAX_TOKENS`: there only GPU time is replayed) and the epilogue for the rest.
 * **state_dict** holds the training layer's canonical entries (``values`` (d_out, d_in/2), ``mask_nibbles``,
   bias, adapters) whether or not the layer keeps a mask of its own (without one, ``mask_nibbles`` is read back
   from the metadata, `nm_pack.nibbles_from_metadata`): it loads from a trained `CompressedSLoPeLinear`
@@ -78,10 +79,10 @@ SEPARATE_MASK = (True, False, "auto")  # see the module docstring's **Storage**
 FEW_TOKEN_MERGES = ("auto", "epilogue", "addmm")  # `SLoPeInferenceLinear.set_few_token_merge`
 # With few_token_merge="auto", a call captured into a CUDA graph at this many tokens or fewer adds Z·R/r through
 # addmm, any other call in the epilogue. Captured, host time is not replayed and only GPU time counts: at one token
-# the addmm path ran 1.05-1.11x dense F.linear on OPT-13B fc1/fc2 at ranks 80 and 320, the epilogue 0.94-1.22x
-# (below dense on fc2 and at rank 320). Eager, the epilogue's host time wins (25-46 µs per call against 69-95 µs),
-# and at 8 tokens it wins under graphs too (0.76-0.87x against 0.72-0.77x). H200 bf16, same process, 23cd4d6 and
-# 7219cbf (results/logs/bench_decode_merge_h200.csv).
+# the addmm path ran 1.04-1.11x dense F.linear on OPT-13B fc1/fc2 at ranks 80 and 320, the epilogue 0.89-1.11x
+# (below dense but on fc1 at rank 80). Eager, the epilogue's host time wins (25-46 µs per call against 69-95 µs),
+# and at 8 tokens it wins under graphs too (0.76-0.87x against 0.72-0.77x). H200 bf16, same process, e44904f and
+# 23cd4d6 (the "first-piece" rows of results/logs/bench_decode_merge_h200.csv).
 GRAPH_ADDMM_MAX_TOKENS = 1
 
 

@@ -32,15 +32,22 @@ still on OPT-13B fc1; bench_decode_metadata_h200.csv and ``_v1``, the byte reads
 
 **Merged adapters** (``adapter=(z, R, scale)``; a `GemvPlan` built with ``adapter_right`` R, fed the adapter rows'
 `GemvPlan.partials`): out = x·Wᵀ + b + scale · Z·R, Z the sum of z's split-K pieces, added in the store of the
-kernel (under split K into the first piece's partial). It replaces, for `SLoPeInferenceLinear`'s few-token path, a
-launch into a (tokens, N + r) buffer and a torch addmm. Same process, H200, bf16, 7219cbf, OPT-13B fc1 / fc2 at
-ranks 80 / 320 against that addmm path (results/logs/bench_decode_merge_h200.csv): host time per 1-token call
-25–46 µs against 69–95 µs (dense nn.Linear 17–22 µs); CUDA-graph replay at 8 tokens 0.77–0.87x dense against
-0.73–0.77x; at 1 token 1.14x against 1.11x on fc1 rank 80, but 0.62–0.90x against 1.05–1.09x on fc2 and at rank
-320. There each program ends with the z reduction (Z_SPLITS pieces) and its R block (RANK x BLOCK_N), latency no
-other work hides at one token, and beyond rank 128 (`sparse_gemv_triton.UNROLL_RANK`) a loop of them. The first
-version, with the term in the finish kernel under split K (N/256 programs for all of R), ran fc2 at rank 320
-2.7x slower than the addmm path (4d9c7d4, the ``4d9c7d4`` rows of the same file).
+kernel (under split K into the first piece's partial, or each piece its share: `ADAPTER_EPILOGUE`). It replaces, for
+`SLoPeInferenceLinear`'s few-token path, a launch into a (tokens, N + r) buffer and a torch addmm. Same process,
+H200, bf16, OPT-13B fc1 / fc2 at ranks 80 / 320 against that addmm path (results/logs/bench_decode_merge_h200.csv):
+host time per 1-token call 25–46 µs against 69–95 µs (dense nn.Linear 17–22 µs, 7219cbf); CUDA-graph replay at 8
+tokens 0.76–0.87x dense against 0.72–0.77x; at 1 token 0.89–1.11x against 1.04–1.11x (e44904f, 23cd4d6). There each
+program ends with the z reduction (Z_SPLITS pieces: 5 on fc1, 20 on fc2) and its R block (RANK x BLOCK_N), latency
+no other work hides at one token, so the layer takes the addmm path for a captured 1-token call
+(`slope.inference.GRAPH_ADDMM_MAX_TOKENS`). Four other epilogue layouts were timed beside the default (its rows are
+named ``first-piece``, the names are `performance_experiments.bench_inference.MERGE_LAYOUTS`; the 23cd4d6 rows named
+``default`` ran that commit's, 64-column chunks spread and reduced once): 64-column chunks unrolled up to rank 512
+gained on fc1 at 1 token (rank 320: 1.00x against 0.90x) and lost on fc2 (0.66x against 0.94x); spreading the
+columns over the k pieces did not make that up; one reduction at the end instead of one per chunk lost at rank 320
+(fc1 0.67x). Before the autotuner keyed on the adapter's constexprs, a rank-320 layer reused the config tuned for
+rank 80 on the same weight: fc2 at rank 320 and 1 token ran 0.62x at 7219cbf and 0.94x at 23cd4d6 in the same
+layout, tuned for itself (two sessions apart, not one process). The first version, with the term in the finish
+kernel under split K (N/256 programs for all of R), ran fc2 at rank 320 2.7x slower than the addmm path (4d9c7d4).
 
 ``values`` may also be a (tiles, rows per tile, K/2) strided view (a tiled layer's W_R inside its packed buffer);
 ``out`` may be a column block of a wider buffer (unit column stride). A caller that runs one weight many times

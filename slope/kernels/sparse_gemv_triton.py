@@ -15,7 +15,9 @@ casts (one more launch, paid only where the split is used).
 Merged adapters (``MERGE``): out[t, n] += scale · Σ_j Z[t, j] · R[j, n] for j < rank, the merged-adapter term of
 `slope.inference.SLoPeInferenceLinear` (Z = X·L_p, computed beforehand by this kernel on the adapter rows as fp32
 split-K partials, summed here; R (rank, N)), added in the epilogue, `_store` (under split K into the first piece's
-partial, which the finish kernel adds up with the others). Z is rounded to R's dtype first, as the unfused path
+partial, which the finish kernel adds up with the others, or with ``SPAN`` < rank each piece adds its share of the
+columns; the layout constexprs SPAN, RANK_BLOCK, RANK_UNROLL, REDUCE_ONCE come from
+`slope.kernels.sparse_gemv.ADAPTER_EPILOGUE`). Z is rounded to R's dtype first, as the unfused path
 stores it (a column block of the layer's output), and the products are summed in fp32 — the numbers of
 torch.addmm on those operands. One launch less and no (tokens, N + r) buffer or torch.addmm at decode: at one token
 that merge cost more host time than the SpMV.
