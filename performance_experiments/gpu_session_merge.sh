@@ -22,8 +22,8 @@ merge-tests)  # the adapter-merge tests alone
   ;;
 merge-bench)
   timeout ${BENCH_S:-300} python3 -m performance_experiments.bench_inference --preset decode --sections decode_merge \
-      --dtypes bfloat16 --decode-shapes opt-13b.fc1,opt-13b.fc2 --decode-tokens ${TOKENS:-1,8,32} --repeats 20 --merge-layouts ${LAYOUTS:-default} \
-      --output "$out/bench_decode_merge.csv" 2>&1 | tail -50
+      --dtypes bfloat16 --decode-shapes opt-13b.fc1,opt-13b.fc2 --decode-tokens ${TOKENS:-1,8,32} --repeats 20 \
+      --merge-layouts ${LAYOUTS:-default} --output "$out/bench_decode_merge.csv" 2>&1 | tail -50
   ;;
 tests)
   timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider -n 4 tests/test_sparse_gemv.py tests/test_fused.py 2>&1 | tee "$out/gpu_tests_gemv.log" | tail -15

@@ -329,9 +329,8 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr,
                        stride_right, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
                        MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, SPAN: tl.constexpr,
                        RANK_BLOCK: tl.constexpr, RANK_UNROLL: tl.constexpr, REDUCE_ONCE: tl.constexpr,
-                       BLOCK_T: tl.constexpr,
-                       WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+                       BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
     rn, rt, row_ok, token_ok, value_rows, rows, k_start, k_end = _program_block(
         T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
@@ -361,9 +360,8 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_
                            stride_right, merge_scale, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
                            MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, SPAN: tl.constexpr,
                            RANK_BLOCK: tl.constexpr, RANK_UNROLL: tl.constexpr, REDUCE_ONCE: tl.constexpr,
-                       BLOCK_T: tl.constexpr,
-                           WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_K: tl.constexpr):
+                           BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr,
+                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores. Each position i of a group multiplies
     the token's x at 4g+i (a stride-4 load of the small, cached x), summed over the groups of the block."""
     GROUPS: tl.constexpr = BLOCK_K // 4
