@@ -198,11 +198,18 @@ def to_inference(variant: Variant, dtype: torch.dtype, *, prepare: bool = True, 
 
 def launchers_note(layers) -> str:
     """Which launchers the few-token kernel's direct launches went through in these layers, once they have run
-    (`slope.inference.SLoPeInferenceLinear.few_token_launchers`): "static" (PyTorch's C++ launcher), "triton" (the compiled
-    kernel's own); empty where no plan launched directly."""
-    used = sorted(set().union(*(layer.few_token_launchers() for layer in layers
-                                if hasattr(layer, "few_token_launchers"))))
-    return f"; few-token direct launches: {'+'.join(used)} launcher" if used else ""
+    (`slope.inference.SLoPeInferenceLinear.few_token_launchers`): "static" (PyTorch's C++ launcher), "triton" (the
+    compiled kernel's own), and how many calls went through Triton's JIT instead (a few per shape; far more means
+    the eager rows paid the JIT's host time: direct launches turned off at run time, or a plan key that keeps
+    changing); empty where no few-token kernel ran."""
+    layers = [layer for layer in layers if hasattr(layer, "few_token_launchers")]
+    used = sorted(set().union(*(layer.few_token_launchers() for layer in layers)))
+    jit = sum(layer.few_token_jit_launches() for layer in layers)
+    from slope.kernels import sparse_gemv
+
+    off = "" if sparse_gemv.DIRECT_LAUNCH else ", direct launches off by the end"
+    note = f"; few-token direct launches: {'+'.join(used)} launcher" if used else ""
+    return note + (f"; few-token JIT launches: {jit} in {len(layers)} layers{off}" if jit else "")
 
 
 def masks_note(in_metadata: list[bool]) -> str:

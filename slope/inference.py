@@ -430,6 +430,11 @@ class SLoPeInferenceLinear(SparseLinearBase):
         (`slope.kernels.sparse_gemv.GemvPlan.launchers`); empty before any ran."""
         return set().union(*(plan.launchers() for plan in (self._gemv_plans or {}).values()))
 
+    def few_token_jit_launches(self) -> int:
+        """How many of this layer's few-token kernel calls went through Triton's JIT rather than a direct launch
+        (`slope.kernels.sparse_gemv.GemvPlan.jit_launches`): one or two per shape when all is well."""
+        return sum(plan.jit_launches for plan in (self._gemv_plans or {}).values())
+
     def _merges_in_epilogue(self, x2d: torch.Tensor) -> bool:
         if self.few_token_merge != "auto":
             return self.few_token_merge == "epilogue"

@@ -300,6 +300,7 @@ def test_plan_launches_the_compiled_kernels_directly_with_the_jits_numbers(dtype
             assert torch.equal(plan(inputs, torch.empty(tokens, n, device="cuda", dtype=dtype), form),
                                expected[id(inputs)])
         assert jit.call_count == 2  # once per key (alignment is one): the other calls launched directly
+        assert plan.jit_launches == 2
         # PyTorch's launcher where asked for (it is in every torch this project supports: no silent fallback here)
         assert plan.launchers() == {"static" if static else "triton"}
         x.copy_(torch.randn(tokens, k, device="cuda").to(dtype))  # same key, new numbers: read at launch
@@ -367,6 +368,7 @@ def test_plan_falls_back_to_the_jit_when_a_direct_launch_fails(monkeypatch):
         out = plan(x, torch.empty(2, 16).half())
     assert module.DIRECT_LAUNCH is False
     _check(out, x, dense, None, torch.float16)
+    assert plan.jit_launches == 2  # every call went through the JIT: the first, and the one whose direct launch failed
     assert plan(x[:0], torch.empty(0, 16).half()).shape == (0, 16)  # no tokens: nothing to launch
 
 

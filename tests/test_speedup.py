@@ -247,6 +247,31 @@ def test_to_inference_applies_its_settings_to_layers_built_as_inference_layers()
     assert (layer.few_token_kernel_tokens, layer.dense_fallback_tokens) == ("auto", 8)
 
 
+def test_launchers_note_counts_jit_launches_and_says_when_direct_launches_went_off(monkeypatch):
+    """The decode rows' note says which launchers ran and how many calls went through Triton's JIT: the number that
+    tells an eager row that paid the JIT's host time on every call from one that launched directly."""
+    from slope.kernels import sparse_gemv
+
+    class Layer:  # the two methods the note reads, as SLoPeInferenceLinear has them
+        def __init__(self, launchers, jit):
+            self.launchers, self.jit = launchers, jit
+
+        def few_token_launchers(self):
+            return self.launchers
+
+        def few_token_jit_launches(self):
+            return self.jit
+
+    layers = [Layer({"static"}, 2), Layer({"static"}, 1), torch.nn.Linear(2, 2)]
+    monkeypatch.setattr(sparse_gemv, "DIRECT_LAUNCH", True)
+    assert e2e.launchers_note(layers) == ("; few-token direct launches: static launcher; few-token JIT launches: 3 in "
+                                          "2 layers")
+    monkeypatch.setattr(sparse_gemv, "DIRECT_LAUNCH", False)
+    assert e2e.launchers_note([Layer(set(), 40)]) == ("; few-token JIT launches: 40 in 1 layers, direct launches off "
+                                                      "by the end")
+    assert e2e.launchers_note([Layer(set(), 0), torch.nn.Linear(2, 2)]) == ""
+
+
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
                                reason="needs an sm_80+ CUDA GPU")
 

@@ -562,6 +562,9 @@ class GemvPlan:
         self._right, self._scale = adapter_right, adapter_scale
         self._direct: dict[tuple, object] = {}
         self._partial_shapes: dict[tuple, tuple] = {}
+        # calls that went through Triton's JIT (a key's first, every call with direct launches off): a benchmark's
+        # note says how many, since each costs ~40 µs more host time than a direct launch
+        self.jit_launches = 0
 
     def launchers(self) -> set[str]:
         """Which launchers this plan's direct launches use ("static", "triton"; "mixed": a split-K launch whose
@@ -605,6 +608,7 @@ class GemvPlan:
                 return out
             except TypeError as error:  # a Triton whose launcher takes other arguments: the JIT path stays correct
                 _turn_off_direct_launch(error)
+        self.jit_launches += 1
         # under CUDA graph capture the static launch cannot be checked (that reads the result back): Triton's
         # launcher then, as the JIT would launch
         static = not torch.cuda.is_available() or not torch.cuda.is_current_stream_capturing()
