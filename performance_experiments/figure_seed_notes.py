@@ -47,7 +47,8 @@ def fig_seed_notes(rows: list[dict]) -> Figure | None:
         ax.set_title(PANELS[panel][2], fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("ratio (> 1: the first named wins)")
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:  # the first panel may have no rows (a partial CSV)
+        axes[0].legend(fontsize=7)
     devices = sorted({r.get("device", "") for r in rows if r.get("device")})
     fig.suptitle(f"The seed's performance notes, measured ({', '.join(devices)})", fontsize=10)
     return fig
