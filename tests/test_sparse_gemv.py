@@ -503,8 +503,7 @@ def test_metadata_reads_are_right_for_every_row_block_width(meta, block_n, block
     kernel.fn[grid](x, view, packed, view, out, view, view, tokens, tiles * rows, k, x.stride(0), view.stride(0),
                     rows, out.stride(0), k, tokens * tiles * rows, 0, 0, 0, 0.0, HAS_BIAS=False, SPLIT=False,
                     MERGE=False, RANK=0, Z_SPLITS=0, SPAN=0, RANK_BLOCK=16, RANK_UNROLL=128, REDUCE_ONCE=True,
-                    BLOCK_T=block_t,
-                    WORDS=32, META=meta, ESIZE=2, BLOCK_N=block_n, BLOCK_K=block_k)
+                    BLOCK_T=block_t, WORDS=32, META=meta, ESIZE=2, BLOCK_N=block_n, BLOCK_K=block_k)
     _check(out, x, sparse[0], None, dtype)
 
 
