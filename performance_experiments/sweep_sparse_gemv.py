@@ -4,7 +4,9 @@
 
 Per shape × token count × variant: the kernel's GPU time per call and its speedup over dense F.linear, both timed
 the same way in the same process. A variant is a form (``fma``, ``dot``), whether the kept pairs are read as
-integer words, and the split-K program target (`sparse_gemv.TARGET_PROGRAMS` for that form). Timing: ``calls``
+integer words, the dot form's rebuild of W from them (`sparse_gemv.REBUILD`: ``prmt`` needs words) and the
+split-K program target (`sparse_gemv.TARGET_PROGRAMS` for that form); each row notes the config the autotuner
+chose. Timing: ``calls``
 calls captured in one CUDA graph, the replay timed (median of 6 after a warm-up replay), so host cost is out;
 the calls rotate over ``copies`` weights of each shape so that no call finds its weight in L2 (a 5120² weight is
 33 MB compressed, an H100's L2 50 MB). This is how the defaults in `slope.kernels.sparse_gemv` were chosen.
@@ -21,9 +23,8 @@ from experiments.bench import capture_graph
 from experiments.results_io import write_rows
 from performance_experiments.shapes import MLP_SHAPES
 
-COLUMNS = ("shape", "d_in", "d_out", "dtype", "tokens", "variant", "form", "words", "target_programs",
-           "k_chunk_align", "median",
-           "iqr", "unit", "repeats", "speedup_vs_dense", "rel_error")
+COLUMNS = ("shape", "d_in", "d_out", "dtype", "tokens", "variant", "form", "words", "rebuild", "target_programs",
+           "k_chunk_align", "config", "median", "iqr", "unit", "repeats", "speedup_vs_dense", "rel_error")
 SHAPES = {**MLP_SHAPES, "opt-13b.attn": (5120, 5120)}  # OPT-13B q/k/v/out_proj
 
 
@@ -43,11 +44,24 @@ def graph_us(fn, copies: int, calls: int = 20, repeats: int = 6) -> dict:
             "repeats": len(times)}
 
 
-def variants(tokens: int, targets: list[int], aligns: list[int]) -> list[tuple[str, bool, int, int]]:
-    out = [("dot", words, target, align) for words in (False, True) for target in targets for align in aligns]
+def variants(tokens: int, targets: list[int], aligns: list[int], words_tried=(False, True),
+             rebuilds=("select",)) -> list[tuple[str, bool, str, int, int]]:
+    out = [("dot", words, rebuild, target, align) for words in words_tried for rebuild in rebuilds
+           for target in targets for align in aligns if words or rebuild == "select"]
     if tokens == 1:
-        out += [("fma", words, 264, align) for words in (False, True) for align in aligns]
+        out += [("fma", words, "select", 264, align) for words in words_tried for align in aligns]
     return out
+
+
+def _chosen_config(form: str) -> str:
+    """The config the form's autotuner chose last (BLOCK_N x BLOCK_K, warps, stages)."""
+    from slope.kernels import sparse_gemv_triton as kernels
+
+    kernel = kernels.sparse_gemv_fma_kernel if form == "fma" else kernels.sparse_gemv_kernel
+    config = getattr(kernel, "best_config", None)
+    if config is None:
+        return ""
+    return f"{config.kwargs['BLOCK_N']}x{config.kwargs['BLOCK_K']} w{config.num_warps} s{config.num_stages}"
 
 
 def main(argv=None) -> None:
@@ -58,6 +72,8 @@ def main(argv=None) -> None:
     parser.add_argument("--dtypes", default="bfloat16")
     parser.add_argument("--targets", default="264,528,1056", help="split-K program targets tried for the dot form")
     parser.add_argument("--chunk-aligns", default="512", help="split-K chunk roundings tried (K_CHUNK_ALIGN)")
+    parser.add_argument("--words", default="false,true", help="read the kept pairs as values (false) / words (true)")
+    parser.add_argument("--rebuilds", default="prmt,select", help="the dot form's rebuilds tried (REBUILD)")
     parser.add_argument("--copies", type=int, default=4)
     args = parser.parse_args(argv)
     from slope.kernels import nm_pack
@@ -69,7 +85,11 @@ def main(argv=None) -> None:
         raise SystemExit(f"--shapes: unknown {sorted(unknown)}; choose from {sorted(SHAPES)}")
     targets = [int(t) for t in args.targets.split(",")]
     aligns = [int(a) for a in args.chunk_aligns.split(",")]
-    defaults = dict(gemv.TARGET_PROGRAMS), gemv.K_CHUNK_ALIGN
+    words_tried = tuple(w.strip().lower() == "true" for w in args.words.split(","))
+    rebuilds = tuple(args.rebuilds.split(","))
+    if set(rebuilds) - set(gemv.REBUILDS):
+        raise SystemExit(f"--rebuilds: choose from {gemv.REBUILDS}")
+    defaults = dict(gemv.TARGET_PROGRAMS), gemv.K_CHUNK_ALIGN, gemv.REBUILD
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -87,22 +107,26 @@ def main(argv=None) -> None:
                 reference = x.float() @ dense[0].float().t()
                 base = graph_us(lambda i: F.linear(x, dense[i]), args.copies)
                 common = dict(shape=shape, d_in=d_in, d_out=d_out, dtype=dtype_name, tokens=tokens, unit="us")
-                rows.append(dict(common, variant="dense F.linear", form="", words="", target_programs="", k_chunk_align="",
-                                 median=round(base["median"], 3), iqr=round(base["iqr"], 3), repeats=base["repeats"],
+                rows.append(dict(common, variant="dense F.linear", form="", words="", rebuild="", target_programs="",
+                                 k_chunk_align="", config="", median=round(base["median"], 3),
+                                 iqr=round(base["iqr"], 3), repeats=base["repeats"],
                                  speedup_vs_dense=1.0, rel_error=""))
-                tried = variants(tokens, targets, aligns)
-                for form, words, target, align in tried:
-                    gemv.TARGET_PROGRAMS[form], gemv.K_CHUNK_ALIGN = target, align
+                tried = variants(tokens, targets, aligns, words_tried, rebuilds)
+                for form, words, rebuild, target, align in tried:
+                    gemv.TARGET_PROGRAMS[form], gemv.K_CHUNK_ALIGN, gemv.REBUILD = target, align, rebuild
                     try:
                         y = gemv.sparse_gemv(x, values[0], nibbles[0], form=form, words=words)
                         error = ((y.float() - reference).norm() / reference.norm()).item()
+                        config = _chosen_config(form)
                         stats = graph_us(lambda i: gemv.sparse_gemv(x, values[i], nibbles[i], form=form, words=words),
                                          args.copies)
                     finally:
                         gemv.TARGET_PROGRAMS.update(defaults[0])
-                        gemv.K_CHUNK_ALIGN = defaults[1]
-                    rows.append(dict(common, variant=f"{form}{' words' if words else ''} @{target}/{align}", form=form,
-                                     words=words, target_programs=target, k_chunk_align=align,
+                        gemv.K_CHUNK_ALIGN, gemv.REBUILD = defaults[1], defaults[2]
+                    rebuild = rebuild if form == "dot" else ""
+                    name = f"{form}{' words' if words else ''}{' ' + rebuild if rebuild else ''} @{target}/{align}"
+                    rows.append(dict(common, variant=name, form=form, words=words, rebuild=rebuild,
+                                     target_programs=target, k_chunk_align=align, config=config,
                                      median=round(stats["median"], 3),
                                      iqr=round(stats["iqr"], 3), repeats=stats["repeats"],
                                      speedup_vs_dense=round(base["median"] / stats["median"], 4),

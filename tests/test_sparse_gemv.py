@@ -503,8 +503,62 @@ def test_metadata_reads_are_right_for_every_row_block_width(meta, block_n, block
     kernel.fn[grid](x, view, packed, view, out, view, view, tokens, tiles * rows, k, x.stride(0), view.stride(0),
                     rows, out.stride(0), k, tokens * tiles * rows, 0, 0, 0, 0.0, HAS_BIAS=False, SPLIT=False,
                     MERGE=False, RANK=0, Z_SPLITS=0, SPAN=0, RANK_BLOCK=16, RANK_UNROLL=128, REDUCE_ONCE=True,
-                    BLOCK_T=block_t, WORDS=32, META=meta, ESIZE=2, BLOCK_N=block_n, BLOCK_K=block_k)
+                    BLOCK_T=block_t, WORDS=32, META=meta, ESIZE=2, REBUILD=0, BLOCK_N=block_n, BLOCK_K=block_k)
     _check(out, x, sparse[0], None, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("block_n,block_k,warps", [(16, 128, 2), (32, 256, 2), (32, 256, 4), (64, 256, 4),
+                                                   (64, 128, 4), (128, 256, 8)])
+@pytest.mark.parametrize("meta", [0, 2], ids=["mask-copy", "metadata-words"])
+def test_prmt_rebuild_matches_the_select_rebuild_bit_for_bit_and_fp64(dtype, block_n, block_k, warps, meta):
+    # the dot form's two rebuilds of W (`sparse_gemv.REBUILD`) in each autotune row-block shape, launched directly:
+    # the same weights into the same tensor-core products, so the same bits. The mask copy case has rows past N
+    # (200) and a k (1000) that ends inside a k block, so zero words (loads past the end) meet the prmt tables too
+    from slope.kernels import sparse_gemv_triton as kernels
+
+    tokens = 3
+    if meta:
+        tiles, rows, k = 2, 256, 512
+        sparse = _sparse(tiles * rows, k, "cuda", dtype)
+        nibbles, values = _compressed_tiles(sparse, tiles, rows, k, dtype, "cuda")
+        n, tile_stride = tiles * rows, values.stride(0)
+    else:
+        n, k = 200, 1000
+        sparse = _sparse(n, k, "cuda", dtype)
+        values, nibbles, rows, tile_stride = sparse[1].contiguous(), sparse[2], n, 0
+    x = torch.randn(tokens, k, device="cuda").to(dtype)
+    outs = []
+    for rebuild in (0, 1):
+        out = torch.empty(tokens, n, device="cuda", dtype=dtype)
+        kernels.sparse_gemv_kernel.fn[(-(-n // block_n), 1, 1)](
+            x, values, nibbles, values, out, values, values, tokens, n, k, x.stride(0), tile_stride, rows,
+            out.stride(0), k, tokens * n, 0, 0, 0, 0.0, HAS_BIAS=False, SPLIT=False, MERGE=False, RANK=0, Z_SPLITS=0,
+            SPAN=0, RANK_BLOCK=16, RANK_UNROLL=128, REDUCE_ONCE=False, BLOCK_T=16, WORDS=32, META=meta, ESIZE=2,
+            REBUILD=rebuild, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=3)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    _check(outs[1], x, sparse[0], None, dtype)
+
+
+def test_rebuild_mode_takes_prmt_only_for_the_dot_form_on_16_bit_words(monkeypatch):
+    from slope.kernels import sparse_gemv as module
+
+    half, single = torch.zeros(4, dtype=torch.float16), torch.zeros(4, dtype=torch.float32)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert module.rebuild_mode("dot", True, half) == 1
+    assert module.rebuild_mode("fma", True, half) == module.rebuild_mode("dot", False, half) == 0
+    assert module.rebuild_mode("dot", True, single) == 0
+    monkeypatch.setattr(module, "REBUILD", "select")
+    assert module.rebuild_mode("dot", True, half) == 0
+    monkeypatch.setattr(module, "REBUILD", "prmt")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # no PTX in the interpreter
+    assert module.rebuild_mode("dot", True, half) == 0
+    monkeypatch.setattr(module, "REBUILD", "shuffle")
+    with pytest.raises(ValueError, match="SLOPE_GEMV_REBUILD"):
+        module.rebuild_mode("dot", True, half)
 
 
 def test_static_launch_passes_only_the_cubins_arguments_as_addresses(monkeypatch):

@@ -103,6 +103,15 @@ K_CHUNK_ALIGN = 512
 # WORDS) wherever the values are aligned for it: about +1-11% over reading them as values at 2-32 tokens (same file);
 # the FMA form reads values (words measured no faster at 1 token).
 WORD_LOAD_FORMS = ("dot",)
+# How the dot form rebuilds a group's four weights from its two kept values and its mask (`sparse_gemv_triton.
+# _dense_block`): "prmt", two PTX byte permutes per half group (a table lookup of the selector from the half's two
+# mask bits, then the pair itself, packed as the tensor cores take it; needs the values read as 16-bit words), or
+# "select", tl.where per position. sm_90 SASS of the k loop (BLOCK_N 32, BLOCK_K 256, 4 warps): 940 instructions
+# per thread with "select", 544 with "prmt"; the rebuild was most of the loop, and the kernel issue-bound
+# (~2.1 TB/s of weight reads on the H200, where dense F.linear reads ~3.6). The CPU interpreter runs no PTX:
+# there "select" always. Read when a launch is compiled (a benchmark compares both in one process).
+REBUILDS = ("prmt", "select")
+REBUILD = os.environ.get("SLOPE_GEMV_REBUILD", "prmt")
 # How the merged-adapter epilogue is laid out (`sparse_gemv_triton._store`): adapter columns per chunk
 # ("rank_block"), the most columns a program's chunk loop is unrolled over ("rank_unroll"; a longer share stays a
 # loop), whether under split K every k piece adds its share of the columns ("spread"; else the first piece adds
@@ -285,7 +294,8 @@ def _launch(x, values, nibbles, bias, out, n: int, k: int, tile_rows: int, tile_
     merge_pointers, merge_numbers, merge_meta = _adapter_arguments(adapter, values, splits)
     meta = dict(HAS_BIAS=bias is not None, SPLIT=splits > 1 or partials, MERGE=adapter is not None, **merge_meta,
                 BLOCK_T=block_t, WORDS=16 * values.element_size() if words else 0,
-                META=metadata_mode(mask_layout, nibbles, values, tile_stride), ESIZE=values.element_size())
+                META=metadata_mode(mask_layout, nibbles, values, tile_stride), ESIZE=values.element_size(),
+                REBUILD=rebuild_mode(resolved, words, values))
     args = (x, values, nibbles, bias_arg, target, *merge_pointers, tokens, n, k, x.stride(0), tile_stride, tile_rows,
             out.stride(-2), k_chunk, tokens * n, *merge_numbers)
     compiled, config = _launch_tuned(kernel, grid, (kernel, n, k, x.dtype, values.dtype, target.dtype,
@@ -374,6 +384,15 @@ def adapter_epilogue(**settings):
     finally:
         ADAPTER_EPILOGUE.clear()
         ADAPTER_EPILOGUE.update(previous)
+
+
+def rebuild_mode(form: str, words: bool, values: torch.Tensor) -> int:
+    """The kernel's REBUILD (see `REBUILD`): 1 where the dot form reads 16-bit values as words on a GPU and
+    `REBUILD` is "prmt", else 0 (tl.where)."""
+    if REBUILD not in REBUILDS:
+        raise ValueError(f"sparse_gemv: REBUILD (SLOPE_GEMV_REBUILD) must be one of {REBUILDS}, got {REBUILD!r}")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return int(REBUILD == "prmt" and form == "dot" and bool(words) and values.element_size() == 2 and not interpreted)
 
 
 def metadata_mode(mask_layout: str, packed: torch.Tensor, values: torch.Tensor, tile_stride: int) -> int:

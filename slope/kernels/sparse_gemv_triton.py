@@ -49,9 +49,14 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     _CONFIGS = [triton.Config({"BLOCK_N": 16, "BLOCK_K": 64}, num_warps=4)]
 else:
     # Few programs per SM and long k loops: deep pipelines and several row-block widths, so that enough loads
-    # are in flight to saturate HBM for both square (5120²) and tall/wide (4·5120 × 5120) weights.
+    # are in flight to saturate HBM for both square (5120²) and tall/wide (4·5120 × 5120) weights. Row blocks of
+    # 16 rows per warp or more: with fewer, tl.dot lays the warps out along the tokens too, and each of them
+    # rebuilds the same rows of W (sm_90 SASS of the k loop, instructions per thread per group of 4 weights, "select"
+    # / "prmt" rebuild: (16, 256, 4 warps) 118 / 67, (32, 512, 8) 93 / 64, (64, 256, 4) 35 / 21, (32, 256, 2) 38 /
+    # 20, (128, 256, 8) 33 / 21). Those three replaced (16, 256, 4), (16, 512, 4) and (32, 512, 8) (the list
+    # since 57861b2).
     _CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-                for bn, bk, w, s in ((16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 4), (32, 512, 8, 3),
+                for bn, bk, w, s in ((64, 256, 4, 3), (32, 256, 2, 4), (32, 256, 4, 4), (128, 256, 8, 2),
                                      (64, 128, 4, 4), (64, 256, 8, 3), (16, 128, 2, 5), (32, 128, 4, 5))]
 # The FMA form keeps four fp32 (rows, groups) blocks live: wider row blocks, shorter k blocks.
 _FMA_CONFIGS = _CONFIGS if os.environ.get("TRITON_INTERPRET") == "1" else [
@@ -61,8 +66,8 @@ _FMA_CONFIGS = _CONFIGS if os.environ.get("TRITON_INTERPRET") == "1" else [
 
 # What the autotuner chooses a config for. The adapter constexprs are in it since the epilogue's share of a
 # program depends on them (before, a rank-320 layer reused the config tuned for rank 80 on the same weight shape).
-_TUNING_KEY = ["N", "K", "BLOCK_T", "WORDS", "META", "MERGE", "RANK", "Z_SPLITS", "SPAN", "RANK_BLOCK", "RANK_UNROLL",
-               "REDUCE_ONCE"]
+_TUNING_KEY = ["N", "K", "BLOCK_T", "WORDS", "META", "REBUILD", "MERGE", "RANK", "Z_SPLITS", "SPAN", "RANK_BLOCK",
+               "RANK_UNROLL", "REDUCE_ONCE"]
 
 
 @triton.jit
@@ -210,6 +215,73 @@ def _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets,
 
 
 @triton.jit
+def _dense_block(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift, row_ok, k0, k_end,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr,
+                 REBUILD: tl.constexpr):
+    """The dot form's (BLOCK_N, BLOCK_K) block of W at k0, rebuilt in registers: with ``REBUILD`` (16-bit words)
+    by `_rebuild_prmt`, else from `_group_weights`' four positions."""
+    if REBUILD == 1:
+        GROUPS: tl.constexpr = BLOCK_K // 4
+        rg = tl.arange(0, GROUPS)
+        group_ok = row_ok[:, None] & ((k0 // 4 + rg) < k_end // 4)[None, :]
+        nib = _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, k_end, row_ok, group_ok, BLOCK_N,
+                           GROUPS, META)
+        words = tl.load(values_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + value_rows[:, None] // 2
+                        + (k0 // 4 + rg)[None, :], mask=group_ok, other=0)
+        pair01, pair23 = _rebuild_prmt(words, nib, values_ptr)
+        # (rows, groups, position in the half, half) -> (rows, groups, half, position): position 4g + 2h + j
+        dense = tl.reshape(tl.permute(tl.join(pair01, pair23), (0, 1, 3, 2)), (BLOCK_N, BLOCK_K))
+    else:
+        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift,
+                                        row_ok, k0, k_end, BLOCK_N, BLOCK_K, WORDS, META)
+        # join stacks along a new last axis: join(join(w0, w2), join(w1, w3))[..., i, j] = w_{2i+j}, so the
+        # row-major reshape puts position 4g+2i+j in place
+        dense = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
+    return dense
+
+
+# `_rebuild_prmt`'s tables. A prmt selector's four nibbles pick, for the four bytes of its result, one of eight
+# source bytes: 0-3 the group's word (the first kept value in bytes 0-1, F; the second in 2-3, S), 4-7 a zero
+# register (Z). Positions 0/1 of a group take (F,S) when both are kept, (F,Z) when only 0 is, (Z,F) when only 1 is,
+# (Z,Z) when neither: with e = the half's two mask bits, the 16-bit selectors 0x5454, 0x5410, 0x1054, 0x3210 for e
+# = 0..3; positions 2/3 take (Z,Z), (S,Z), (Z,S), (F,S): 0x5454, 0x5432, 0x3254, 0x3210. A table holds the low
+# bytes of its four selectors (byte e = entry e) and another the high bytes, so that one prmt with index
+# 0x40 + 0x11·e (result byte 0 = low table byte e, byte 1 = high table byte e) looks entry e up.
+_PAIR01_TABLES = (0x10541054, 0x32105454)  # (low bytes, high bytes) of entries 0..3
+_PAIR23_TABLES = (0x10543254, 0x32325454)
+_REBUILD_PRMT_ASM = tl.constexpr(f"""{{
+        .reg .b32 e, s, lo, hi;
+        mov.b32 lo, {_PAIR01_TABLES[0]};
+        mov.b32 hi, {_PAIR01_TABLES[1]};
+        and.b32 e, $4, 3;
+        mad.lo.u32 e, e, 17, 64;
+        prmt.b32 s, lo, hi, e;
+        prmt.b32 $0, $2, 0, s;
+        mov.b32 lo, {_PAIR23_TABLES[0]};
+        mov.b32 hi, {_PAIR23_TABLES[1]};
+        shr.u32 e, $4, 2;
+        and.b32 e, e, 3;
+        mad.lo.u32 e, e, 17, 64;
+        prmt.b32 s, lo, hi, e;
+        prmt.b32 $1, $2, 0, s;
+        }}""")
+
+
+@triton.jit
+def _rebuild_prmt(words, nib, values_ptr):
+    """`_group_weights`' four positions from a group's word and its mask (exactly two bits, or a zero word) with
+    byte permutes (PTX prmt): per half of the group one prmt looks its selector up from the half's two mask bits,
+    and one builds that half's two 16-bit weights from the word and zero, already packed as the tensor cores take
+    them (``pack=2``: one 32-bit register holds positions (0, 1), another (2, 3)). Not run by Triton's CPU
+    interpreter (no PTX there), which takes the tl.where form (`slope.kernels.sparse_gemv.REBUILD`)."""
+    pair01, pair23 = tl.inline_asm_elementwise(
+        asm=_REBUILD_PRMT_ASM, constraints="=r,=r,r,r,r,r", args=[tl.join(words, words), tl.join(nib, nib)],
+        dtype=(values_ptr.dtype.element_ty, values_ptr.dtype.element_ty), is_pure=True,
+        pack=2)
+    return pair01, pair23
+
+
+@triton.jit
 def _program_block(T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
     """This program's rows (rn) and tokens (rt) with their bounds, where each of its rows starts in the values, its
     rows as int64, and its k range [k_start, k_end) (one chunk under split K; a chunk may end inside a k block, so
@@ -330,7 +402,7 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr,
                        MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, SPAN: tl.constexpr,
                        RANK_BLOCK: tl.constexpr, RANK_UNROLL: tl.constexpr, REDUCE_ONCE: tl.constexpr,
                        BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       REBUILD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Tensor-core form (BLOCK_T ≥ 16): the dense block rebuilt in registers, times the token block."""
     rn, rt, row_ok, token_ok, value_rows, rows, k_start, k_end = _program_block(
         T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
@@ -339,11 +411,8 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr,
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift,
-                                        row_ok, k0, k_end, BLOCK_N, BLOCK_K, WORDS, META)
-        # join stacks along a new last axis: join(join(w0, w2), join(w1, w3))[..., i, j] = w_{2i+j}, so the
-        # row-major reshape puts position 4g+2i+j in place
-        dense = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
+        dense = _dense_block(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift, row_ok, k0,
+                             k_end, BLOCK_N, BLOCK_K, WORDS, META, REBUILD)
         k_ok = (k0 + rk) < k_end
         x = tl.load(x_ptr + rt[:, None].to(tl.int64) * stride_x + (k0 + rk)[None, :],
                     mask=token_ok[:, None] & k_ok[None, :], other=0.0)
@@ -361,7 +430,7 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_
                            MERGE: tl.constexpr, RANK: tl.constexpr, Z_SPLITS: tl.constexpr, SPAN: tl.constexpr,
                            RANK_BLOCK: tl.constexpr, RANK_UNROLL: tl.constexpr, REDUCE_ONCE: tl.constexpr,
                            BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                           REBUILD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores. Each position i of a group multiplies
     the token's x at 4g+i (a stride-4 load of the small, cached x), summed over the groups of the block."""
     GROUPS: tl.constexpr = BLOCK_K // 4
