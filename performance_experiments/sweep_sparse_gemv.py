@@ -46,6 +46,9 @@ def graph_us(fn, copies: int, calls: int = 20, repeats: int = 6) -> dict:
 
 def variants(tokens: int, targets: list[int], aligns: list[int], words_tried=(False, True),
              rebuilds=("select",)) -> list[tuple[str, bool, str, int, int]]:
+    """(form, words, rebuild, split-K program target, chunk rounding) per variant. A target above twice
+    `sparse_gemv.MIN_PROGRAMS` also raises that threshold to the target, so that weights with more programs than
+    the default threshold split too."""
     out = [("dot", words, rebuild, target, align) for words in words_tried for rebuild in rebuilds
            for target in targets for align in aligns if words or rebuild == "select"]
     if tokens == 1:
@@ -89,7 +92,7 @@ def main(argv=None) -> None:
     rebuilds = tuple(args.rebuilds.split(","))
     if set(rebuilds) - set(gemv.REBUILDS):
         raise SystemExit(f"--rebuilds: choose from {gemv.REBUILDS}")
-    defaults = dict(gemv.TARGET_PROGRAMS), gemv.K_CHUNK_ALIGN, gemv.REBUILD
+    defaults = dict(gemv.TARGET_PROGRAMS), gemv.K_CHUNK_ALIGN, gemv.REBUILD, gemv.MIN_PROGRAMS
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -114,6 +117,7 @@ def main(argv=None) -> None:
                 tried = variants(tokens, targets, aligns, words_tried, rebuilds)
                 for form, words, rebuild, target, align in tried:
                     gemv.TARGET_PROGRAMS[form], gemv.K_CHUNK_ALIGN, gemv.REBUILD = target, align, rebuild
+                    gemv.MIN_PROGRAMS = max(defaults[3], target if target > 2 * defaults[3] else 0)
                     try:
                         y = gemv.sparse_gemv(x, values[0], nibbles[0], form=form, words=words)
                         error = ((y.float() - reference).norm() / reference.norm()).item()
@@ -122,7 +126,7 @@ def main(argv=None) -> None:
                                          args.copies)
                     finally:
                         gemv.TARGET_PROGRAMS.update(defaults[0])
-                        gemv.K_CHUNK_ALIGN, gemv.REBUILD = defaults[1], defaults[2]
+                        gemv.K_CHUNK_ALIGN, gemv.REBUILD, gemv.MIN_PROGRAMS = defaults[1:]
                     rebuild = rebuild if form == "dot" else ""
                     name = f"{form}{' words' if words else ''}{' ' + rebuild if rebuild else ''} @{target}/{align}"
                     rows.append(dict(common, variant=name, form=form, words=words, rebuild=rebuild,
