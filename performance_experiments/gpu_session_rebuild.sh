@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # GPU session script for the dot form's prmt rebuild (`slope.kernels.sparse_gemv.REBUILD`): logs and CSVs in $OUT.
-# Usage: SLOPE_GIT_SHA=<commit> SLOPE_GIT_DIRTY=False bash performance_experiments/gpu_session_rebuild.sh [check|tests]
+# Usage: SLOPE_GIT_SHA=<commit> SLOPE_GIT_DIRTY=False bash performance_experiments/gpu_session_rebuild.sh \
+#   [check|tests|e2e]
 #   check: the rebuild's GPU tests, then prmt against select in one process (sweep_sparse_gemv, CUDA-graph replay)
-#   tests: the few-token kernel's and the inference layer's GPU tests
+#   tests: the few-token kernel's, the inference layer's and the timing helpers' GPU tests
+#   e2e:   OPT-13B decode (8 blocks, bf16), dense and SLoPe with merged adapters, with the GPU busy time split by
+#          kernel family (eager and CUDA-graph replay), then prmt against select on the sweep's shapes
 set -uo pipefail
 out=${OUT:-runs/gpu}
 mkdir -p "$out"
@@ -19,7 +22,16 @@ check)
 tests)
   python3 -c "import slope.kernels.cusparselt as c; import time; t=time.time(); c.load_extension(); print(f'extension built in {time.time()-t:.0f}s')" 2>&1 | tail -3
   timeout ${TESTS_S:-400} python3 -m pytest -m gpu -q -p no:cacheprovider -n ${WORKERS:-8} tests/test_sparse_gemv.py \
-      tests/test_inference.py 2>&1 | tee "$out/gpu_tests.log" | tail -15
+      tests/test_inference.py tests/test_timing.py 2>&1 | tee "$out/gpu_tests.log" | tail -15
   pkill -f -- "-m pytest" 2>/dev/null; true
+  ;;
+e2e)
+  timeout ${E2E_S:-400} python3 -m performance_experiments.speedup --models opt-13b --dtypes bfloat16 \
+      --sections decode --max-blocks 8 --decode-fallback 0 --decode-cusparselt-too false --cslt-search-budget-s 8 \
+      --time-budget-s ${E2E_BUDGET_S:-300} --variants dense,slope --adapter-ranks ${RANKS:-0,1.56%} \
+      --adapter-modes merged --separate-mask true --output-dir "$out/e2e" 2>&1 | tail -40
+  timeout ${SWEEP_S:-150} python3 -m performance_experiments.sweep_sparse_gemv --output "$out/sweep_rebuild.csv" \
+      --shapes ${SHAPES:-opt-13b.attn,opt-13b.fc1} --tokens ${TOKENS:-8,32} --words true --rebuilds prmt,select \
+      --targets 528 --dtypes bfloat16 2>&1 | tail -20
   ;;
 esac

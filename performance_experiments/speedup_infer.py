@@ -3,9 +3,14 @@ fallback) and inference memory, for dense, SLoPe and SLoPe with merged / unmerge
 
 Decode has three figures per batch on a GPU: the wall-clock time of an eager step (what ``model(...)`` in a loop
 costs; at small batch it is bound by the host issuing kernels, for dense and SLoPe alike); the GPU busy time of
-the same step (the sum of its kernels, `timing.kernel_time_fn`: what the step's GPU work costs once the host is
+the same step (the sum of its kernels, `timing.kernel_families_fn`: what the step's GPU work costs once the host is
 out of the way); and the wall-clock time of the same step captured in a CUDA graph and replayed (how serving
-engines run decode; `e2e.graph_decode_fn`).
+engines run decode; `e2e.graph_decode_fn`). Both GPU figures are also split by kernel family
+(`timing.kernel_families_fn`: few-token kernel, adapter addmm, cuSPARSELt, dense GEMM, attention, copies, the
+rest), one row per family with the ratio against dense's same family, so that a decode step slower than dense
+shows which kernels lost the time. The graph's split profiles the replay itself, which is the path a captured
+call takes (at one token the merged adapters' addmm path, `slope.inference.GRAPH_ADDMM_MAX_TOKENS`), not the
+eager one.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from slope.kernels import sparse_gemv
 from . import e2e
 from .models import param_counts
 from .reference import paper_value
-from .timing import (LinearTimer, PhaseTimer, is_cuda, kernel_time_fn, peak_bytes, reset_peak, round_or_blank,
+from .timing import (LinearTimer, PhaseTimer, is_cuda, kernel_families_fn, peak_bytes, reset_peak, round_or_blank,
                      stat_fields, time_fn)
 
 DECODE_MEMORY_BOUND_IDEAL = 1 / 0.5625
@@ -212,47 +217,80 @@ def _decode_rows(run, model, common: dict, ref: dict, is_dense: bool, note: str,
                             median=round(batch / stats["median_ms"] * 1e3, 1), repeats=stats["repeats"],
                             ratio_vs_dense=round_or_blank(ratio), ideal=round_or_blank(ideal), ideal_basis=basis))
         if cfg.decode_kernel_time and is_cuda(run.device) and not eager_only:
-            busy = kernel_time_fn(fn, warmup=1, repeats=cfg.repeats)
+            busy, families = kernel_families_fn(fn, warmup=1, repeats=cfg.repeats)
             if is_dense:
                 ref[f"decode{batch}_busy"] = busy["median_ms"]
             dense_busy = ref.get(f"decode{batch}_busy")
-            rows.append(run.row(base, phase="one token with KV cache: GPU busy time", metric="time", unit="ms",
+            rows.append(run.row(base, phase=BUSY_PHASE, metric="time", unit="ms",
                                 **stat_fields(busy), ratio_vs_dense=round_or_blank(
                                     dense_busy / busy["median_ms"] if dense_busy else ""),
                                 ideal=1.0 if is_dense else "", ideal_basis="reference" if is_dense else
                                 "none (the linears' share of the GPU time is not measured)",
                                 note=f"{note}; sum of kernel times per step (torch.profiler), host time excluded"))
+            rows += _family_rows(run, base, ref, is_dense, BUSY_PHASE, f"decode{batch}_busy", families,
+                                 busy["repeats"], note)
         del cache, fn
         if cfg.decode_graph and is_cuda(run.device) and not eager_only:
-            rows.append(_graph_decode_row(run, model, base, ref, is_dense, note, batch))
+            rows += _graph_decode_rows(run, model, base, ref, is_dense, note, batch)
     return rows
 
 
+BUSY_PHASE = "one token with KV cache: GPU busy time"
 GRAPH_PHASE = "one token with KV cache: CUDA graph"
+FAMILY_REPEATS = 5  # profiled replays for the graph's split by kernel family (the timed replays are not profiled)
 
 
-def _graph_decode_row(run, model, base: dict, ref: dict, is_dense: bool, note: str, batch: int) -> dict:
+def _family_rows(run, base: dict, ref: dict, is_dense: bool, phase: str, key: str, families: dict[str, float],
+                 repeats: int, note: str) -> list[dict]:
+    """One row per kernel family of a profiled decode step (`timing.kernel_families_fn`): its GPU busy ms per
+    step and the ratio against dense's same family (blank where dense has none). Dense records its split in
+    ``ref`` under ``key``; a family dense has but this variant lacks gets a row of 0 ms."""
+    if is_dense:
+        ref[f"{key}_families"] = dict(families)
+    dense = ref.get(f"{key}_families", {})
+    rows = []
+    for family in sorted(set(families) | set(dense)):
+        ms = families.get(family, 0.0)
+        ratio = dense[family] / ms if ms and dense.get(family) else ""
+        rows.append(run.row(base, phase=f"{phase}, {family}", metric="time", unit="ms", median=round(ms, 5),
+                            repeats=repeats, ratio_vs_dense=round_or_blank(ratio),
+                            ideal_basis="none (one kernel family of the step)",
+                            note=f"{note}; median over the profiled steps of this kernel family's summed kernel "
+                                 f"times (timing.KERNEL_FAMILIES, by kernel name)"))
+    return rows
+
+
+def _graph_decode_rows(run, model, base: dict, ref: dict, is_dense: bool, note: str, batch: int) -> list[dict]:
     """The decode step captured in a CUDA graph and replayed (`e2e.graph_decode_fn`): wall-clock per token with
-    the host out of the way, as serving engines run decode. A step that cannot be captured gets an error row."""
+    the host out of the way, as serving engines run decode; with ``decode_kernel_time`` also the replay's split
+    by kernel family. A step that cannot be captured gets an error row."""
     cfg = run.cfg
     fields = dict(phase=GRAPH_PHASE, metric="time", unit="ms")
+    families = None
     try:
         replay, keep = e2e.graph_decode_fn(model, batch, cfg.decode_context, run.spec.vocab, run.device)
         stats = time_fn(replay, run.device, warmup=cfg.warmup, repeats=cfg.repeats)
+        if cfg.decode_kernel_time:
+            try:
+                families = kernel_families_fn(replay, warmup=1, repeats=FAMILY_REPEATS)[1]
+            except RuntimeError as error:  # a profiler that does not see graph kernels: the timed row stands
+                note = f"{note}; no split by kernel family ({error})"
         del replay, keep
     except Exception as error:  # noqa: BLE001 - recorded in the row; the other decode rows stand
-        return run.row(base, **fields, status="error", note=f"{note}; CUDA graph capture or replay failed: "
-                                                             f"{e2e.describe(error)}")
+        return [run.row(base, **fields, status="error", note=f"{note}; CUDA graph capture or replay failed: "
+                                                              f"{e2e.describe(error)}")]
     finally:
         e2e.free_memory()
     if is_dense:
         ref[f"decode{batch}_graph"] = stats["median_ms"]
     dense = ref.get(f"decode{batch}_graph")
-    return run.row(base, **fields, **stat_fields(stats),
-                   ratio_vs_dense=round_or_blank(dense / stats["median_ms"] if dense else ""),
-                   ideal=1.0 if is_dense else "", ideal_basis="reference" if is_dense else
-                   "none (the linears' share of the GPU time is not measured)",
-                   note=f"{note}; one CUDA-graph replay per token: static KV cache of context + 1 slots, "
-                        "explicit positions and all-ones mask (SDPA's masked kernel on both sides)")
-
-
+    graph_note = (f"{note}; one CUDA-graph replay per token: static KV cache of context + 1 slots, explicit "
+                  "positions and all-ones mask (SDPA's masked kernel on both sides)")
+    rows = [run.row(base, **fields, **stat_fields(stats),
+                    ratio_vs_dense=round_or_blank(dense / stats["median_ms"] if dense else ""),
+                    ideal=1.0 if is_dense else "", ideal_basis="reference" if is_dense else
+                    "none (the linears' share of the GPU time is not measured)", note=graph_note)]
+    if families is not None:
+        rows += _family_rows(run, base, ref, is_dense, f"{GRAPH_PHASE}: GPU busy time", f"decode{batch}_graph",
+                             families, FAMILY_REPEATS, graph_note)
+    return rows

@@ -3,10 +3,12 @@
 * `time_fn(fn, device)` — a callable's time per call: CUDA events via `experiments.bench.cuda_time_ms` on a GPU;
   on the CPU (toy runs in tests) ``time.perf_counter`` around each call, which is exact there because CPU
   kernels are synchronous. Both return the same statistics dict (median, IQR, min, max, repeats, in ms).
-* `kernel_time_fn(fn)` — the GPU's busy time per call: the sum of the durations of the kernels (and copies) one
-  call runs, from torch.profiler. Host time and the gaps between kernels are left out, so this is what a
+* `kernel_families_fn(fn)` — the GPU's busy time per call: the sum of the durations of the kernels (and copies)
+  one call runs, from torch.profiler. Host time and the gaps between kernels are left out, so this is what a
   host-bound call (one decode step, eager) would take if its launches were free — the figure a CUDA-graph replay
-  approaches. It is reported beside `time_fn`'s wall-clock figure, never instead of it.
+  approaches. It is reported beside `time_fn`'s wall-clock figure, never instead of it. It also splits that time
+  by kernel family (`KERNEL_FAMILIES`, by the kernel's name), so that a decode step slower than dense says which
+  kernels took the time (few-token kernel, adapter addmm, cuSPARSELt, dense GEMM, attention, copies, the rest).
 * `PhaseTimer` — named phases inside one step (forward, backward, optimizer), one interval per phase per repeat,
   so the breakdown and the total come from the same steps.
 * `LinearTimer` — in-situ time of chosen linear layers through module hooks: forward (pre-hook → hook) and
@@ -17,6 +19,7 @@
 from __future__ import annotations
 
 import bisect
+import re
 import statistics
 import time
 from collections import defaultdict
@@ -60,24 +63,53 @@ def time_fn(fn: Callable[[], object], device, *, warmup: int = 3, repeats: int =
     return summarize(times)
 
 
-def kernel_time_fn(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> dict[str, float]:
-    """GPU busy time per call of ``fn`` (CUDA only; see the module docstring): one profiler session per repeat."""
+# Kernel families of `kernel_families_fn`, the first pattern that a kernel's name matches (case-insensitive) wins:
+# the suite's Triton kernels by their function names (`slope.kernels.sparse_gemv_triton`, `addmm_triton`), the
+# libraries' by the words their kernel names carry (cuSPARSELt's sparse GEMMs name "sparse"; cuBLAS's "gemm",
+# "gemv", or "nvjet" on Hopper; SDPA's flash / memory-efficient kernels "flash", "fmha" or "attention").
+KERNEL_FAMILIES = (
+    ("few-token kernel", r"sparse_gemv"),
+    ("Triton addmm / bias add", r"addmm_kernel|bias_add_kernel"),
+    ("attention", r"flash|fmha|attention|softmax"),
+    ("cuSPARSELt", r"sparse|cusparselt|spmma"),
+    ("dense GEMM", r"gemm|gemv|cutlass|xmma|nvjet|cublas"),
+    ("copies and gathers", r"memcpy|memset|copy|index|gather|scatter"),
+)
+OTHER_KERNELS = "other (norms, activations, elementwise)"
+
+
+def kernel_family(name: str) -> str:
+    """The `KERNEL_FAMILIES` entry a kernel's name falls in (`OTHER_KERNELS` when none)."""
+    return next((family for family, pattern in KERNEL_FAMILIES if re.search(pattern, name, re.IGNORECASE)),
+                OTHER_KERNELS)
+
+
+def kernel_families_fn(fn: Callable[[], object], *, warmup: int = 3,
+                       repeats: int = 10) -> tuple[dict[str, float], dict[str, float]]:
+    """GPU busy time per call of ``fn`` (CUDA only; see the module docstring), one profiler session per repeat:
+    its statistics and, per kernel family (`kernel_family`), the median over the repeats of that family's busy
+    time per call in ms (a family absent from a repeat counts 0 there)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
+    times, per_repeat = [], []
     for _ in range(repeats):
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
         device_events = [e for e in prof.events() if e.device_type == DeviceType.CUDA and not _is_annotation(e)]
         if not device_events:
-            raise RuntimeError("kernel_time_fn: the profiler recorded no GPU activity (is CUPTI available?)")
-        times.append(sum(e.time_range.elapsed_us() for e in device_events) / 1e3)
-    return summarize(times)
+            raise RuntimeError("kernel_families_fn: the profiler recorded no GPU activity (is CUPTI available?)")
+        families = defaultdict(float)
+        for event in device_events:
+            families[kernel_family(event.name)] += event.time_range.elapsed_us() / 1e3
+        times.append(sum(families.values()))
+        per_repeat.append(families)
+    names = sorted({name for families in per_repeat for name in families})
+    return summarize(times), {name: statistics.median(f.get(name, 0.0) for f in per_repeat) for name in names}
 
 
 def _is_annotation(event) -> bool:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.autograd import DeviceType
 
-from performance_experiments.timing import LinearTimer, PhaseTimer
+from performance_experiments.timing import OTHER_KERNELS, LinearTimer, PhaseTimer, kernel_family
 
 
 def _model():
@@ -81,3 +81,35 @@ def test_on_a_gpu_host_stalls_inside_a_layer_do_not_count():
     assert 0 < forward_ms < all_ms < 5, stats  # two 256×1024×1024 GEMMs: microseconds, not the 20 ms stall
     assert stats["backward"]["median_ms"] > 0
     assert events.stats(skip=1)["forward"]["median_ms"] > stall_s * 1e3  # what CUDA events would have said
+
+
+@pytest.mark.parametrize("name, family", [
+    ("sparse_gemv_kernel", "few-token kernel"),
+    ("sparse_gemv_finish_kernel", "few-token kernel"),
+    ("addmm_kernel", "Triton addmm / bias add"),
+    ("sm90_xmma_sparse_gemm_bf16bf16_bf16f32_f32_nt_n_tilesize128x128x64", "cuSPARSELt"),
+    ("nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_NTN", "dense GEMM"),
+    ("void gemv2T_kernel_val<int, int, __nv_bfloat16, float, 128, 16, 4, 4, false>", "dense GEMM"),
+    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>", "attention"),
+    ("fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel)", "attention"),
+    ("Memcpy DtoD (Device -> Device)", "copies and gathers"),
+    ("void at::native::indexSelectLargeIndex<c10::BFloat16, long, unsigned int, 2, 2, -2, true>", "copies and gathers"),
+    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float>", OTHER_KERNELS),
+])
+def test_kernel_family_sorts_the_kernels_of_a_decode_step_by_name(name, family):
+    assert kernel_family(name) == family
+
+
+def test_family_rows_compare_each_kernel_family_with_dense_and_list_families_one_side_lacks():
+    from performance_experiments.speedup_infer import _family_rows
+
+    run = SimpleNamespace(row=lambda *parts, **fields: {k: v for part in parts for k, v in part.items()} | fields)
+    ref: dict = {}
+    dense = _family_rows(run, {"variant": "dense"}, ref, True, "busy", "decode1", {"dense GEMM": 2.0, "attention": 0.5},
+                         5, "n")
+    assert [(r["phase"], r["ratio_vs_dense"]) for r in dense] == [("busy, attention", 1.0), ("busy, dense GEMM", 1.0)]
+    slope_rows = _family_rows(run, {"variant": "slope"}, ref, False, "busy", "decode1",
+                              {"few-token kernel": 1.25, "attention": 0.5}, 5, "n")
+    by_phase = {r["phase"]: (r["median"], r["ratio_vs_dense"]) for r in slope_rows}
+    assert by_phase == {"busy, attention": (0.5, 1.0), "busy, dense GEMM": (0.0, ""),
+                        "busy, few-token kernel": (1.25, "")}
