@@ -4,8 +4,8 @@
 
 Per shape × token count × variant: the kernel's GPU time per call and its speedup over dense F.linear, both timed
 the same way in the same process. A variant is a form (``fma``, ``dot``), whether the kept pairs are read as
-integer words, the dot form's rebuild of W from them (`sparse_gemv.REBUILD`: ``prmt`` needs words) and the
-split-K program target (`sparse_gemv.TARGET_PROGRAMS` for that form); each row notes the config the autotuner
+integer words, the dot form's rebuild of W from them (`sparse_gemv.REBUILD`: ``prmt`` needs words), the FMA form's
+products (`sparse_gemv.FMA_PRODUCTS`; both in the ``rebuild`` column) and the split-K program target (`sparse_gemv.TARGET_PROGRAMS` for that form); each row notes the config the autotuner
 chose. Timing: ``calls``
 calls captured in one CUDA graph, the replay timed (median of 6 after a warm-up replay), so host cost is out;
 the calls rotate over ``copies`` weights of each shape so that no call finds its weight in L2 (a 5120² weight is
@@ -45,14 +45,16 @@ def graph_us(fn, copies: int, calls: int = 20, repeats: int = 6) -> dict:
 
 
 def variants(tokens: int, targets: list[int], aligns: list[int], words_tried=(False, True),
-             rebuilds=("select",)) -> list[tuple[str, bool, str, int, int]]:
-    """(form, words, rebuild, split-K program target, chunk rounding) per variant. A target above twice
+             rebuilds=("select",), fma_products=("kept",)) -> list[tuple[str, bool, str, int, int]]:
+    """(form, words, rebuild, split-K program target, chunk rounding) per variant; rebuild is the dot form's
+    `sparse_gemv.REBUILD` or the FMA form's `sparse_gemv.FMA_PRODUCTS`. A target above twice
     `sparse_gemv.MIN_PROGRAMS` also raises that threshold to the target, so that weights with more programs than
     the default threshold split too."""
     out = [("dot", words, rebuild, target, align) for words in words_tried for rebuild in rebuilds
            for target in targets for align in aligns if words or rebuild == "select"]
     if tokens == 1:
-        out += [("fma", words, "select", 264, align) for words in words_tried for align in aligns]
+        out += [("fma", words, products, 264, align) for words in words_tried for products in fma_products
+                for align in aligns]
     return out
 
 
@@ -77,6 +79,8 @@ def main(argv=None) -> None:
     parser.add_argument("--chunk-aligns", default="512", help="split-K chunk roundings tried (K_CHUNK_ALIGN)")
     parser.add_argument("--words", default="false,true", help="read the kept pairs as values (false) / words (true)")
     parser.add_argument("--rebuilds", default="prmt,select", help="the dot form's rebuilds tried (REBUILD)")
+    parser.add_argument("--fma-products", default="kept,positions",
+                        help="the FMA form's products tried at one token (FMA_PRODUCTS)")
     parser.add_argument("--copies", type=int, default=4)
     args = parser.parse_args(argv)
     from slope.kernels import nm_pack
@@ -92,7 +96,10 @@ def main(argv=None) -> None:
     rebuilds = tuple(args.rebuilds.split(","))
     if set(rebuilds) - set(gemv.REBUILDS):
         raise SystemExit(f"--rebuilds: choose from {gemv.REBUILDS}")
-    defaults = dict(gemv.TARGET_PROGRAMS), gemv.K_CHUNK_ALIGN, gemv.REBUILD, gemv.MIN_PROGRAMS
+    fma_products = tuple(args.fma_products.split(","))
+    if set(fma_products) - set(gemv.FMA_PRODUCTS_CHOICES):
+        raise SystemExit(f"--fma-products: choose from {gemv.FMA_PRODUCTS_CHOICES}")
+    defaults = (dict(gemv.TARGET_PROGRAMS), gemv.K_CHUNK_ALIGN, gemv.REBUILD, gemv.FMA_PRODUCTS, gemv.MIN_PROGRAMS)
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -114,10 +121,14 @@ def main(argv=None) -> None:
                                  k_chunk_align="", config="", median=round(base["median"], 3),
                                  iqr=round(base["iqr"], 3), repeats=base["repeats"],
                                  speedup_vs_dense=1.0, rel_error=""))
-                tried = variants(tokens, targets, aligns, words_tried, rebuilds)
+                tried = variants(tokens, targets, aligns, words_tried, rebuilds, fma_products)
                 for form, words, rebuild, target, align in tried:
-                    gemv.TARGET_PROGRAMS[form], gemv.K_CHUNK_ALIGN, gemv.REBUILD = target, align, rebuild
-                    gemv.MIN_PROGRAMS = max(defaults[3], target if target > 2 * defaults[3] else 0)
+                    gemv.TARGET_PROGRAMS[form], gemv.K_CHUNK_ALIGN = target, align
+                    if form == "dot":
+                        gemv.REBUILD = rebuild
+                    else:
+                        gemv.FMA_PRODUCTS = rebuild
+                    gemv.MIN_PROGRAMS = max(defaults[4], target if target > 2 * defaults[4] else 0)
                     try:
                         y = gemv.sparse_gemv(x, values[0], nibbles[0], form=form, words=words)
                         error = ((y.float() - reference).norm() / reference.norm()).item()
@@ -126,8 +137,7 @@ def main(argv=None) -> None:
                                          args.copies)
                     finally:
                         gemv.TARGET_PROGRAMS.update(defaults[0])
-                        gemv.K_CHUNK_ALIGN, gemv.REBUILD, gemv.MIN_PROGRAMS = defaults[1:]
-                    rebuild = rebuild if form == "dot" else ""
+                        gemv.K_CHUNK_ALIGN, gemv.REBUILD, gemv.FMA_PRODUCTS, gemv.MIN_PROGRAMS = defaults[1:]
                     name = f"{form}{' words' if words else ''}{' ' + rebuild if rebuild else ''} @{target}/{align}"
                     rows.append(dict(common, variant=name, form=form, words=words, rebuild=rebuild,
                                      target_programs=target, k_chunk_align=align, config=config,

@@ -36,37 +36,39 @@ def _signature(fn) -> dict:
 
 
 def compile_variant(fn, block_t: int, merge: bool, rank: int, span: int, layout: tuple, block_n=32, block_k=256,
-                    rebuild: int = 0, meta: int = 0):
+                    rebuild: int = 0, meta: int = 0, words: int | None = None):
     rank_block, unroll, once = layout
+    words = (32 if block_t >= 16 else 0) if words is None else words  # the wrapper's default per form
     constants = dict(HAS_BIAS=True, SPLIT=True, MERGE=merge, RANK=rank if merge else 0, Z_SPLITS=4 if merge else 0,
                      SPAN=span if merge else 0, RANK_BLOCK=rank_block, RANK_UNROLL=unroll, REDUCE_ONCE=once,
-                     BLOCK_T=block_t, WORDS=32 if block_t >= 16 else 0, META=meta, ESIZE=2, REBUILD=rebuild,
+                     BLOCK_T=block_t, WORDS=words, META=meta, ESIZE=2, REBUILD=rebuild,
                      BLOCK_N=block_n, BLOCK_K=block_k)
     source = ASTSource(fn, _signature(fn), constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=3))
 
 
 def variants():
-    """(name, kernel, BLOCK_T, MERGE, RANK, SPAN, layout, REBUILD, META): both forms without an adapter, and with
-    one under each layout, the term whole (SPAN ≥ RANK) and spread over k pieces, unrolled and in a loop; the dot
-    form with the prmt rebuild (its inline PTX goes through ptxas here) under each, and with the mask copy and
-    cuSPARSELt's metadata (in words) both."""
-    forms = [("fma", kernels.sparse_gemv_fma_kernel.fn, 1, 0), ("dot", kernels.sparse_gemv_kernel.fn, 16, 1)]
-    for (form, fn, block_t, rebuild) in forms:
-        yield f"{form} no adapter", fn, block_t, False, 0, 0, LAYOUTS[0], 0, 0
-        if rebuild:
-            yield f"{form} no adapter, prmt rebuild", fn, block_t, False, 0, 0, LAYOUTS[0], rebuild, 0
-            yield f"{form} no adapter, prmt rebuild, metadata words", fn, block_t, False, 0, 0, LAYOUTS[0], rebuild, 2
+    """(name, kernel, BLOCK_T, MERGE, RANK, SPAN, layout, REBUILD, META, WORDS): both forms without an adapter in
+    their first version (REBUILD 0) and their default (the dot form's prmt rebuild, whose inline PTX goes through
+    ptxas here; the FMA form's kept products), that also with cuSPARSELt's metadata in words (the FMA form then
+    reading bf16 words, `_kept_fp32`'s shift-and-mask path); and the default with an adapter under each layout,
+    the term whole (SPAN ≥ RANK) and spread over k pieces, unrolled and in a loop."""
+    forms = [("fma", kernels.sparse_gemv_fma_kernel.fn, 1, "kept products", 32),
+             ("dot", kernels.sparse_gemv_kernel.fn, 16, "prmt rebuild", None)]
+    for (form, fn, block_t, default, words) in forms:
+        yield f"{form} no adapter", fn, block_t, False, 0, 0, LAYOUTS[0], 0, 0, None
+        yield f"{form} no adapter, {default}", fn, block_t, False, 0, 0, LAYOUTS[0], 1, 0, None
+        yield f"{form} no adapter, {default}, metadata words", fn, block_t, False, 0, 0, LAYOUTS[0], 1, 2, words
         for layout, (rank, span) in itertools.product(LAYOUTS, [(80, 80), (320, 192)]):
-            yield (f"{form} rank {rank} span {span} layout {layout}{', prmt rebuild' if rebuild else ''}", fn, block_t,
-                   True, rank, span, layout, rebuild, 0)
+            yield (f"{form} rank {rank} span {span} layout {layout}, {default}", fn, block_t, True, rank, span,
+                   layout, 1, 0, None)
 
 
 def main() -> int:
     failed = 0
-    for name, fn, block_t, merge, rank, span, layout, rebuild, meta in variants():
+    for name, fn, block_t, merge, rank, span, layout, rebuild, meta, words in variants():
         try:
-            compile_variant(fn, block_t, merge, rank, span, layout, rebuild=rebuild, meta=meta)
+            compile_variant(fn, block_t, merge, rank, span, layout, rebuild=rebuild, meta=meta, words=words)
             print(f"ok      {name}")
         except Exception as error:  # noqa: BLE001 - report every variant's failure, then fail
             failed += 1

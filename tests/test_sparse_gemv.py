@@ -45,6 +45,23 @@ def test_matches_masked_dense_fp64(device, dtype, tokens, bias, form, words):
     _check(sparse_gemv(x, values, nibbles, b, form=form, words=words), x, dense, b, dtype)
 
 
+@pytest.mark.parametrize("device,dtype", CASES)
+@pytest.mark.parametrize("tokens", [1, 3])  # one token sums per (row, group) to the end; a token block per k block
+@pytest.mark.parametrize("words", [False, True], ids=["values", "words"])
+@pytest.mark.parametrize("products", ["kept", "positions"])
+def test_fma_form_products_both_match_masked_dense_fp64(device, dtype, tokens, words, products, monkeypatch):
+    # the FMA form's two ways to form its products (`sparse_gemv.FMA_PRODUCTS`); rows past N, a k tail inside the
+    # k block, and a split K (a short weight with a long k), so that zero masks past the end meet the selects
+    from slope.kernels import sparse_gemv as module
+
+    monkeypatch.setattr(module, "FMA_PRODUCTS", products)
+    for n, k in ((40, 200), (8, 4096)):
+        dense, values, nibbles = _sparse(n, k, device, dtype)
+        x = torch.randn(tokens, k, device=device).to(dtype)
+        b = torch.randn(n, device=device).to(dtype)
+        _check(sparse_gemv(x, values, nibbles, b, form="fma", words=words), x, dense, b, dtype)
+
+
 def test_word_loads_need_aligned_values_and_default_to_the_dot_form(monkeypatch):
     from slope.kernels import sparse_gemv as module
 
@@ -486,9 +503,9 @@ def test_metadata_mask_layout_checks_its_buffer():
 
 @pytest.mark.parametrize("meta", [1, 2], ids=["bytes", "words"])
 @pytest.mark.parametrize("block_n,block_k", [(16, 64), (32, 128), (64, 64), (128, 32), (128, 256)])
-@pytest.mark.parametrize("fma", [False, True], ids=["dot", "fma"])
+@pytest.mark.parametrize("fma,rebuild", [(False, 0), (True, 0), (True, 1)], ids=["dot", "fma-positions", "fma-kept"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_CUDA)])
-def test_metadata_reads_are_right_for_every_row_block_width(meta, block_n, block_k, fma, device):
+def test_metadata_reads_are_right_for_every_row_block_width(meta, block_n, block_k, fma, rebuild, device):
     # the autotuner's configs run 16-128 rows and 64-512 columns per program, but the interpreter tries one: each
     # width (128 rows span two 64-row metadata bands) launched directly, two 256-row tiles
     from slope.kernels import sparse_gemv_triton as kernels
@@ -503,7 +520,8 @@ def test_metadata_reads_are_right_for_every_row_block_width(meta, block_n, block
     kernel.fn[grid](x, view, packed, view, out, view, view, tokens, tiles * rows, k, x.stride(0), view.stride(0),
                     rows, out.stride(0), k, tokens * tiles * rows, 0, 0, 0, 0.0, HAS_BIAS=False, SPLIT=False,
                     MERGE=False, RANK=0, Z_SPLITS=0, SPAN=0, RANK_BLOCK=16, RANK_UNROLL=128, REDUCE_ONCE=True,
-                    BLOCK_T=block_t, WORDS=32, META=meta, ESIZE=2, REBUILD=0, BLOCK_N=block_n, BLOCK_K=block_k)
+                    BLOCK_T=block_t, WORDS=32, META=meta, ESIZE=2, REBUILD=rebuild, BLOCK_N=block_n,
+                    BLOCK_K=block_k)
     _check(out, x, sparse[0], None, dtype)
 
 
@@ -543,19 +561,27 @@ def test_prmt_rebuild_matches_the_select_rebuild_bit_for_bit_and_fp64(dtype, blo
     _check(outs[1], x, sparse[0], None, dtype)
 
 
-def test_rebuild_mode_takes_prmt_only_for_the_dot_form_on_16_bit_words(monkeypatch):
+def test_rebuild_mode_takes_prmt_only_for_the_dot_form_on_16_bit_words_and_kept_products_for_fma(monkeypatch):
     from slope.kernels import sparse_gemv as module
 
     half, single = torch.zeros(4, dtype=torch.float16), torch.zeros(4, dtype=torch.float32)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert module.rebuild_mode("dot", True, half) == 1
-    assert module.rebuild_mode("fma", True, half) == module.rebuild_mode("dot", False, half) == 0
+    assert module.rebuild_mode("dot", False, half) == 0
+    assert module.rebuild_mode("fma", True, half) == module.rebuild_mode("fma", False, single) == 1  # "kept"
+    monkeypatch.setattr(module, "FMA_PRODUCTS", "positions")
+    assert module.rebuild_mode("fma", True, half) == 0
+    monkeypatch.setattr(module, "FMA_PRODUCTS", "rebuilt")
+    with pytest.raises(ValueError, match="SLOPE_GEMV_FMA_PRODUCTS"):
+        module.rebuild_mode("fma", True, half)
+    monkeypatch.setattr(module, "FMA_PRODUCTS", "kept")
     assert module.rebuild_mode("dot", True, single) == 0
     monkeypatch.setattr(module, "REBUILD", "select")
     assert module.rebuild_mode("dot", True, half) == 0
     monkeypatch.setattr(module, "REBUILD", "prmt")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # no PTX in the interpreter
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # no PTX in the interpreter; the FMA form's products are plain Triton
     assert module.rebuild_mode("dot", True, half) == 0
+    assert module.rebuild_mode("fma", True, half) == 1
     monkeypatch.setattr(module, "REBUILD", "shuffle")
     with pytest.raises(ValueError, match="SLOPE_GEMV_REBUILD"):
         module.rebuild_mode("dot", True, half)

@@ -75,7 +75,7 @@ MAX_BLOCK_T = 64  # tokens per program; more tokens take more programs along the
 # (results/sparse_gemv_variants_h100.md) two FMA token blocks ran 0.74-1.00x, the dot form 1.03-1.20x.
 FMA_MAX_TOKENS = 1
 # Part of the cache key of measured kernel-vs-cuSPARSELt choices: bump it when the kernel's speed changes.
-KERNEL_VERSION = 6
+KERNEL_VERSION = 7
 FORMS = ("auto", "fma", "dot")
 # Where the masks come from: "nibbles", one byte per group (N, K/4); "cusparselt", the metadata inside the
 # compressed buffer the values live in (`sparse_gemv_triton`'s META: no mask copy beside cuSPARSELt's buffer).
@@ -108,10 +108,23 @@ WORD_LOAD_FORMS = ("dot",)
 # mask bits, then the pair itself, packed as the tensor cores take it; needs the values read as 16-bit words), or
 # "select", tl.where per position. sm_90 SASS of the k loop (BLOCK_N 32, BLOCK_K 256, 4 warps): 940 instructions
 # per thread with "select", 544 with "prmt"; the rebuild was most of the loop, and the kernel issue-bound
-# (~2.1 TB/s of weight reads on the H200, where dense F.linear reads ~3.6). The CPU interpreter runs no PTX:
-# there "select" always. Read when a launch is compiled (a benchmark compares both in one process).
+# (~2.1 TB/s of weight reads on the H200, where dense F.linear reads ~3.6). H200 bf16, CUDA-graph replay, 528
+# programs, values read as words, each rebuild with its autotuned config (913f26f; results/logs/
+# sweep_sparse_gemv_rebuild_h200.csv): OPT-13B fc1 at 8/32 tokens 1.05/0.95x dense with "prmt" against 0.89/0.89x
+# with "select", q/k/v/out_proj (5120²) 0.84/0.81x against 0.81/0.79x. The CPU interpreter runs no PTX: there
+# "select" always. Read when a launch is compiled (a benchmark compares both in one process).
 REBUILDS = ("prmt", "select")
 REBUILD = os.environ.get("SLOPE_GEMV_REBUILD", "prmt")
+# How the FMA form (one token) forms its products (`sparse_gemv_triton.sparse_gemv_fma_kernel`'s REBUILD): "kept",
+# each group's two kept values times x at their positions (picked by the mask: two FMAs and four selects per
+# group), summed per (row, group) over the k loop and across the groups once at the end; or "positions", the first
+# version: W's four positions rebuilt and multiplied by x's four, summed across the groups every k block (warp
+# shuffles per block). sm_90 SASS of the k loop (Triton 3.9, 16 groups per thread, bf16, the wrapper's 16-divisible
+# arguments): 508-557 instructions per iteration with "positions", 294-325 with "kept" (276-297 with the values
+# read as words, where a bf16 half becomes an fp32 by one shift or mask), over the five row-block shapes of the
+# autotune list. Plain Triton: the CPU interpreter runs both. Read when a launch is compiled.
+FMA_PRODUCTS_CHOICES = ("kept", "positions")
+FMA_PRODUCTS = os.environ.get("SLOPE_GEMV_FMA_PRODUCTS", "kept")
 # How the merged-adapter epilogue is laid out (`sparse_gemv_triton._store`): adapter columns per chunk
 # ("rank_block"), the most columns a program's chunk loop is unrolled over ("rank_unroll"; a longer share stays a
 # loop), whether under split K every k piece adds its share of the columns ("spread"; else the first piece adds
@@ -387,8 +400,13 @@ def adapter_epilogue(**settings):
 
 
 def rebuild_mode(form: str, words: bool, values: torch.Tensor) -> int:
-    """The kernel's REBUILD (see `REBUILD`): 1 where the dot form reads 16-bit values as words on a GPU and
-    `REBUILD` is "prmt", else 0 (tl.where)."""
+    """The kernel's REBUILD. The dot form (see `REBUILD`): 1 where it reads 16-bit values as words on a GPU and
+    `REBUILD` is "prmt", else 0 (tl.where). The FMA form (see `FMA_PRODUCTS`): 1 for "kept", 0 for "positions"."""
+    if form == "fma":
+        if FMA_PRODUCTS not in FMA_PRODUCTS_CHOICES:
+            raise ValueError(f"sparse_gemv: FMA_PRODUCTS (SLOPE_GEMV_FMA_PRODUCTS) must be one of "
+                             f"{FMA_PRODUCTS_CHOICES}, got {FMA_PRODUCTS!r}")
+        return int(FMA_PRODUCTS == "kept")
     if REBUILD not in REBUILDS:
         raise ValueError(f"sparse_gemv: REBUILD (SLOPE_GEMV_REBUILD) must be one of {REBUILDS}, got {REBUILD!r}")
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"

@@ -38,6 +38,10 @@ META 1's speed on the H200, still below the mask copy's, `slope.kernels.sparse_g
 
 Rebuilding a group from its nibble: with exactly two bits set, position 0 (if kept) is always the first kept
 value and position 3 always the second; position 1 is the second iff bit 0 is set; position 2 iff bit 0 or 1 is.
+That rule as tl.where per position is most of the dot form's k loop; with ``REBUILD`` (16-bit values read as
+words, on a GPU: `slope.kernels.sparse_gemv.REBUILD`) `_rebuild_prmt` instead builds each half group with two
+PTX byte permutes (940 -> 544 SASS instructions per k-loop iteration at 32 x 256, 4 warps). The FMA form by default
+rebuilds nothing: the mask picks x at the two kept positions instead (`sparse_gemv_fma_kernel`).
 """
 import os
 
@@ -175,10 +179,10 @@ def _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, k_end, ro
 
 
 @triton.jit
-def _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift, row_ok, k0, k_end,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr = 0, META: tl.constexpr = 0):
-    """W at positions 0..3 of each group of the (BLOCK_N, BLOCK_K) block starting at k0: four (BLOCK_N, BLOCK_K/4)
-    tensors in the values' dtype, zero where the mask drops the weight (and from k_end on, or past N).
+def _group_kept(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift, row_ok, k0, k_end,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr = 0, META: tl.constexpr = 0):
+    """Each group's two kept values and its mask (bit i = position i kept) for the (BLOCK_N, BLOCK_K) block at k0:
+    three (BLOCK_N, BLOCK_K/4) tensors, the values in their dtype, all zero from k_end on or past N.
 
     ``WORDS`` (32 for 16-bit values, 64 for fp32; 0: off) reads each group's two kept values as one integer word
     and takes its halves apart (little endian: the first value is the low half), which gives the (rows, groups)
@@ -206,6 +210,16 @@ def _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets,
         values = tl.load(values_ptr + value_rows[:, None] + (k0 // 2 + rv)[None, :],
                          mask=row_ok[:, None] & v_ok[None, :], other=0.0)
         first, second = tl.split(tl.reshape(values, (BLOCK_N, GROUPS, 2)))
+    return first, second, nib
+
+
+@triton.jit
+def _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift, row_ok, k0, k_end,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr = 0, META: tl.constexpr = 0):
+    """W at positions 0..3 of each group of the (BLOCK_N, BLOCK_K) block starting at k0: four (BLOCK_N, BLOCK_K/4)
+    tensors in the values' dtype, zero where the mask drops the weight (and from k_end on, or past N)."""
+    first, second, nib = _group_kept(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift, row_ok,
+                                     k0, k_end, BLOCK_N, BLOCK_K, WORDS, META)
     zero = tl.zeros_like(first)
     w0 = tl.where((nib & 1) != 0, first, zero)
     w1 = tl.where((nib & 2) != 0, tl.where((nib & 1) != 0, second, first), zero)
@@ -422,6 +436,42 @@ def sparse_gemv_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr,
            RANK_BLOCK, RANK_UNROLL, REDUCE_ONCE, BLOCK_N, BLOCK_T)
 
 
+@triton.jit
+def _kept_fp32(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift, row_ok, k0, k_end,
+               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr):
+    """`_group_kept` with the values in fp32. bf16 read as words: a bf16 is the high half of its fp32, so each
+    half of the word becomes one by a shift or a mask (no unpacking of the pair first)."""
+    if WORDS == 32 and values_ptr.dtype.element_ty == tl.bfloat16:
+        GROUPS: tl.constexpr = BLOCK_K // 4
+        rg = tl.arange(0, GROUPS)
+        group_ok = row_ok[:, None] & ((k0 // 4 + rg) < k_end // 4)[None, :]
+        nib = _group_masks(nibbles_ptr, mask_base, mask_offsets, mask_shift, k0, k_end, row_ok, group_ok, BLOCK_N,
+                           GROUPS, META)
+        words = tl.load(values_ptr.to(tl.pointer_type(tl.uint32), bitcast=True) + value_rows[:, None] // 2
+                        + (k0 // 4 + rg)[None, :], mask=group_ok, other=0)
+        first = (words << 16).to(tl.float32, bitcast=True)
+        second = (words & 0xFFFF0000).to(tl.float32, bitcast=True)
+    else:
+        first, second, nib = _group_kept(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift,
+                                         row_ok, k0, k_end, BLOCK_N, BLOCK_K, WORDS, META)
+        first, second = first.to(tl.float32), second.to(tl.float32)
+    return first, second, nib
+
+
+@triton.jit
+def _token_x(x_ptr, stride_x, T, k0, rg, g_ok, t, BLOCK_T: tl.constexpr):
+    """Token t of this program's token block: x at positions 0..3 of the k block's groups, fp32 (BLOCK_K/4,) each,
+    zero past k_end or T."""
+    token = tl.program_id(1) * BLOCK_T + t
+    x_at = x_ptr + token.to(tl.int64) * stride_x + k0 + 4 * rg
+    ok = g_ok & ((token + 0 * rg) < T)  # a vector compare: the interpreter refuses a scalar-bool mask
+    x0 = tl.load(x_at, mask=ok, other=0.0).to(tl.float32)
+    x1 = tl.load(x_at + 1, mask=ok, other=0.0).to(tl.float32)
+    x2 = tl.load(x_at + 2, mask=ok, other=0.0).to(tl.float32)
+    x3 = tl.load(x_at + 3, mask=ok, other=0.0).to(tl.float32)
+    return x0, x1, x2, x3
+
+
 @triton.autotune(configs=_FMA_CONFIGS, key=_TUNING_KEY)
 @triton.jit
 def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_ptr, right_ptr, T, N, K, stride_x,
@@ -431,8 +481,14 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_
                            RANK_BLOCK: tl.constexpr, RANK_UNROLL: tl.constexpr, REDUCE_ONCE: tl.constexpr,
                            BLOCK_T: tl.constexpr, WORDS: tl.constexpr, META: tl.constexpr, ESIZE: tl.constexpr,
                            REBUILD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores. Each position i of a group multiplies
-    the token's x at 4g+i (a stride-4 load of the small, cached x), summed over the groups of the block."""
+    """FMA form (BLOCK_T ≤ 8 tokens): no rebuilt dense block, no tensor cores.
+
+    ``REBUILD`` 1 (the default, `slope.kernels.sparse_gemv.FMA_PRODUCTS` "kept"): each group's two kept values
+    multiply x at their two positions, picked from the four (a stride-4 load of the small, cached x) by the mask:
+    two FMAs and four selects per group. At one token the products are summed per (row, group) over the whole k
+    loop and across the groups once at the end (no cross-thread reduction per k block). ``REBUILD`` 0
+    ("positions", the first version): W's four positions rebuilt (`_group_weights`) multiply x's four, summed
+    across the groups every k block."""
     GROUPS: tl.constexpr = BLOCK_K // 4
     rn, rt, row_ok, token_ok, value_rows, rows, k_start, k_end = _program_block(
         T, N, K, tile_stride, tile_rows, k_chunk, BLOCK_T, BLOCK_N)
@@ -441,21 +497,35 @@ def sparse_gemv_fma_kernel(x_ptr, values_ptr, nibbles_ptr, bias_ptr, out_ptr, z_
     rg = tl.arange(0, GROUPS)
     cols = tl.arange(0, BLOCK_T)
     acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+    acc_groups = tl.zeros((BLOCK_N, GROUPS), dtype=tl.float32)  # one token, kept products: summed at the end
     for k0 in range(k_start, k_end, BLOCK_K):
-        w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets, mask_shift,
-                                        row_ok, k0, k_end, BLOCK_N, BLOCK_K, WORDS, META)
-        w0, w1, w2, w3 = w0.to(tl.float32), w1.to(tl.float32), w2.to(tl.float32), w3.to(tl.float32)
         g_ok = (k0 // 4 + rg) < k_end // 4
-        for t in tl.static_range(BLOCK_T):
-            token = tl.program_id(1) * BLOCK_T + t
-            x_at = x_ptr + token.to(tl.int64) * stride_x + k0 + 4 * rg
-            ok = g_ok & ((token + 0 * rg) < T)  # a vector compare: the interpreter refuses a scalar-bool mask
-            x0 = tl.load(x_at, mask=ok, other=0.0).to(tl.float32)
-            x1 = tl.load(x_at + 1, mask=ok, other=0.0).to(tl.float32)
-            x2 = tl.load(x_at + 2, mask=ok, other=0.0).to(tl.float32)
-            x3 = tl.load(x_at + 3, mask=ok, other=0.0).to(tl.float32)
-            part = tl.sum(w0 * x0[None, :] + w1 * x1[None, :] + w2 * x2[None, :] + w3 * x3[None, :], axis=1)
-            acc += tl.where(cols[None, :] == t, part[:, None], 0.0)
+        if REBUILD == 1:
+            first, second, nib = _kept_fp32(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets,
+                                            mask_shift, row_ok, k0, k_end, BLOCK_N, BLOCK_K, WORDS, META)
+            # the first kept position is 0, 1 or 2, the second 1, 2 or 3 (exactly two bits set; a zero mask past
+            # k_end or N picks positions whose values are loaded as zeros)
+            bit0, bit1, bit2, bit3 = (nib & 1) != 0, (nib & 2) != 0, (nib & 4) != 0, (nib & 8) != 0
+            for t in tl.static_range(BLOCK_T):
+                x0, x1, x2, x3 = _token_x(x_ptr, stride_x, T, k0, rg, g_ok, t, BLOCK_T)
+                x_first = tl.where(bit0, x0[None, :], tl.where(bit1, x1[None, :], x2[None, :]))
+                x_second = tl.where(bit3, x3[None, :], tl.where(bit2, x2[None, :], x1[None, :]))
+                if BLOCK_T == 1:  # two FMAs into the running sums
+                    acc_groups += first * x_first
+                    acc_groups += second * x_second
+                else:
+                    products = first * x_first + second * x_second
+                    acc += tl.where(cols[None, :] == t, tl.sum(products, axis=1)[:, None], 0.0)
+        else:
+            w0, w1, w2, w3 = _group_weights(values_ptr, nibbles_ptr, value_rows, mask_base, mask_offsets,
+                                            mask_shift, row_ok, k0, k_end, BLOCK_N, BLOCK_K, WORDS, META)
+            w0, w1, w2, w3 = w0.to(tl.float32), w1.to(tl.float32), w2.to(tl.float32), w3.to(tl.float32)
+            for t in tl.static_range(BLOCK_T):
+                x0, x1, x2, x3 = _token_x(x_ptr, stride_x, T, k0, rg, g_ok, t, BLOCK_T)
+                part = tl.sum(w0 * x0[None, :] + w1 * x1[None, :] + w2 * x2[None, :] + w3 * x3[None, :], axis=1)
+                acc += tl.where(cols[None, :] == t, part[:, None], 0.0)
+    if REBUILD == 1 and BLOCK_T == 1:
+        acc += tl.sum(acc_groups, axis=1)[:, None]
     _store(acc, bias_ptr, out_ptr, z_ptr, right_ptr, rn, rt, row_ok, token_ok, N, stride_out, stride_split,
            stride_z_split, stride_z, stride_right, merge_scale, HAS_BIAS, SPLIT, MERGE, RANK, Z_SPLITS, SPAN,
            RANK_BLOCK, RANK_UNROLL, REDUCE_ONCE, BLOCK_N, BLOCK_T)
