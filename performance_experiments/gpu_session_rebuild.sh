@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU session script for the dot form's prmt rebuild (`slope.kernels.sparse_gemv.REBUILD`): logs and CSVs in $OUT.
 # Usage: SLOPE_GIT_SHA=<commit> SLOPE_GIT_DIRTY=False bash performance_experiments/gpu_session_rebuild.sh \
-#   [check|tests|e2e|fma]
+#   [check|tests|e2e|fma|cupti]
 #   check: the rebuild's GPU tests, then prmt against select in one process (sweep_sparse_gemv, CUDA-graph replay)
 #   tests: the few-token kernel's, the inference layer's and the timing helpers' GPU tests
 #   e2e:   OPT-13B decode (8 blocks, bf16), dense and SLoPe with merged adapters, with the GPU busy time split by
@@ -9,6 +9,8 @@
 #   fma:   the FMA form's products (`sparse_gemv.FMA_PRODUCTS`) kept against positions at one token, values and
 #          words, on OPT-13B's shapes; then OPT-13B decode (8 blocks, bf16, b=1 and 8), dense and SLoPe, eager and
 #          CUDA graph, without the profiler (the default products)
+#   cupti: OPT-13B decode (8 blocks, bf16, b=1 and 8) with the profiler's split by kernel family: do the CUDA-graph
+#          rows still match the fma stage's unprofiled ones (CUPTI torn down after each session)?
 set -uo pipefail
 out=${OUT:-runs/gpu}
 mkdir -p "$out"
@@ -45,5 +47,11 @@ fma)
       --sections decode --max-blocks 8 --decode-fallback 0 --decode-cusparselt-too false --cslt-search-budget-s 8 \
       --time-budget-s ${E2E_BUDGET_S:-240} --variants dense,slope --adapter-ranks 0 --decode-batches 1,8 \
       --decode-kernel-time false --separate-mask true --output-dir "$out/e2e" 2>&1 | tail -30
+  ;;
+cupti)
+  timeout ${E2E_S:-330} python3 -m performance_experiments.speedup --models opt-13b --dtypes bfloat16 \
+      --sections decode --max-blocks 8 --decode-fallback 0 --decode-cusparselt-too false --cslt-search-budget-s 8 \
+      --time-budget-s ${E2E_BUDGET_S:-240} --variants dense,slope --adapter-ranks 0 --decode-batches 1,8 \
+      --separate-mask true --output-dir "$out/e2e" 2>&1 | tail -30
   ;;
 esac
