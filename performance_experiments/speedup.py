@@ -51,6 +51,7 @@ from .models import MODELS, build_model, choose_blocks, get_spec
 from .reference import load_paper
 from .speedup_infer import inference_section
 from .speedup_train import train_section
+from .timing import TIMED_AFTER_PROFILER, profiler_sessions
 
 COLUMNS = ("experiment", "model", "num_blocks", "full_blocks", "dtype", "precision", "attention", "batch", "seq",
            "tokens", "variant", "adapter_rank", "phase", "metric", "median", "iqr", "min", "max", "unit", "repeats",
@@ -67,7 +68,9 @@ class SpeedupConfig:
     prefill_batch: int = 8
     decode_batches: tuple[str, ...] = ("1", "8", "32")
     decode_context: int = 512            # KV-cache length each decode token attends to
-    decode_kernel_time: bool = True      # also the GPU busy time of a decode step (profiler; GPU only)
+    # also the GPU busy time of a decode step, split by kernel family (profiler; GPU only). Off by default: every
+    # timing after the first profiler session is flagged (`timing.TIMED_AFTER_PROFILER`), for CUPTI stays attached
+    decode_kernel_time: bool = False
     decode_graph: bool = True            # also the decode step captured in a CUDA graph, replayed (GPU only)
     # SLoPe inference layers run `slope.kernels.sparse_gemv` instead of cuSPARSELt at <= this many tokens: an int
     # (0: off), "default" (the library's), or "auto" (each layer shape times both at 1-64 tokens, cached on disk)
@@ -173,6 +176,9 @@ class Run:
         for part in parts:
             row.update(part)
         row.update(fields)
+        if (row["status"] == "ok" and row["metric"] in ("time", "throughput") and "GPU busy time" not in row["phase"]
+                and profiler_sessions()):
+            row["status"] = TIMED_AFTER_PROFILER  # CUPTI stayed attached (`timing.kernel_families_fn`)
         if self.cfg.cslt_search_budget_s and "slope" in str(row["variant"]).lower():
             capped = f"cuSPARSELt algorithm searches capped at {self.cfg.cslt_search_budget_s:g} s per new shape"
             row["note"] = "; ".join(filter(None, [row["note"], capped]))

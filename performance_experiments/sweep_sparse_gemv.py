@@ -5,8 +5,8 @@
 Per shape × token count × variant: the kernel's GPU time per call and its speedup over dense F.linear, both timed
 the same way in the same process. A variant is a form (``fma``, ``dot``), whether the kept pairs are read as
 integer words, the dot form's rebuild of W from them (`sparse_gemv.REBUILD`: ``prmt`` needs words), the FMA form's
-products (`sparse_gemv.FMA_PRODUCTS`; both in the ``rebuild`` column) and the split-K program target (`sparse_gemv.TARGET_PROGRAMS` for that form); each row notes the config the autotuner
-chose. Timing: ``calls``
+products (`sparse_gemv.FMA_PRODUCTS`; both in the ``rebuild`` column) and the split-K program target
+(`sparse_gemv.TARGET_PROGRAMS` for that form); each row notes the config the autotuner chose. Timing: ``calls``
 calls captured in one CUDA graph, the replay timed (median of 6 after a warm-up replay), so host cost is out;
 the calls rotate over ``copies`` weights of each shape so that no call finds its weight in L2 (a 5120² weight is
 33 MB compressed, an H100's L2 50 MB). This is how the defaults in `slope.kernels.sparse_gemv` were chosen.

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import bisect
-import os
 import re
 import statistics
 import time
@@ -85,20 +84,35 @@ def kernel_family(name: str) -> str:
                 OTHER_KERNELS)
 
 
+_PROFILER_SESSIONS = 0  # `kernel_families_fn` calls in this process so far
+# A timed row's status when the process had run the profiler before the timing (`kernel_families_fn` on why):
+# kept, but not counted as a clean measurement.
+TIMED_AFTER_PROFILER = "suspect: timed after profiler sessions in this process"
+
+
+def profiler_sessions() -> int:
+    """How many `kernel_families_fn` calls this process has made (each may have run several sessions)."""
+    return _PROFILER_SESSIONS
+
+
 def kernel_families_fn(fn: Callable[[], object], *, warmup: int = 3,
                        repeats: int = 10) -> tuple[dict[str, float], dict[str, float]]:
     """GPU busy time per call of ``fn`` (CUDA only; see the module docstring), one profiler session per repeat:
     its statistics and, per kernel family (`kernel_family`), the median over the repeats of that family's busy
     time per call in ms (a family absent from a repeat counts 0 there).
 
-    Each session ends with CUPTI torn down (``TEARDOWN_CUPTI=1`` unless the caller set it): Kineto otherwise
-    leaves it attached, and everything the process launches afterwards pays for it (pytorch/pytorch#144455). On
-    the H200 an OPT-13B decode step's CUDA-graph replay measured after profiler sessions ran 2.00 ms where the
-    same code had replayed in 1.77-1.79 ms without them (7764597 against 4598767)."""
+    Profiling leaves its mark on the process: Kineto keeps CUPTI attached after a session
+    (pytorch/pytorch#144455), and what runs afterwards pays for it. H200, OPT-13B decode, 8 blocks: SLoPe's
+    CUDA-graph step replayed in 2.00 ms after profiler sessions where the same kernels had replayed in 1.77-1.79 ms
+    without (7764597 against 4598767; dense moved by under 1%). Tearing CUPTI down after each session
+    (TEARDOWN_CUPTI=1) left every later session recording nothing (torch 2.11+cu130, 4f0fd41). So the sessions are
+    counted (`profiler_sessions`), and a timing taken after one is flagged by its caller (`speedup`: status
+    `TIMED_AFTER_PROFILER`)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    os.environ.setdefault("TEARDOWN_CUPTI", "1")  # read by Kineto when a session stops
+    global _PROFILER_SESSIONS
+    _PROFILER_SESSIONS += 1  # counted before the first session starts: a failed one has attached CUPTI too
 
     for _ in range(warmup):
         fn()

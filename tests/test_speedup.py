@@ -132,6 +132,35 @@ def test_budget_spent_inside_decode_leaves_skipped_rows(tmp_path, monkeypatch):
     assert ("2", "ok") not in decode
 
 
+def test_timings_after_a_profiler_session_are_flagged_not_counted(tmp_path, monkeypatch):
+    """CUPTI stays attached after a profiler session (`timing.kernel_families_fn`): the rows timed after one carry
+    `TIMED_AFTER_PROFILER` (so the claims, which count status "ok", leave them out); a profile's own rows and
+    memory rows do not."""
+    from performance_experiments import timing
+
+    real_decode_fn, calls = e2e.decode_fn, []
+
+    def decode_after_a_profile(*args, **kwargs):  # as if the first batch had been profiled
+        calls.append(True)
+        if len(calls) == 2:
+            monkeypatch.setattr(timing, "_PROFILER_SESSIONS", 1)
+        return real_decode_fn(*args, **kwargs)
+
+    monkeypatch.setattr(timing, "_PROFILER_SESSIONS", 0)
+    monkeypatch.setattr(e2e, "decode_fn", decode_after_a_profile)
+    out = tmp_path / "s.csv"
+    speedup.main(TOY_ARGS + ["--variants", "dense", "--sections", "decode", "--output", str(out)])
+    rows = _read(out)
+    decode = {(r["batch"], r["phase"], r["status"]) for r in rows if r["experiment"] == "decode"}
+    assert {("1", "one token with KV cache", "ok"), ("1", "throughput", "ok")} <= decode
+    assert {("2", "one token with KV cache", timing.TIMED_AFTER_PROFILER),
+            ("2", "throughput", timing.TIMED_AFTER_PROFILER)} <= decode
+    assert {r["status"] for r in rows if r["experiment"] == "memory"} == {"ok"}
+    run = speedup.Run(speedup.PRESETS["cpu-toy"], "opt-toy", "float32", out, {}, 0.0)
+    busy = run.row(experiment="decode", phase="one token with KV cache: GPU busy time, attention", metric="time")
+    assert busy["status"] == "ok"
+
+
 def test_capped_algorithm_search_is_named_on_slope_rows_only(tmp_path, monkeypatch):
     monkeypatch.delenv("SLOPE_CSLT_SEARCH_BUDGET_S", raising=False)
     out = tmp_path / "s.csv"
