@@ -101,7 +101,8 @@ _SPLIT_ROWS, MIN_K_CHUNK = 32, 1024
 K_CHUNK_ALIGN = 512
 # The dot form reads each group's two kept values as one integer word (`sparse_gemv_triton._group_weights`'
 # WORDS) wherever the values are aligned for it: about +1-11% over reading them as values at 2-32 tokens (same file);
-# the FMA form reads values (words measured no faster at 1 token).
+# the FMA form reads values: words measured no faster at 1 token, and with its kept products (`FMA_PRODUCTS`)
+# +1.0-1.5% on OPT-13B's shapes in bf16 (about the replays' spread; results/logs/sweep_sparse_gemv_fma_h200.csv).
 WORD_LOAD_FORMS = ("dot",)
 # How the dot form rebuilds a group's four weights from its two kept values and its mask (`sparse_gemv_triton.
 # _dense_block`): "prmt", two PTX byte permutes per half group (a table lookup of the selector from the half's two
@@ -122,7 +123,10 @@ REBUILD = os.environ.get("SLOPE_GEMV_REBUILD", "prmt")
 # shuffles per block). sm_90 SASS of the k loop (Triton 3.9, 16 groups per thread, bf16, the wrapper's 16-divisible
 # arguments): 508-557 instructions per iteration with "positions", 294-325 with "kept" (276-297 with the values
 # read as words, where a bf16 half becomes an fp32 by one shift or mask), over the five row-block shapes of the
-# autotune list. Plain Triton: the CPU interpreter runs both. Read when a launch is compiled.
+# autotune list. H200 bf16, CUDA-graph replay, one token (78d16f3; results/logs/sweep_sparse_gemv_fma_h200.csv):
+# OPT-13B q/k/v/out_proj, fc1, fc2 at 1.20/1.47/1.50x dense F.linear with "kept", 1.05/1.28/1.30x with
+# "positions"; the 8-block OPT-13B decode step in a CUDA graph went to 1.19x dense at batch 1. Plain Triton: the
+# CPU interpreter runs both. Read when a launch is compiled.
 FMA_PRODUCTS_CHOICES = ("kept", "positions")
 FMA_PRODUCTS = os.environ.get("SLOPE_GEMV_FMA_PRODUCTS", "kept")
 # How the merged-adapter epilogue is laid out (`sparse_gemv_triton._store`): adapter columns per chunk
