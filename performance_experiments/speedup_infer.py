@@ -10,7 +10,9 @@ engines run decode; `e2e.graph_decode_fn`). Both GPU figures are also split by k
 rest), one row per family with the ratio against dense's same family, so that a decode step slower than dense
 shows which kernels lost the time. The graph's split profiles the replay itself, which is the path a captured
 call takes (at one token the merged adapters' addmm path, `slope.inference.GRAPH_ADDMM_MAX_TOKENS`), not the
-eager one.
+eager one. The profiled figures come only with ``decode_kernel_time``: a profiler session leaves CUPTI attached,
+so every row timed after the first one is flagged (`timing.TIMED_AFTER_PROFILER`); each batch's graph step is
+timed before that batch is profiled.
 """
 from __future__ import annotations
 

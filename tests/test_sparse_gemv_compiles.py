@@ -22,6 +22,6 @@ def test_few_token_kernels_compile_for_sm90_in_every_adapter_layout():
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=600)
     lines = result.stdout.splitlines()
     assert result.returncode == 0, "\n".join(line for line in lines if line.startswith("FAILED")) or result.stderr
-    # both forms, without an adapter and with one in each layout at two (rank, span) pairs, and the dot form's prmt
-    # rebuild without an adapter on both mask layouts: 20 variants
+    # both forms without an adapter in their first version and their default (prmt rebuild, kept products) on both
+    # mask layouts, and the default with an adapter in each layout at two (rank, span) pairs: 22 variants
     assert len([line for line in lines if line.startswith("ok")]) == 2 * (3 + 2 * len(compile_sm90.LAYOUTS)) == 22
